@@ -1,0 +1,1 @@
+"""Dataset tooling: import with class mapping, checks, merging, pseudo-labels, synthesis, packing."""

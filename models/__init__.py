@@ -1,0 +1,1 @@
+"""Shipped models, their cards and the registry; the product class list (models.classes)."""

@@ -1,0 +1,187 @@
+"""The model registry: model folders with ONNX files and a JSON model card; ``default`` names one.
+
+A model folder holds ``card.json`` and the files it lists (``fp32``: ONNX float, ``int8``: ONNX
+static-quantised, ``pt``: the ultralytics checkpoint for fine-tuning). The registry root is this
+package's folder unless ``STREETWATCH_MODELS_DIR`` points elsewhere; ``registry.json`` in it names
+the default model and the order versions were promoted in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.classes import CLASS_NAMES
+
+CARD_NAME = "card.json"
+REGISTRY_FILE = "registry.json"
+
+
+class ModelError(ValueError):
+    """A model cannot be found, verified or loaded; the message says which and why."""
+
+
+class ModelFile(BaseModel):
+    """One file of a model, with the hash that proves it is the file the card describes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="File name relative to the model folder")
+    sha256: str = Field(description="SHA-256 of the file's bytes, hex")
+    bytes: int = Field(description="File size in bytes")
+
+
+class ModelCard(BaseModel):
+    """What a model is, what it outputs, what it was trained on and how well it does."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Registry name of the model (its folder name)")
+    version: str = Field(description="Version string recorded on every case this model finds")
+    created: str = Field(description="ISO-8601 creation time")
+    interim: bool = Field(False, description="True for a stand-in model that is not trained on product data")
+    description: str = Field("", description="One paragraph: what the model is and what it is for")
+    architecture: str = Field(description="Network architecture, e.g. yolo11n")
+    imgsz: int = Field(description="Square input size the model was trained at, in pixels")
+    stride: int = Field(32, description="Largest stride of the network; input sides are multiples of it")
+    names: list[str] = Field(description="The model's own output class names, in output order")
+    class_map: list[str | None] = Field(
+        description="Product class for each model output (same order as names); null drops that output"
+    )
+    files: dict[str, ModelFile] = Field(description="Files by role: fp32, int8, pt")
+    training: dict[str, Any] = Field(default_factory=dict, description="Data manifest, config, hardware")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Validation metrics by dataset")
+    notes: str = Field("", description="Limitations and anything a user of the model should know")
+
+    def product_classes(self) -> list[str]:
+        """Product classes this model can report."""
+        return [c for c in CLASS_NAMES if c in self.class_map]
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe_file(folder: Path, name: str) -> ModelFile:
+    """A :class:`ModelFile` entry for a file in a model folder."""
+    path = folder / name
+    return ModelFile(path=name, sha256=file_sha256(path), bytes=path.stat().st_size)
+
+
+def now_iso() -> str:
+    """Current UTC time, ISO-8601, seconds precision."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+class ModelRef(BaseModel):
+    """A resolved model: its folder and card."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    folder: Path = Field(description="Model folder")
+    card: ModelCard = Field(description="The model card")
+
+    def file(self, role: str, verify: bool = True) -> Path:
+        """Path of a model file by role (fp32/int8/pt); verifies its hash unless told not to."""
+        if role not in self.card.files:
+            have = ", ".join(sorted(self.card.files)) or "none"
+            raise ModelError(f"model {self.card.name!r} has no {role} file (has: {have})")
+        entry = self.card.files[role]
+        path = self.folder / entry.path
+        if not path.is_file():
+            raise ModelError(f"{path}: model file listed in the card is missing")
+        if verify and file_sha256(path) != entry.sha256:
+            raise ModelError(f"{path}: sha256 does not match the model card; the file is corrupt or replaced")
+        return path
+
+    @property
+    def version(self) -> str:
+        return self.card.version
+
+
+def models_root() -> Path:
+    """The registry's root folder."""
+    env = os.environ.get("STREETWATCH_MODELS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent
+
+
+def read_registry(root: Path | None = None) -> dict[str, Any]:
+    """The registry index: ``{"default": name, "history": [names promoted, oldest first]}``."""
+    root = root or models_root()
+    path = root / REGISTRY_FILE
+    if not path.is_file():
+        return {"default": None, "history": []}
+    return json.loads(path.read_text())
+
+
+def write_registry(index: dict[str, Any], root: Path | None = None) -> None:
+    """Atomically replace the registry index."""
+    root = root or models_root()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / (REGISTRY_FILE + ".tmp")
+    tmp.write_text(json.dumps(index, indent=2) + "\n")
+    os.replace(tmp, root / REGISTRY_FILE)
+
+
+def load_card(folder: Path) -> ModelCard:
+    """Read and validate the card of a model folder."""
+    path = folder / CARD_NAME
+    try:
+        return ModelCard.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{folder}: not a model folder (no {CARD_NAME})") from None
+    except ValueError as exc:
+        raise ModelError(f"{path}: invalid model card: {exc}") from None
+
+
+def write_card(folder: Path, card: ModelCard) -> Path:
+    """Write a card into a model folder."""
+    path = folder / CARD_NAME
+    path.write_text(card.model_dump_json(indent=2) + "\n")
+    return path
+
+
+def list_models(root: Path | None = None) -> list[ModelRef]:
+    """Every model folder in the registry, by name."""
+    root = root or models_root()
+    refs = []
+    for card_path in sorted(root.glob(f"*/{CARD_NAME}")):
+        refs.append(ModelRef(folder=card_path.parent, card=load_card(card_path.parent)))
+    return refs
+
+
+def resolve(ref: str | os.PathLike[str] | None = "default", root: Path | None = None) -> ModelRef:
+    """Find a model by ``default``, registry name, model folder or card-carrying ONNX file path."""
+    root = root or models_root()
+    text = "default" if ref is None else str(ref)
+    if text == "default":
+        name = read_registry(root).get("default")
+        if not name:
+            raise ModelError(f"no default model registered in {root / REGISTRY_FILE}")
+        text = name
+    path = Path(text)
+    if (root / text / CARD_NAME).is_file() and not path.is_absolute():
+        folder = root / text
+    elif path.is_dir():
+        folder = path
+    elif path.is_file() and path.suffix in (".onnx", ".pt"):
+        folder = path.parent
+        card = load_card(folder)
+        if not any(f.path == path.name for f in card.files.values()):
+            raise ModelError(f"{path}: the model card in {folder} does not list this file")
+        return ModelRef(folder=folder, card=card)
+    else:
+        known = ", ".join(r.card.name for r in list_models(root)) or "none"
+        raise ModelError(f"{text}: no such model (registered: {known}; or give a model folder path)")
+    return ModelRef(folder=folder, card=load_card(folder))

@@ -1,0 +1,197 @@
+"""The ``streetwatch`` command: one entry point, a subcommand per job.
+
+Each package contributes its subcommands through a ``register(subparsers)`` function in its own
+``cli`` module; heavy imports (torch, ultralytics) happen inside the command functions only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tqdm import tqdm
+
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+COMMAND_MODULES = ("pipeline.cli", "models.cli", "training.cli")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as ``streetwatch: error: ...`` with exit status 2."""
+
+
+def add_detector_args(parser: argparse.ArgumentParser) -> None:
+    """The detector options every image command shares."""
+    parser.add_argument("--model", default="default", help="registry name or model folder (default: %(default)s)")
+    parser.add_argument("--variant", choices=("fp32", "int8"), default="fp32", help="ONNX file to run")
+    parser.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default: %(default)s)")
+    parser.add_argument("--imgsz", type=int, default=None, help="inference size (default: the model's)")
+    parser.add_argument("--tile", action="store_true", help="sliced inference for small objects in large images")
+    parser.add_argument("--provider", choices=("cpu", "cuda", "openvino", "auto"), default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+
+
+def detector_from_args(args: argparse.Namespace):  # -> Detector, imported lazily for fast --help
+    """Build the detector the shared options describe; model errors become CLI errors."""
+    from models.registry import ModelError
+    from pipeline.detect import Detector, DetectorConfig, TileConfig
+
+    try:
+        return Detector(
+            DetectorConfig(
+                model=args.model,
+                variant=args.variant,
+                conf=args.conf,
+                imgsz=args.imgsz,
+                provider=args.provider,
+                threads=args.threads,
+                tile=TileConfig(enabled=args.tile),
+            )
+        )
+    except ModelError as exc:
+        raise CLIError(str(exc)) from None
+
+
+# ------------------------------------------------------------------------------------------- detect
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    """Detect on image files, folders and globs; annotated images + JSON per image."""
+    import cv2
+
+    from pipeline.annotate import draw_detections
+    from pipeline.decode import ImageReadError, read_image
+
+    files = resolve_inputs(args.paths)
+    detector = detector_from_args(args)
+    out_dir = Path(args.out) if args.out else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    failures = 0
+
+    def load(path: Path):
+        try:
+            return read_image(path), None
+        except ImageReadError as exc:
+            return None, exc.reason
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        bar = tqdm(
+            zip(files, pool.map(load, files), strict=True),
+            total=len(files),
+            unit="img",
+            disable=len(files) < 2 or None,
+            desc="detect",
+            file=sys.stderr,
+        )
+        for path, (image, error) in bar:
+            record: dict = {"file": str(path)}
+            if image is None:
+                failures += 1
+                record["error"] = error
+            else:
+                dets = detector.detect(image)
+                record.update(width=image.shape[1], height=image.shape[0], detections=dets.to_records())
+                if out_dir:
+                    stem = unique_stem(path, used)
+                    cv2.imwrite(
+                        str(out_dir / f"{stem}.jpg"), draw_detections(image, dets), [cv2.IMWRITE_JPEG_QUALITY, 90]
+                    )
+                    (out_dir / f"{stem}.json").write_text(json.dumps(record, ensure_ascii=False, indent=1))
+            if args.json:
+                bar.clear()
+                print(json.dumps(record, ensure_ascii=False), flush=True)
+            elif "error" in record:
+                tqdm.write(f"{path}: error: {error}", file=sys.stderr)
+            else:
+                summary = ", ".join(f"{n}×{c}" for n, c in count_classes(record["detections"]).items()) or "nothing"
+                tqdm.write(f"{path}: {summary}")
+    if out_dir and not args.json:
+        print(
+            f"annotated images and JSON written to {out_dir}/ ({len(files) - failures} images, "
+            f"{failures} unreadable) with model {detector.version}"
+        )
+    return 1 if failures == len(files) else 0
+
+
+def count_classes(records: list[dict]) -> dict[str, int]:
+    """Detections per class name, in order of first appearance."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["class"]] = counts.get(r["class"], 0) + 1
+    return counts
+
+
+def unique_stem(path: Path, used: set[str]) -> str:
+    """An output file stem for ``path`` that no earlier input took."""
+    stem, n = path.stem, 1
+    while stem in used:
+        n += 1
+        stem = f"{path.stem}-{n}"
+    used.add(stem)
+    return stem
+
+
+def resolve_inputs(paths: list[str]) -> list[Path]:
+    """Expand the command's path arguments; a path that matches nothing is a CLI error."""
+    from pipeline.decode import iter_image_paths
+
+    try:
+        files = iter_image_paths(paths)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+    if not files:
+        raise CLIError(f"no images found in {' '.join(paths)}")
+    return files
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """The pipeline's subcommands."""
+    p = sub.add_parser(
+        "detect",
+        help="detect objects in photos (files, folders, globs)",
+        description="Run the detector on images; write annotated images and JSON.",
+    )
+    p.add_argument("paths", nargs="+", help="image files, folders (recursive) or glob patterns")
+    add_detector_args(p)
+    p.add_argument("--out", help="folder for annotated images and per-image JSON")
+    p.add_argument("--json", action="store_true", help="print one JSON object per image on stdout")
+    p.set_defaults(func=cmd_detect)
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``streetwatch`` parser, with every package's subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="streetwatch",
+        description="Street-scene inspection: detect, watch cameras, audit photos, "
+        "serve the case queue, train and ship models.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as exc:
+        parser.exit(2, f"streetwatch: error: {exc}\n")
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # `python -m pipeline.cli`: run the importable module's main, one CLIError class
+    from pipeline.cli import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,1 @@
+"""The FastAPI inference and case-queue service, and the review UI."""

@@ -1,0 +1,44 @@
+import shutil
+
+import pytest
+
+from models.registry import ModelError, list_models, read_registry, resolve
+
+
+def test_default_resolves_to_the_shipped_model_with_verified_files():
+    ref = resolve("default")
+    assert ref.card.name == read_registry()["default"]
+    assert ref.file("fp32").is_file()  # sha256 checked against the card
+    assert set(ref.card.product_classes()) >= {"person", "car", "motorbike", "bicycle"}
+    assert len(ref.card.class_map) == len(ref.card.names)
+
+
+def test_every_registered_model_has_a_valid_card():
+    refs = list_models()
+    assert refs
+    for ref in refs:
+        for role in ref.card.files:
+            assert ref.file(role).is_file()
+
+
+def test_unknown_model_names_registered_ones():
+    with pytest.raises(ModelError, match="no such model") as err:
+        resolve("no-such-model")
+    assert read_registry()["default"] in str(err.value)
+
+
+def test_tampered_model_file_is_refused(tmp_path):
+    src = resolve("default").folder
+    dst = tmp_path / "copy"
+    shutil.copytree(src, dst)
+    onnx = dst / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[-100] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256 does not match"):
+        resolve(dst).file("fp32")
+
+
+def test_folder_without_card_is_not_a_model(tmp_path):
+    with pytest.raises(ModelError, match="not a model folder"):
+        resolve(tmp_path)

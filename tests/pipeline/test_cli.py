@@ -1,0 +1,64 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import cv2
+import pytest
+
+from pipeline.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_detect_json_reports_each_image_and_survives_bad_files(tmp_path, sample_photos):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in sample_photos[:3]:
+        shutil.copy(p, folder / p.name)
+    (folder / "broken.jpg").write_bytes(sample_photos[0].read_bytes()[:2000])
+    (folder / "notes.jpg").write_text("not a photo")
+    out = run_cli("detect", str(folder), "--json")
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(records) == 5
+    by_name = {r["file"].rsplit("/", 1)[-1]: r for r in records}
+    assert "corrupt or truncated" in by_name["broken.jpg"]["error"]
+    assert "not an image" in by_name["notes.jpg"]["error"]
+    good = [r for r in records if "error" not in r]
+    assert len(good) == 3
+    for r in good:
+        assert set(r) == {"file", "width", "height", "detections"}
+        for d in r["detections"]:
+            assert set(d) == {"class", "score", "box"} and len(d["box"]) == 4
+            assert 0 <= d["box"][0] <= d["box"][2] <= r["width"]
+    assert sum(len(r["detections"]) for r in good) > 0
+
+
+def test_detect_writes_annotated_images_and_json(tmp_path, sample_photos):
+    photo = next(p for p in sample_photos if "scooter" in p.name)
+    out_dir = tmp_path / "out"
+    assert main(["detect", str(photo), "--out", str(out_dir)]) == 0
+    image = cv2.imread(str(out_dir / f"{photo.stem}.jpg"))
+    assert image is not None and image.shape == cv2.imread(str(photo)).shape
+    record = json.loads((out_dir / f"{photo.stem}.json").read_text())
+    assert any(d["class"] == "person" for d in record["detections"])
+
+
+def test_missing_input_is_a_clear_cli_error(tmp_path):
+    out = run_cli("detect", str(tmp_path / "nowhere.jpg"))
+    assert out.returncode == 2
+    assert "nowhere.jpg: no such file" in out.stderr
+
+
+def test_unknown_model_is_a_clear_cli_error(sample_photos):
+    out = run_cli("detect", str(sample_photos[0]), "--model", "nope")
+    assert out.returncode == 2 and "nope: no such model" in out.stderr
+
+
+@pytest.mark.parametrize("command", ["detect", "models", "export"])
+def test_help_for_every_command(command):
+    out = run_cli(command, "--help")
+    assert out.returncode == 0 and "usage: streetwatch" in out.stdout

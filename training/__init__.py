@@ -1,0 +1,1 @@
+"""Training, evaluation, export, quantisation and promotion of detector models (needs the train extra)."""
