@@ -1,0 +1,136 @@
+"""Violations and where they go: the contract between what finds violations (stream workers, photo
+audits) and what files them (the case queue, a JSON-lines file).
+
+A :class:`Violation` describes one real-world object breaking a rule (one parked car, one garbage
+pile). Its ``key`` is stable for that object: a producer may emit the same violation several times
+(when it is first confirmed, with better evidence, when it ends) and every sink must treat repeats of
+a key as updates of the same violation, never as new ones (idempotent ingestion).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from models.classes import CLASS_NAMES, VIOLATION_TYPES
+
+
+class EvidenceImage(BaseModel):
+    """One evidence picture: the full frame with the box drawn, or a crop of the object."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+
+    kind: Literal["frame", "crop"] = Field(description="Full annotated frame, or a crop around the object")
+    jpeg: bytes = Field(description="JPEG bytes (base64 in JSON); people who are not the subject are blurred")
+
+    @property
+    def sha256(self) -> str:
+        """Content address of the image."""
+        return hashlib.sha256(self.jpeg).hexdigest()
+
+
+class GeoPoint(BaseModel):
+    """A WGS-84 position."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lat: float = Field(ge=-90, le=90, description="Latitude, degrees")
+    lon: float = Field(ge=-180, le=180, description="Longitude, degrees")
+
+
+class Violation(BaseModel):
+    """One real-world object breaking a rule, with its evidence."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1, max_length=200, description="Idempotency key, stable for this object")
+    type: str = Field(description="Violation type (models.classes.VIOLATION_TYPES)")
+    state: Literal["open", "ended"] = Field("open", description="ended: the object has been gone for a while")
+    source: Literal["camera", "photo"] = Field(description="Found on a camera stream or in a patrol photo")
+    source_id: str = Field(description="Camera id, or the photo's content hash")
+    source_name: str | None = Field(None, description="Camera name or photo file name, for people")
+    zone: str | None = Field(None, description="Zone name the object is in (None: whole frame / no zones)")
+    first_seen: datetime = Field(description="When the object was first seen (timezone-aware)")
+    last_seen: datetime = Field(description="When the object was last seen (timezone-aware)")
+    detector_class: str = Field(description="Product detector class of the object")
+    score: float = Field(ge=0, le=1, description="Best detector confidence seen for the object")
+    box: tuple[float, float, float, float] = Field(description="xyxy box in frame pixels, on the evidence frame")
+    frame_size: tuple[int, int] = Field(description="(width, height) of the evidence frame")
+    model_version: str = Field(description="Version of the model that found it")
+    location: GeoPoint | None = Field(None, description="Where, when known (photo EXIF GPS, camera position)")
+    evidence: list[EvidenceImage] = Field(default_factory=list, description="Evidence pictures")
+    extra: dict[str, Any] = Field(default_factory=dict, description="Producer-specific details (track id, ...)")
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if value not in VIOLATION_TYPES:
+            raise ValueError(f"unknown violation type {value!r}; known: {', '.join(VIOLATION_TYPES)}")
+        return value
+
+    @field_validator("detector_class")
+    @classmethod
+    def _known_class(cls, value: str) -> str:
+        if value not in CLASS_NAMES:
+            raise ValueError(f"unknown detector class {value!r}")
+        return value
+
+    @field_validator("first_seen", "last_seen")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        return value
+
+
+@runtime_checkable
+class ViolationSink(Protocol):
+    """Where violations go. ``emit`` must be idempotent per ``violation.key`` and safe to call from threads."""
+
+    def emit(self, violation: Violation) -> None:
+        """File or update one violation."""
+
+    def close(self) -> None:
+        """Flush and release resources."""
+
+
+class JsonlSink:
+    """Writes each emitted violation as one JSON line; evidence JPEGs go to files named by their hash.
+
+    The line carries ``evidence_files`` (paths) instead of image bytes. With no path, lines go to stdout.
+    Repeats of a key are written again (a JSON-lines log is an event log; readers keep the last per key).
+    """
+
+    def __init__(self, path: str | Path | None = None, evidence_dir: str | Path | None = None):
+        self._own = path is not None
+        self._fh: IO[str] = open(path, "a", encoding="utf-8") if path is not None else sys.stdout  # noqa: SIM115
+        default_dir = Path(path).with_suffix("").parent / "evidence" if path is not None else None
+        self.evidence_dir = Path(evidence_dir) if evidence_dir else default_dir
+        self._lock = threading.Lock()
+
+    def emit(self, violation: Violation) -> None:
+        record = violation.model_dump(mode="json", exclude={"evidence"})
+        files = []
+        if self.evidence_dir is not None:
+            self.evidence_dir.mkdir(parents=True, exist_ok=True)
+            for image in violation.evidence:
+                target = self.evidence_dir / f"{image.sha256}.jpg"
+                if not target.exists():
+                    target.write_bytes(image.jpeg)
+                files.append({"kind": image.kind, "path": str(target)})
+        record["evidence_files"] = files
+        line = json.dumps(record, ensure_ascii=False)
+        with self._lock:
+            self._fh.write(line + "\n")
+            self._fh.flush()
+
+    def close(self) -> None:
+        if self._own:
+            self._fh.close()
