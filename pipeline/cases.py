@@ -134,3 +134,19 @@ class JsonlSink:
     def close(self) -> None:
         if self._own:
             self._fh.close()
+
+
+def open_sink(target: str | None) -> ViolationSink:
+    """The sink a command-line target names.
+
+    ``None`` or ``-``: JSON lines on stdout; a path ending in ``.jsonl``: a JSON-lines file (evidence
+    beside it). The case queue's targets (an ``http(s)://`` service URL, a database URL or a data
+    folder) are provided by the case-queue service (``serve.sinks``).
+    """
+    if target in (None, "-"):
+        return JsonlSink()
+    if target.endswith(".jsonl"):
+        return JsonlSink(target)
+    from serve.sinks import open_case_sink  # the case queue: HTTP ingest or the store itself
+
+    return open_case_sink(target)
