@@ -163,6 +163,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body_errors = [e for e in exc.errors() if tuple(e.get("loc", ())) == ("body",)]
+        if body_errors and request.method in ("POST", "PUT", "PATCH") and ctype != "application/json":
+            return JSONResponse(
+                {
+                    "detail": f"expected a JSON body with Content-Type: application/json, "
+                    f"got {ctype or 'no content type'}"
+                },
+                status_code=415,
+            )
         return _validation_problem(exc)
 
     @app.exception_handler(IllegalTransition)
