@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, make_url, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from servetest import make_violation
+from servetest import empty_database, make_violation
 
 from pipeline.cases import Violation
 
@@ -42,23 +42,13 @@ def pg_database() -> Iterator[str]:
         admin.dispose()
 
 
-def _empty_pg(url: str) -> None:
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        tables = [r[0] for r in conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname='public'"))]
-        tables = [t for t in tables if t != "alembic_version"]
-        if tables:
-            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-    engine.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty database: a new SQLite file, or the session's PostgreSQL database emptied."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'cases.db'}"
     url = request.getfixturevalue("pg_database")
-    _empty_pg(url)
+    empty_database(url)
     return url
 
 

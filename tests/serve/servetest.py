@@ -14,11 +14,23 @@ import cv2
 import httpx
 import numpy as np
 import yaml
+from sqlalchemy import create_engine, text
 
 from pipeline.cases import EvidenceImage, Violation
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 26, 8, 0, tzinfo=timezone.utc)
+
+
+def empty_database(url: str) -> None:
+    """Empty every table of a PostgreSQL test database (the schema stays)."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        tables = [r[0] for r in conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname='public'"))]
+        tables = [t for t in tables if t != "alembic_version"]
+        if tables:
+            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+    engine.dispose()
 
 
 def jpeg(seed: int = 0, size: tuple[int, int] = (96, 64)) -> bytes:
