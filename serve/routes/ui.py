@@ -150,7 +150,9 @@ def case_page(request: Request, case_id: int) -> Response:
     case = store.get_case(case_id)  # CaseNotFound -> 404
     config = request.app.state.config
     tz = config.tz
-    deadline = (datetime.now(tz) + timedelta(hours=config.default_deadline_hours)).strftime("%Y-%m-%dT%H:%M")
+    proposed = datetime.now(tz) + timedelta(hours=config.default_deadline_hours)
+    deadline = proposed.strftime("%Y-%m-%dT%H:%M")
+    offset = proposed.strftime("%z")  # the deadline is entered in the service's zone, whatever the browser's
     frame = next((e for e in case.evidence if e.kind == "frame"), None)
     return render(
         request,
@@ -162,6 +164,7 @@ def case_page(request: Request, case_id: int) -> Response:
         keys=store.occurrence_keys(case_id),
         departments=config.departments,
         default_deadline=deadline,
+        deadline_offset=f"{offset[:3]}:{offset[3:]}",
         class_names=CLASS_NAMES,
     )
 
@@ -191,7 +194,7 @@ def stats_page(request: Request, since: str = "", until: str = "") -> Response:
     )
 
 
-def bar_chart(counts: list, width: int = 420, row: int = 26, label_w: int = 150) -> dict:
+def bar_chart(counts: list, width: int = 560, row: int = 26, label_w: int = 230) -> dict:
     """Geometry of a horizontal bar chart (inline SVG in the template)."""
     top = max((c.count for c in counts), default=0) or 1
     span = width - label_w - 48

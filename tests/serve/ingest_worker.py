@@ -14,9 +14,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE)]  # this checkout first, then the test helpers
 
-from servetest import make_violation
+from servetest import make_violation  # noqa: E402  (after the path set-up above)
 
-from pipeline.cases import open_sink
+from pipeline.cases import open_sink  # noqa: E402
 
 
 def main() -> None:

@@ -146,3 +146,61 @@ class ServiceProcess:
             check=True,
         )
         return out.stdout.strip()
+
+
+#: Hand-marked violations in the bundled sample photos (photo, type, detector class, xyxy box).
+MARKED = [
+    ("overflowing-bins-street.jpg", "overflowing_bin", "overflowing_bin", (130, 335, 625, 500)),
+    ("patrol-dumped-bags.jpg", "exposed_garbage", "litter", (240, 260, 820, 580)),
+]
+
+
+def sample_violations(detector=None) -> list[Violation]:
+    """Realistic violations from the bundled photos: hand-marked garbage, and vehicles the shipped model
+    finds in two patrol photos filed as parking in a no-parking zone (as a camera worker with zones would)."""
+    from models.classes import class_id
+    from pipeline.annotate import draw_detections
+    from pipeline.decode import read_image
+    from pipeline.detect import Detector
+    from pipeline.detections import Detections
+    from serve.photos import encode_jpeg, photo_violations
+
+    photos = REPO / "pipeline" / "samples" / "photos"
+    detector = detector or Detector()
+    out: list[Violation] = []
+    for i, (name, _vtype, cls, box) in enumerate(MARKED):
+        image = read_image(photos / name)
+        found = detector.detect(image)
+        marked = Detections([box], [0.71 + 0.1 * i], [class_id(cls)])
+        t = T0 + timedelta(hours=2 * i)
+        out += photo_violations(
+            image, (photos / name).read_bytes(), Detections.merge([found, marked]), detector.version, t, name
+        )
+    for i, name in enumerate(("patrol-bikes-cardboard.jpg", "patrol-containers-cyclist.jpg")):
+        image = read_image(photos / name)
+        dets = detector.detect(image)
+        vehicle = dets.of_classes(["car", "motorbike", "bicycle"])[0]
+        x1, y1, x2, y2 = (float(v) for v in vehicle.xyxy[0])
+        crop = image[int(y1) : int(y2), int(x1) : int(x2)]
+        out.append(
+            Violation(
+                key=f"cam-{i}:illegal_parking:track-{17 + i}",
+                type="illegal_parking",
+                source="camera",
+                source_id=f"cam-{i + 1:02d}",
+                source_name=["人民路口 Renmin Rd crossing", "菜市场东门 Market east gate"][i],
+                zone="人行道 sidewalk",
+                first_seen=T0 + timedelta(hours=5 + i),
+                last_seen=T0 + timedelta(hours=5 + i, minutes=12),
+                detector_class=vehicle.class_names[0],
+                score=float(vehicle.confidence[0]),
+                box=(x1, y1, x2, y2),
+                frame_size=(image.shape[1], image.shape[0]),
+                model_version=detector.version,
+                evidence=[
+                    EvidenceImage(kind="frame", jpeg=encode_jpeg(draw_detections(image, vehicle))),
+                    EvidenceImage(kind="crop", jpeg=encode_jpeg(crop)),
+                ],
+            )
+        )
+    return out

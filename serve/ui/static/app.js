@@ -2,12 +2,13 @@
 "use strict";
 
 function payload(form) {
+  // datetime-local has no zone: the deadline is meant in the service's time zone (data-offset, e.g. +08:00)
   const data = {};
   for (const [name, value] of new FormData(form).entries()) {
     if (value === "") continue;
     data[name] = value;
   }
-  if (data.deadline) data.deadline = new Date(data.deadline).toISOString(); // local time -> UTC, zone-aware
+  if (data.deadline) data.deadline = `${data.deadline}:00${form.dataset.offset || "Z"}`;
   return data;
 }
 
