@@ -234,7 +234,11 @@ def create_app(
         batcher = None
         if config.batching.enabled and holder.loaded:
             batcher = MicroBatcher(
-                holder, config.batching.max_batch, config.batching.max_wait_ms, metrics.observe_batch
+                holder,
+                config.batching.max_batch,
+                config.batching.max_wait_ms,
+                metrics.observe_batch,
+                config.batching.workers,
             )
             await batcher.start()
         app.state.batcher = batcher

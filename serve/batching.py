@@ -54,7 +54,12 @@ class MicroBatcher:
     """Collects concurrent detection requests into batched detector calls (bounded wait)."""
 
     def __init__(
-        self, holder: DetectorHolder, max_batch: int = 8, max_wait_ms: float = 8.0, observe: BatchObserver | None = None
+        self,
+        holder: DetectorHolder,
+        max_batch: int = 8,
+        max_wait_ms: float = 8.0,
+        observe: BatchObserver | None = None,
+        workers: int = 2,
     ):
         self.holder = holder
         self.max_batch = max_batch
@@ -62,11 +67,15 @@ class MicroBatcher:
         self.observe = observe
         self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future]] | None = None
         self._task: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect-batch")
+        self.workers = workers
+        self._slots: asyncio.Semaphore | None = None
+        self._running: set[asyncio.Task] = set()
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="detect-batch")
 
     async def start(self) -> None:
         """Start collecting (inside the running event loop)."""
         self._queue = asyncio.Queue()
+        self._slots = asyncio.Semaphore(self.workers)
         self._task = asyncio.create_task(self._loop(), name="micro-batcher")
 
     async def stop(self) -> None:
@@ -91,9 +100,14 @@ class MicroBatcher:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        assert self._queue is not None
+        assert self._queue is not None and self._slots is not None
         while True:
-            batch = [await self._queue.get()]
+            await self._slots.acquire()  # at most `workers` batches run; the next one forms meanwhile
+            try:
+                batch = [await self._queue.get()]
+            except asyncio.CancelledError:
+                self._slots.release()
+                raise
             deadline = loop.time() + self.max_wait
             while len(batch) < self.max_batch:
                 try:
@@ -108,20 +122,32 @@ class MicroBatcher:
                     batch.append(await asyncio.wait_for(self._queue.get(), remaining))
                 except TimeoutError:
                     break
+            task = asyncio.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+        """One detector call for a batch; each request gets its own result (or the error)."""
+        try:
             batch = [(img, fut) for img, fut in batch if not fut.done()]  # cancelled requests drop out
             if not batch:
-                continue
+                return
             detector = self.holder.detector  # one model for the whole batch
             started = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self._executor, detector.detect_batch, [img for img, _ in batch])
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, detector.detect_batch, [img for img, _ in batch]
+                )
             except Exception as exc:
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
-                continue
+                return
             if self.observe:
                 self.observe(len(batch), time.perf_counter() - started)
             for (_, fut), dets in zip(batch, results, strict=True):
                 if not fut.done():
                     fut.set_result((dets, detector.version))
+        finally:
+            assert self._slots is not None
+            self._slots.release()

@@ -43,6 +43,7 @@ class BatchingConfig(BaseModel):
     max_wait_ms: float = Field(
         8.0, ge=0, le=1000, description="Longest a request waits for others to join its batch, milliseconds"
     )
+    workers: int = Field(2, ge=1, le=16, description="Batches in flight at once (the next one forms meanwhile)")
 
 
 class WebhookConfig(BaseModel):
