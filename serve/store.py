@@ -153,6 +153,7 @@ class CaseStore:
     def ingest(self, violation: Violation, actor: Actor = SYSTEM) -> Ingested:
         """File a violation: a repeat of its key updates its case; the same thing again within the dedup
         window merges into the open case; anything else opens a new case."""
+        check_violation(violation)
         shas = [(image.kind, self.evidence.put(image.jpeg), len(image.jpeg)) for image in violation.evidence]
         return self._write(lambda s: self._ingest(s, violation, shas, actor))
 
@@ -812,6 +813,24 @@ class CaseStore:
         """Whether the database answers."""
         with self.reading() as s:
             return s.scalar(select(func.count()).select_from(ApiKey)) is not None
+
+
+#: Longest text the store keeps per field (the column sizes).
+TEXT_LIMITS = {"source_id": 200, "source_name": 300, "zone": 200, "model_version": 200}
+
+
+def check_violation(v: Violation) -> None:
+    """Refuse what the contract allows but the store cannot keep faithfully (InvalidRequest says why)."""
+    for name, limit in TEXT_LIMITS.items():
+        value = getattr(v, name)
+        if value is not None and len(value) > limit:
+            raise InvalidRequest(f"{name} is {len(value)} characters long (limit {limit})")
+    if not all(math.isfinite(c) for c in v.box) or v.box[2] < v.box[0] or v.box[3] < v.box[1]:
+        raise InvalidRequest(f"box {list(v.box)} is not a finite x1 <= x2, y1 <= y2 rectangle")
+    if min(v.frame_size) <= 0 or max(v.frame_size) > 100_000:
+        raise InvalidRequest(f"frame_size {list(v.frame_size)} is not a plausible (width, height)")
+    if v.last_seen < v.first_seen:
+        raise InvalidRequest("last_seen is before first_seen")
 
 
 def _key_out(row: ApiKey) -> KeyOut:

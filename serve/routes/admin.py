@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 
 from serve.auth import require
 from serve.routes.cases import ERRORS
@@ -27,7 +27,7 @@ def create_key(body: KeyCreateIn, request: Request, actor: Admin) -> KeyCreated:
 
 
 @router.delete("/{key_id}", response_model=KeyOut, responses=ERRORS, summary="Revoke an API key")
-def revoke_key(key_id: int, request: Request, actor: Admin) -> KeyOut:
+def revoke_key(key_id: Annotated[int, Path(ge=1, le=2**31 - 1)], request: Request, actor: Admin) -> KeyOut:
     try:
         return request.app.state.store.revoke_key(key_id)
     except LookupError as exc:

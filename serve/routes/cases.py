@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from models.classes import VIOLATION_TYPES
@@ -36,6 +36,8 @@ ERRORS = {
     422: {"model": Problem, "description": "Invalid request"},
 }
 
+#: A case number as the database can hold it (anything else is a 422, not a database error).
+CaseId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Case number")]
 Ingester = Annotated[Actor, Depends(require("ingest"))]
 Reader = Annotated[Actor, Depends(require("read"))]
 Reviewer = Annotated[Actor, Depends(require("review"))]
@@ -92,7 +94,7 @@ def list_cases(
     since: Annotated[datetime | None, Query(description="First seen at or after (ISO 8601)")] = None,
     until: Annotated[datetime | None, Query(description="First seen before (ISO 8601)")] = None,
     overdue: Annotated[bool | None, Query(description="Only (true) or no (false) overdue cases")] = None,
-    offset: Annotated[int, Query(ge=0, description="Skip this many cases")] = 0,
+    offset: Annotated[int, Query(ge=0, le=10**9, description="Skip this many cases")] = 0,
     limit: Annotated[int, Query(ge=1, description="Page size")] = 50,
 ) -> CasePage:
     config = request.app.state.config
@@ -110,7 +112,7 @@ def list_cases(
 
 
 @router.get("/cases/{case_id}", response_model=CaseOut, responses=ERRORS, summary="One case")
-def get_case(case_id: int, request: Request, actor: Reader) -> CaseOut:
+def get_case(case_id: CaseId, request: Request, actor: Reader) -> CaseOut:
     return store_of(request).get_case(case_id)
 
 
@@ -120,7 +122,7 @@ def get_case(case_id: int, request: Request, actor: Reader) -> CaseOut:
     responses=ERRORS,
     summary="Every change of a case: who, when, what",
 )
-def history(case_id: int, request: Request, actor: Reader) -> list[HistoryOut]:
+def history(case_id: CaseId, request: Request, actor: Reader) -> list[HistoryOut]:
     return store_of(request).history(case_id)
 
 
@@ -130,7 +132,7 @@ def history(case_id: int, request: Request, actor: Reader) -> list[HistoryOut]:
     responses=ERRORS,
     summary="Evidence pictures of a case",
 )
-def case_evidence(case_id: int, request: Request, actor: Reader) -> list[EvidenceOut]:
+def case_evidence(case_id: CaseId, request: Request, actor: Reader) -> list[EvidenceOut]:
     return store_of(request).get_case(case_id).evidence
 
 
@@ -140,7 +142,7 @@ def case_evidence(case_id: int, request: Request, actor: Reader) -> list[Evidenc
     responses=ERRORS,
     summary="Confirm, dismiss as false positive, or correct the class",
 )
-def review(case_id: int, body: ReviewIn, request: Request, actor: Reviewer) -> CaseOut:
+def review(case_id: CaseId, body: ReviewIn, request: Request, actor: Reviewer) -> CaseOut:
     case = store_of(request).review(case_id, body.action, actor, body.type, body.detector_class, body.note)
     _after_change(request)
     return case
@@ -152,7 +154,7 @@ def review(case_id: int, body: ReviewIn, request: Request, actor: Reviewer) -> C
     responses=ERRORS,
     summary="Hand to a department with a deadline (责任落实 / 限期整改)",
 )
-def dispatch(case_id: int, body: DispatchIn, request: Request, actor: Reviewer) -> CaseOut:
+def dispatch(case_id: CaseId, body: DispatchIn, request: Request, actor: Reviewer) -> CaseOut:
     case = store_of(request).dispatch(case_id, body.department, body.deadline, actor, body.note)
     _after_change(request)
     return case
@@ -164,14 +166,14 @@ def dispatch(case_id: int, body: DispatchIn, request: Request, actor: Reviewer) 
     responses=ERRORS,
     summary="The department rectified the violation",
 )
-def resolve(case_id: int, body: NoteIn, request: Request, actor: Reviewer) -> CaseOut:
+def resolve(case_id: CaseId, body: NoteIn, request: Request, actor: Reviewer) -> CaseOut:
     case = store_of(request).resolve(case_id, actor, body.note)
     _after_change(request)
     return case
 
 
 @router.post("/cases/{case_id}/close", response_model=CaseOut, responses=ERRORS, summary="Close a resolved case")
-def close(case_id: int, body: NoteIn, request: Request, actor: Reviewer) -> CaseOut:
+def close(case_id: CaseId, body: NoteIn, request: Request, actor: Reviewer) -> CaseOut:
     case = store_of(request).close(case_id, actor, body.note)
     _after_change(request)
     return case
@@ -183,7 +185,7 @@ def close(case_id: int, body: NoteIn, request: Request, actor: Reviewer) -> Case
     responses=ERRORS,
     summary="Reopen a dismissed, resolved or closed case",
 )
-def reopen(case_id: int, body: ReopenIn, request: Request, actor: Reviewer) -> CaseOut:
+def reopen(case_id: CaseId, body: ReopenIn, request: Request, actor: Reviewer) -> CaseOut:
     case = store_of(request).reopen(case_id, actor, body.note)
     _after_change(request)
     return case

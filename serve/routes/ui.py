@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -114,7 +115,7 @@ def cases_page(
     status: Annotated[str, Query()] = "",
     type: Annotated[str, Query()] = "",
     camera: Annotated[str, Query()] = "",
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=10**6)] = 1,
 ) -> Response:
     user = current_user(request)
     if user is None:
@@ -142,7 +143,7 @@ def cases_page(
 
 
 @router.get("/ui/cases/{case_id}", response_class=HTMLResponse)
-def case_page(request: Request, case_id: int) -> Response:
+def case_page(request: Request, case_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)]) -> Response:
     user = current_user(request)
     if user is None:
         return to_login(request)

@@ -151,6 +151,8 @@ def test_review_dispatch_resolve_close_over_http(env):
         ("/v1/cases/1/dispatch", {"department": "x", "deadline": "2030-01-01T00:00:00"}, 422, "timezone-aware"),
         ("/v1/cases/1/dispatch", {"department": "", "deadline": "2030-01-01T00:00:00Z"}, 422, "department"),
         ("/v1/cases/abc/review", {"action": "confirm"}, 422, "case_id"),
+        ("/v1/cases/99999999999999999999/review", {"action": "confirm"}, 422, "case_id"),
+        ("/v1/cases/0/review", {"action": "confirm"}, 422, "case_id"),
     ],
 )
 def test_bad_requests_get_4xx_with_the_reason(env, path, body, status, reason):
@@ -172,6 +174,29 @@ def test_malformed_json_is_a_400(env):
     assert r.status_code == 422 and "type: Field required" in r.json()["detail"]
     r = client.post("/v1/cases/ingest", content=make_violation().model_dump_json(), headers=auth(keys["ingest"]))
     assert r.status_code == 415 and "Content-Type: application/json" in r.json()["detail"]
+    nan = make_violation().model_dump_json().replace('"box":[10.0', '"box":[NaN')  # JSON5-style token
+    r = client.post(
+        "/v1/cases/ingest", content=nan, headers={**auth(keys["ingest"]), "Content-Type": "application/json"}
+    )
+    assert r.status_code == 422 and "not a finite" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"source_id": "c" * 201}, "source_id is 201 characters"),
+        ({"box": (float("nan"), 0, 1, 1)}, "box"),
+        ({"box": (float("inf"), 0, 1, 1)}, "box"),
+        ({"box": (50, 50, 10, 10)}, "not a finite"),
+        ({"frame_size": (0, 480)}, "frame_size"),
+        ({"last_seen": T0 - timedelta(hours=1)}, "before first_seen"),
+    ],
+)
+def test_ingest_refuses_what_the_store_cannot_keep(env, change, reason):
+    _, client, keys, _ = env
+    v = make_violation().model_copy(update=change)
+    r = post_violation(client, keys["ingest"], v)
+    assert r.status_code == 422 and reason in r.json()["detail"], r.text
 
 
 def test_ingest_refuses_evidence_that_is_not_a_jpeg(env):
