@@ -200,6 +200,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
+def batching_wanted(config: ServiceConfig, detector: Detector) -> bool:
+    """Whether to micro-batch: as configured, or (auto) when the model runs on an accelerator provider."""
+    if config.batching.enabled != "auto":
+        return bool(config.batching.enabled)
+    return detector.session.get_providers()[0] != "CPUExecutionProvider"
+
+
 def create_app(
     config: ServiceConfig | None = None,
     detector: Detector | None = None,
@@ -232,7 +239,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher = None
-        if config.batching.enabled and holder.loaded:
+        if holder.loaded and batching_wanted(config, holder.detector):
             batcher = MicroBatcher(
                 holder,
                 config.batching.max_batch,

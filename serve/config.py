@@ -38,7 +38,11 @@ class BatchingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(True, description="Collect concurrent requests into one detect_batch call")
+    enabled: bool | Literal["auto"] = Field(
+        "auto",
+        description="Collect concurrent requests into one detect_batch call; auto: only when the model runs on an "
+        "accelerator (on the CPU provider one call already uses every core: benchmarks/serve_batching.py)",
+    )
     max_batch: int = Field(8, ge=1, le=64, description="Most images in one detector call")
     max_wait_ms: float = Field(
         8.0, ge=0, le=1000, description="Longest a request waits for others to join its batch, milliseconds"

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from servetest import T0, make_violation
 
 from pipeline.decode import read_image
-from serve.app import attach_cameras, create_app
+from serve.app import attach_cameras, batching_wanted, create_app
 from serve.config import BatchingConfig, ServiceConfig
 
 
@@ -36,7 +36,7 @@ class RecordingCameras:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     data = tmp_path_factory.mktemp("svc")
-    config = ServiceConfig(data_dir=data, batching=BatchingConfig(max_batch=8, max_wait_ms=50))
+    config = ServiceConfig(data_dir=data, batching=BatchingConfig(enabled=True, max_batch=8, max_wait_ms=50))
     app = create_app(config)
     cameras = RecordingCameras()
     attach_cameras(app, cameras)
@@ -69,6 +69,14 @@ def test_health_ready_and_docs(env):
     assert ready["checks"]["model"].startswith("yolo11n-coco-interim@")
     assert ready["checks"]["cameras"] == {"gate-east": "running", "market": "reconnecting"}
     assert "/v1/cases/ingest" in client.get("/openapi.json").json()["paths"]
+
+
+def test_batching_is_automatic_only_on_accelerators(env):
+    app, *_ = env
+    detector = app.state.detector.detector
+    assert batching_wanted(ServiceConfig(), detector) is False  # the CPU provider: one call uses every core
+    assert batching_wanted(ServiceConfig(batching=BatchingConfig(enabled=True)), detector) is True
+    assert app.state.batcher is not None  # this app asked for it
 
 
 @pytest.mark.parametrize(

@@ -119,7 +119,7 @@ def test_kill_9_during_ingestion_then_restart_exactly_once(tmp_path):
 def live(tmp_path_factory):
     """A running service with the shipped model."""
     data = tmp_path_factory.mktemp("live") / "data"
-    service = ServiceProcess(data, config={"batching": {"max_wait_ms": 5}}).start()
+    service = ServiceProcess(data, config={"batching": {"enabled": True, "max_wait_ms": 5}}).start()
     keys = {role: service.key(role) for role in ("ingest", "reviewer")}
     yield service, keys
     service.stop()
