@@ -128,8 +128,7 @@ class HttpSink:
                 if outcome == "retry":
                     failures += 1
                     delay = min(self.backoff_s * 2 ** (failures - 1), self.max_backoff_s)
-                    self._wake.wait(delay * (0.75 + random.random() / 2))  # jitter
-                    self._wake.clear()
+                    self._stop.wait(delay * (0.75 + random.random() / 2))  # new emits do not cut the backoff short
                     break
                 failures = 0
 

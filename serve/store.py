@@ -160,7 +160,8 @@ class CaseStore:
     def _ingest(self, s: Session, v: Violation, shas: list[tuple[str, str, int]], actor: Actor) -> Ingested:
         now = utcnow()
         if self.dialect == "postgresql":
-            lock = int.from_bytes(hashlib.sha256(f"{v.type}|{v.source_id}".encode()).digest()[:8], "big", signed=True)
+            place = "photo-gps" if _by_gps(v) else v.source_id  # the scope _find_open_case searches
+            lock = int.from_bytes(hashlib.sha256(f"{v.type}|{place}".encode()).digest()[:8], "big", signed=True)
             s.execute(select(func.pg_advisory_xact_lock(lock)))
         occ = s.scalar(select(Occurrence).where(Occurrence.key == v.key))
         if occ is not None:
@@ -273,7 +274,7 @@ class CaseStore:
             Case.last_seen >= v.first_seen - window,
             Case.first_seen <= v.last_seen + window,
         )
-        if v.location is not None:
+        if _by_gps(v):
             deg = self.dedup.radius_m / 111_000 * 2
             query = query.where(
                 (Case.source_id == v.source_id)
@@ -288,7 +289,8 @@ class CaseStore:
 
     def _same_place(self, case: Case, v: Violation) -> bool:
         if (
-            v.location is not None
+            _by_gps(v)
+            and case.source == "photo"
             and case.lat is not None
             and case.lon is not None
             and distance_m((case.lat, case.lon), (v.location.lat, v.location.lon)) <= self.dedup.radius_m
@@ -813,6 +815,11 @@ class CaseStore:
         """Whether the database answers."""
         with self.reading() as s:
             return s.scalar(select(func.count()).select_from(ApiKey)) is not None
+
+
+def _by_gps(v: Violation) -> bool:
+    """Patrol photos with a position are matched by distance; cameras (fixed view) by zone and box overlap."""
+    return v.source == "photo" and v.location is not None
 
 
 #: Longest text the store keeps per field (the column sizes).

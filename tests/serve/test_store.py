@@ -108,6 +108,10 @@ def test_dedup_by_gps_for_patrol_photos(store, violation):
     b = store.ingest(violation(key="p2", source_id="photo-b", location=near, **kw))
     c = store.ingest(violation(key="p3", source_id="photo-c", location=GeoPoint(lat=31.2404, lon=121.4737), **kw))
     assert b.outcome == "merged" and b.case_id == a.case_id and c.created
+    # a camera's position is the camera's, not the object's: two places in one view stay two cases
+    cam = dict(location=here, source_id="cam9")
+    assert store.ingest(violation(key="c1", **cam)).created
+    assert store.ingest(violation(key="c2", box=(300, 200, 400, 300), **cam)).created
 
 
 def test_dedup_skips_closed_cases_and_can_be_disabled(store, violation, db_url, tmp_path):

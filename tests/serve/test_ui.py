@@ -83,6 +83,7 @@ def test_reviewer_confirms_and_dispatches_in_the_browser(browser, tmp_path):
 
         page.select_option("select[name=type]", "illegal_parking")
         page.click("form.filters button[type=submit]")
+        page.wait_for_url(lambda url: "type=illegal_parking" in url)
         assert page.locator("tr[data-case]").count() == 2
 
         page.click(f"tr[data-case='{parking}'] a.caseno")
