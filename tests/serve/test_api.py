@@ -403,3 +403,37 @@ def test_request_body_limit(env):
     assert r.status_code == 413 and "too large" in r.json()["detail"]
     assert client.get("/healthz").status_code == 200
     np.testing.assert_equal(app.state.config.limits.max_upload_bytes, 20 * 1024 * 1024)
+
+
+@pytest.mark.slow
+def test_detect_files_violations_as_cases_idempotently(use_tiny_registry, tiny_pt, tmp_path):
+    """A real model trained on litter shapes: its detections become exposed-garbage cases; the same photo
+    uploaded again updates the same cases."""
+    from pipeline.detect import DetectorConfig
+
+    photo = sorted((tiny_pt.parents[3] / "shapes" / "val" / "images").glob("*.jpg"))[0]
+    app = create_app(ServiceConfig(data_dir=tmp_path, detector=DetectorConfig(conf=0.05)))
+    key = app.state.store.create_key("ingest", "patrol-audit")[0]
+    params = {"file": "true", "source_name": "patrol-1.jpg", "lat": 31.2304, "lon": 121.4737}
+    with TestClient(app) as client:
+        first = client.post(
+            "/v1/detect",
+            params=params,
+            headers=auth(key),
+            files={"image": (photo.name, photo.read_bytes(), "image/jpeg")},
+        ).json()
+        again = client.post(
+            "/v1/detect",
+            params=params,
+            headers=auth(key),
+            files={"image": (photo.name, photo.read_bytes(), "image/jpeg")},
+        ).json()
+        litter = [d for d in first["detections"] if d["class"] == "litter"]
+        assert litter and first["model_version"] == "tiny@t1/fp32"
+        assert len(first["cases"]) == len(litter) and any(c["created"] for c in first["cases"])
+        assert {c["case_id"] for c in again["cases"]} == {c["case_id"] for c in first["cases"]}
+        assert all(c["outcome"] == "updated" for c in again["cases"])
+        case = app.state.store.get_case(first["cases"][0]["case_id"])
+        assert case.type == "exposed_garbage" and case.source == "photo" and case.source_name == "patrol-1.jpg"
+        assert case.location.lat == pytest.approx(31.2304) and case.model_version == "tiny@t1/fp32"
+        assert {e.kind for e in case.evidence} == {"frame", "crop"}
