@@ -106,7 +106,7 @@ def logout() -> RedirectResponse:
 
 def _safe_next(target: str) -> str:
     """Only local paths: a login link cannot send the reviewer elsewhere."""
-    return target if target.startswith("/") and not target.startswith("//") else "/ui/cases"
+    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/ui/cases"
 
 
 @router.get("/ui/cases", response_class=HTMLResponse)

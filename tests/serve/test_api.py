@@ -437,3 +437,25 @@ def test_detect_files_violations_as_cases_idempotently(use_tiny_registry, tiny_p
         assert case.type == "exposed_garbage" and case.source == "photo" and case.source_name == "patrol-1.jpg"
         assert case.location.lat == pytest.approx(31.2304) and case.model_version == "tiny@t1/fp32"
         assert {e.kind for e in case.evidence} == {"frame", "crop"}
+
+
+def test_review_pages_need_a_reviewer_escape_content_and_refuse_cross_site_posts(env):
+    app, _, keys, _ = env
+    cid = ingest(TestClient(app), keys, source_id="cam-xss", source_name="<script>alert(1)</script>").json()["case_id"]
+    browser = TestClient(app)  # its own cookie jar
+    assert browser.get("/ui/cases", follow_redirects=False).headers["location"].startswith("/ui/login?next=")
+    r = browser.post("/ui/login", data={"key": keys["ingest"], "next": "/ui/cases"}, follow_redirects=False)
+    assert r.status_code == 200 and "A reviewer key is needed" in r.text
+    for target in ("//evil.example/x", "/\\evil.example", "https://evil.example/"):
+        r = browser.post("/ui/login", data={"key": keys["reviewer"], "next": target}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/ui/cases"
+    page = browser.get(f"/ui/cases/{cid}")
+    assert page.status_code == 200 and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    assert "<script>alert(1)" not in page.text
+    listing = browser.get("/ui/cases", params={"camera": "cam-xss"})
+    assert f'data-case="{cid}"' in listing.text and "<script>alert(1)" not in listing.text
+    r = browser.post(f"/v1/cases/{cid}/review", json={"action": "confirm"}, headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403 and "cross-site" in r.json()["detail"]
+    r = browser.post(f"/v1/cases/{cid}/review", json={"action": "confirm"}, headers={"Origin": "http://testserver"})
+    assert r.status_code == 200 and r.json()["reviewed_by"] == "reviewer-1"
+    assert browser.get("/ui/stats").status_code == 200 and browser.get("/ui/cases/999999").status_code == 404
