@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean chromium
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -20,10 +20,18 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 	$(PIP) install -e '.[train,dev]'
 	touch $@ $(VENV)/.installed-run
 
+# the case queue, API and review page on 127.0.0.1:8000 with the default model and a SQLite store in data/
 run: $(VENV)/.installed-run
-	$(VENV)/bin/streetwatch detect pipeline/samples/photos --out out/detect
+	$(VENV)/bin/streetwatch serve --demo --data-dir data
 
-test: $(VENV)/.installed-test
+# the review page's browser test drives Debian's chromium (Playwright, never its own browser download)
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing: install it (apt-get install chromium) for the review page test"; fi; }
+
+test: $(VENV)/.installed-test chromium
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
@@ -32,6 +40,7 @@ lint: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/latency.py
+	$(PY) benchmarks/serve_batching.py
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

@@ -1,0 +1,299 @@
+"""The service: :func:`create_app` assembles the store, the detector, the routers and the background
+workers (micro-batcher, webhook outbox, an optional camera runner) from a :class:`ServiceConfig`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, runtime_checkable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pipeline.decode import ImageReadError
+from pipeline.detect import Detector
+from serve.batching import DetectorHolder, MicroBatcher
+from serve.config import ServiceConfig
+from serve.evidence import EvidenceNotFound
+from serve.lifecycle import IllegalTransition
+from serve.metrics import Metrics
+from serve.outbox import WebhookDispatcher
+from serve.store import CaseNotFound, CaseStore, InvalidRequest
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+@runtime_checkable
+class CameraRunner(Protocol):
+    """What the service needs of a camera runner (e.g. the stream pipeline's ``StreamProcessor``)."""
+
+    def start(self) -> None:
+        """Start processing the cameras (returns at once; work runs in the background)."""
+
+    def stop(self) -> None:
+        """Stop all cameras, flushing what they found."""
+
+    def status(self) -> Any:
+        """Per-camera state: a mapping camera -> state (or -> dict with 'state'), or a list of such dicts."""
+
+
+class GuardMiddleware:
+    """Body-size limits before anything parses a request, and request metrics (count, latency)."""
+
+    def __init__(self, app: Any, config: ServiceConfig, metrics: Metrics):
+        self.app, self.config, self.metrics = app, config, metrics
+
+    def limit_for(self, path: str) -> int:
+        limits = self.config.limits
+        if path.startswith("/v1/cases/ingest"):
+            return limits.max_ingest_bytes
+        if path.startswith("/v1/detect"):
+            return limits.max_upload_bytes
+        return limits.max_json_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_observed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+                receive = await self._buffered(scope, receive, send_observed)
+                if receive is None:
+                    return
+            await self.app(scope, receive, send_observed)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(scope["method"], label, str(status[0])).inc()
+            self.metrics.latency.labels(scope["method"], label).observe(time.perf_counter() - started)
+
+    async def _buffered(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        """Read the whole body (refusing it past the limit with 413); a receive that replays it."""
+        limit = self.limit_for(scope["path"])
+        length = dict(scope["headers"]).get(b"content-length")
+        too_big = False
+        if length is not None:
+            try:
+                too_big = int(length) > limit
+            except ValueError:
+                await _reply(send, 400, "malformed Content-Length header")
+                return None
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body = message.get("body", b"")
+            size += len(body)
+            more = message.get("more_body", False)
+            if size > limit:
+                too_big = True
+            if too_big:
+                if size > 16 * limit:  # stop reading an endless stream; the connection closes
+                    break
+                continue
+            chunks.append(body)
+        if too_big:
+            await _reply(send, 413, f"request body too large: limit {limit:,} bytes for {scope['path']}")
+            return None
+        data = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": data, "more_body": False}
+
+        return replay
+
+
+async def _reply(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _validation_problem(exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        where = next(e for e in errors if e.get("type") == "json_invalid")
+        reason = where.get("ctx", {}).get("error", "invalid JSON")
+        return JSONResponse({"detail": f"malformed JSON body: {reason}"}, status_code=400)
+    parts = []
+    for e in errors:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+        parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
+    clean = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
+    return JSONResponse({"detail": "; ".join(parts), "errors": clean}, status_code=422)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every refusal becomes a 4xx with a reason; nothing a client sends can produce a 500."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body_errors = [e for e in exc.errors() if tuple(e.get("loc", ())) == ("body",)]
+        if body_errors and request.method in ("POST", "PUT", "PATCH") and ctype != "application/json":
+            return JSONResponse(
+                {
+                    "detail": f"expected a JSON body with Content-Type: application/json, "
+                    f"got {ctype or 'no content type'}"
+                },
+                status_code=415,
+            )
+        return _validation_problem(exc)
+
+    @app.exception_handler(IllegalTransition)
+    async def _illegal(request: Request, exc: IllegalTransition) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "status": exc.status, "action": exc.action}, status_code=409)
+
+    @app.exception_handler(CaseNotFound)
+    async def _missing(request: Request, exc: CaseNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(EvidenceNotFound)
+    async def _no_evidence(request: Request, exc: EvidenceNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(InvalidRequest)
+    async def _invalid_request(request: Request, exc: InvalidRequest) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(ImageReadError)
+    async def _bad_image(request: Request, exc: ImageReadError) -> JSONResponse:
+        return JSONResponse({"detail": f"unreadable image: {exc.reason}"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def batching_wanted(config: ServiceConfig, detector: Detector) -> bool:
+    """Whether to micro-batch: as configured, or (auto) when the model runs on an accelerator provider."""
+    if config.batching.enabled != "auto":
+        return bool(config.batching.enabled)
+    return detector.session.get_providers()[0] != "CPUExecutionProvider"
+
+
+def create_app(
+    config: ServiceConfig | None = None,
+    detector: Detector | None = None,
+    cameras: CameraRunner | None = None,
+    store: CaseStore | None = None,
+) -> FastAPI:
+    """The FastAPI application. The store is opened (and migrated) now; workers start with the app.
+
+    ``detector``: use this one instead of building ``config.detector``; ``cameras``: an object with
+    ``start()/stop()/status()`` started and stopped with the app, its ``status()`` shown in ``/metrics``
+    and ``/readyz``.
+    """
+    from serve.routes import admin, cases, detect, health, stats, ui
+
+    config = config or ServiceConfig()
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = store or CaseStore(config.database_url, config.data_dir, config.dedup, config.webhook, config.public_url)
+    if detector is None and config.load_detector:
+        detector = Detector(config.detector)
+    holder = DetectorHolder(detector)
+    metrics = Metrics()
+    app_state: dict[str, Any] = {}  # filled below; the collector reads the camera runner at scrape time
+    metrics.watch_state(
+        store.counts_by_status,
+        store.outbox_counts,
+        lambda: app_state["app"].state.cameras.status() if app_state["app"].state.cameras is not None else {},
+        lambda: holder.detector.version if holder.loaded else None,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher = None
+        if holder.loaded and batching_wanted(config, holder.detector):
+            batcher = MicroBatcher(
+                holder,
+                config.batching.max_batch,
+                config.batching.max_wait_ms,
+                metrics.observe_batch,
+                config.batching.workers,
+            )
+            await batcher.start()
+        app.state.batcher = batcher
+        dispatcher = WebhookDispatcher(store, config.webhook) if config.webhook.url else None
+        app.state.dispatcher = dispatcher
+        if dispatcher:
+            dispatcher.start()
+        runner = app.state.cameras
+        if runner is not None:
+            runner.start()
+        app.state.ready = True
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            if runner is not None:
+                runner.stop()
+            if batcher:
+                await batcher.stop()
+            if dispatcher:
+                dispatcher.stop()
+
+    app = FastAPI(
+        title="streetwatch",
+        summary="Case queue and inference service for street-scene inspection (城管)",
+        version="1",
+        lifespan=lifespan,
+    )
+    app_state["app"] = app
+    app.state.config = config
+    app.state.store = store
+    app.state.detector = holder
+    app.state.metrics = metrics
+    app.state.cameras = cameras
+    app.state.batcher = None
+    app.state.dispatcher = None
+    app.state.ready = False
+    install_error_handlers(app)
+    for module in (health, cases, detect, stats, admin, ui):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
+    app.add_middleware(GuardMiddleware, config=config, metrics=metrics)
+    return app
+
+
+def attach_cameras(app: FastAPI, cameras: CameraRunner) -> None:
+    """Run ``cameras`` with the app (started and stopped with it; states in /metrics and /readyz).
+    Call before the app starts, e.g. with a runner built on ``app.state.detector.detector``."""
+    if app.state.ready:
+        raise RuntimeError("attach the camera runner before the service starts")
+    app.state.cameras = cameras

@@ -1,0 +1,75 @@
+"""API keys on requests: ``Authorization: Bearer KEY`` (or the review page's session cookie), roles.
+
+Roles: ``ingest`` files violations and runs detection (stream workers, audits); ``reviewer`` reads
+cases and moves them through the lifecycle; ``admin`` does everything and manages keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from fastapi import Depends, HTTPException, Request
+
+from serve.schemas import KeyOut
+from serve.store import Actor
+
+COOKIE = "streetwatch_key"
+#: What each role may do.
+GRANTS: dict[str, set[str]] = {
+    "ingest": {"ingest", "detect"},
+    "reviewer": {"read", "review", "detect"},
+    "admin": {"ingest", "detect", "read", "review", "admin"},
+}
+UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def presented_key(request: Request) -> tuple[str | None, bool]:
+    """The key a request carries and whether it came from the session cookie."""
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise HTTPException(
+                401, "malformed Authorization header: expected 'Bearer KEY'", headers={"WWW-Authenticate": "Bearer"}
+            )
+        return token.strip(), False
+    cookie = request.cookies.get(COOKIE)
+    return (cookie, True) if cookie else (None, False)
+
+
+def authenticate(request: Request) -> KeyOut:
+    """The key record of the request; 401 when there is none or it is not valid."""
+    key, from_cookie = presented_key(request)
+    if key is None:
+        raise HTTPException(
+            401, "an API key is required: send 'Authorization: Bearer KEY'", headers={"WWW-Authenticate": "Bearer"}
+        )
+    record = request.app.state.store.verify_key(key)
+    if record is None:
+        raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    if from_cookie and request.method in UNSAFE_METHODS:
+        _same_origin(request)
+    request.state.key = record
+    return record
+
+
+def _same_origin(request: Request) -> None:
+    """Cookie-authenticated changes must come from the review page itself (no cross-site requests)."""
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if origin and urlsplit(origin).netloc != request.headers.get("host"):
+        raise HTTPException(403, "cross-site request refused")
+
+
+def require(permission: str) -> Callable[..., Actor]:
+    """A dependency that admits keys whose role grants ``permission`` and yields the acting :class:`Actor`."""
+
+    def dependency(record: Annotated[KeyOut, Depends(authenticate)]) -> Actor:
+        if permission not in GRANTS[record.role]:
+            allowed = " or ".join(r for r, g in GRANTS.items() if permission in g)
+            raise HTTPException(403, f"the {record.role} key '{record.name}' may not {permission}; needs {allowed}")
+        return Actor(record.name, record.role)
+
+    dependency.__name__ = f"require_{permission}"
+    return dependency

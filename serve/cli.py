@@ -1,0 +1,211 @@
+"""``streetwatch serve`` (the case queue, API and review page) and ``streetwatch keys`` (API keys)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pipeline.cli import SAMPLES_DIR, CLIError
+
+
+def service_config(args: argparse.Namespace):  # -> ServiceConfig
+    """The service config from ``--config`` plus command-line overrides; errors become CLI errors."""
+    from pydantic import ValidationError
+
+    from serve.config import ServiceConfig
+
+    overrides: dict = {
+        "data_dir": getattr(args, "data_dir", None),
+        "db_url": getattr(args, "db", None),
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+    }
+    try:
+        config = ServiceConfig.load(getattr(args, "config", None), **overrides)
+        if getattr(args, "model", None):
+            config.detector = config.detector.model_copy(update={"model": args.model})
+        if getattr(args, "webhook", None):
+            config.webhook = config.webhook.model_validate({**config.webhook.model_dump(), "url": args.webhook})
+        return config
+    except (OSError, ValueError, ValidationError) as exc:
+        raise CLIError(f"invalid service configuration: {exc}") from None
+
+
+def open_store(args: argparse.Namespace):  # -> CaseStore
+    """The case store the ``--data-dir`` / ``--db`` options name (migrated)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from serve.store import CaseStore
+
+    config = service_config(args)
+    try:
+        return CaseStore(config.database_url, config.data_dir)
+    except (SQLAlchemyError, ValueError) as exc:
+        raise CLIError(f"cannot open the case store {config.database_url}: {exc}") from None
+
+
+def demo_cameras(config, detector, sink):  # -> CameraRunner | None
+    """The demo camera (the bundled video) as a camera runner for ``serve --demo``.
+
+    Attach point for the stream pipeline's ``StreamProcessor(config, detector, sink)``: it returns None
+    while this build has no stream pipeline, and the service then runs without cameras.
+    """
+    return None
+
+
+def file_sample_photos(app, detector) -> tuple[int, int]:
+    """Demo: audit the bundled sample photos into the queue, exactly as ``POST /v1/detect?file=true`` does."""
+    from pipeline.decode import read_image
+    from serve.photos import photo_violations
+    from serve.store import Actor
+
+    store, actor, photos, filed = app.state.store, Actor("demo-audit", "ingest"), 0, 0
+    for path in sorted((SAMPLES_DIR / "photos").glob("*.jpg")):
+        data = path.read_bytes()
+        image = read_image(path)
+        dets = detector.detect(image)
+        taken = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+        for violation in photo_violations(image, data, dets, detector.version, taken, path.name):
+            filed += store.ingest(violation, actor).created
+        photos += 1
+    return photos, filed
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the service until interrupted."""
+    import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from models.registry import ModelError
+    from serve.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    config = service_config(args)
+    try:
+        app = create_app(config)
+    except ModelError as exc:
+        raise CLIError(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise CLIError(f"cannot open the case store {config.database_url}: {exc}") from None
+    store, holder = app.state.store, app.state.detector
+    url = f"http://{'127.0.0.1' if config.host in ('0.0.0.0', '::') else config.host}:{config.port}"
+    print(f"streetwatch: case store {config.database_url}", flush=True)
+    print(f"streetwatch: model {holder.detector.version if holder.loaded else '(none)'}", flush=True)
+    if args.demo:
+        from serve.sinks import StoreSink
+
+        sink = StoreSink(config.database_url, config.data_dir, "demo-camera")
+        cameras = demo_cameras(config, holder.detector, sink)
+        if cameras is None:
+            sink.close()
+            print("streetwatch: demo camera: the stream pipeline is not installed in this build; no camera runs")
+        else:
+            from serve.app import attach_cameras
+
+            attach_cameras(app, cameras)
+        photos, filed = file_sample_photos(app, holder.detector)
+        print(
+            f"streetwatch: demo: audited {photos} sample photos, {filed} new case(s) "
+            f"(the model in force reports {'no ' if not filed else ''}violations there)",
+            flush=True,
+        )
+        key, _ = store.create_key("reviewer", f"demo-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+        print(f"streetwatch: demo reviewer key (shown once): {key}", flush=True)
+    elif not any(k.revoked_at is None for k in store.list_keys()):
+        print(
+            "streetwatch: no API keys yet: create one with "
+            f"`streetwatch keys create --role reviewer --data-dir {config.data_dir}`",
+            flush=True,
+        )
+    print(f"streetwatch: review page {url}/ui/cases   API docs {url}/docs", flush=True)
+    uvicorn.run(
+        app, host=config.host, port=config.port, log_level="info", access_log=False, timeout_graceful_shutdown=10
+    )
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    """Create an API key and print it once."""
+    store = open_store(args)
+    try:
+        key, record = store.create_key(args.role, args.name or f"{args.role}-{getpass.getuser()}")
+    finally:
+        store.dispose()
+    print(key)
+    print(
+        f"created {record.role} key #{record.id} '{record.name}' ({record.prefix}…); it is not shown again",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    """List API keys (never the keys themselves)."""
+    store = open_store(args)
+    try:
+        for k in store.list_keys():
+            state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+            used = f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never"
+            print(f"#{k.id:<4} {k.role:<9} {k.prefix}…  {k.name:<24} {state:<18} last used {used}")
+    finally:
+        store.dispose()
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    """Revoke an API key by number."""
+    store = open_store(args)
+    try:
+        record = store.revoke_key(args.id)
+    except LookupError as exc:
+        raise CLIError(str(exc)) from None
+    finally:
+        store.dispose()
+    print(f"revoked {record.role} key #{record.id} '{record.name}'")
+    return 0
+
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, default=None, help="data folder (default: ./data)")
+    p.add_argument("--db", default=None, help="database URL (sqlite:///FILE or postgresql://...)")
+    p.add_argument("--config", default=None, help="service config YAML (serve.config.ServiceConfig fields)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """The service's subcommands."""
+    p = sub.add_parser(
+        "serve",
+        help="run the case queue, API and review page",
+        description="Serve the case queue (ingest, review, dispatch), /v1/detect, stats, metrics and the review page.",
+    )
+    p.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default: 8000)")
+    _store_args(p)
+    p.add_argument("--model", default=None, help="registry name or model folder (default: the registry default)")
+    p.add_argument("--webhook", default=None, help="URL that receives confirmed cases (JSON POST)")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="also run the demo: the demo camera, the sample photos, and a fresh reviewer key",
+    )
+    p.set_defaults(func=cmd_serve)
+
+    k = sub.add_parser("keys", help="manage API keys", description="Create, list and revoke API keys.")
+    ksub = k.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    c = ksub.add_parser("create", help="create a key and print it once")
+    c.add_argument("--role", required=True, choices=("ingest", "reviewer", "admin"), help="what the key may do")
+    c.add_argument("--name", default=None, help="who or what uses it (shown in case history)")
+    _store_args(c)
+    c.set_defaults(func=cmd_keys_create)
+    ls = ksub.add_parser("list", help="list keys (never the keys themselves)")
+    _store_args(ls)
+    ls.set_defaults(func=cmd_keys_list)
+    r = ksub.add_parser("revoke", help="revoke a key by number")
+    r.add_argument("id", type=int, help="key number (from `keys list`)")
+    _store_args(r)
+    r.set_defaults(func=cmd_keys_revoke)

@@ -1,0 +1,149 @@
+"""The service's configuration: one pydantic model per concern, assembled in :class:`ServiceConfig`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.detect import DetectorConfig
+
+#: Lifecycle events a webhook can be told about.
+WEBHOOK_EVENTS = ("confirmed", "dispatched", "resolved", "closed", "reopened")
+
+
+class LimitsConfig(BaseModel):
+    """What the service accepts; anything beyond is refused with a 4xx and the reason."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest image upload to /v1/detect, bytes")
+    max_ingest_bytes: int = Field(
+        48 * 1024 * 1024, ge=1024, description="Largest violation (JSON with base64 evidence) to /v1/cases/ingest"
+    )
+    max_json_bytes: int = Field(256 * 1024, ge=1024, description="Largest body of any other request, bytes")
+    max_pixels: int = Field(
+        50_000_000, ge=1, description="Largest image accepted, width x height, checked before decoding"
+    )
+    max_side: int = Field(16384, ge=16, description="Longest image side accepted, pixels")
+    max_evidence_images: int = Field(8, ge=1, description="Most evidence pictures per violation")
+    max_page_size: int = Field(200, ge=1, description="Most cases one list request returns")
+
+
+class BatchingConfig(BaseModel):
+    """Micro-batching of concurrent /v1/detect requests into one detector call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool | Literal["auto"] = Field(
+        "auto",
+        description="Collect concurrent requests into one detect_batch call; auto: only when the model runs on an "
+        "accelerator (on the CPU provider one call already uses every core: benchmarks/serve_batching.py)",
+    )
+    max_batch: int = Field(8, ge=1, le=64, description="Most images in one detector call")
+    max_wait_ms: float = Field(
+        8.0, ge=0, le=1000, description="Longest a request waits for others to join its batch, milliseconds"
+    )
+    workers: int = Field(2, ge=1, le=16, description="Batches in flight at once (the next one forms meanwhile)")
+
+
+class WebhookConfig(BaseModel):
+    """Pushing case events to an external case system through the transactional outbox."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(None, description="URL that receives a JSON POST per event; None: no pushing")
+    events: list[Literal["confirmed", "dispatched", "resolved", "closed", "reopened"]] = Field(
+        default_factory=lambda: ["confirmed"], description="Which lifecycle events are pushed"
+    )
+    secret: str | None = Field(None, description="Sent as 'Authorization: Bearer SECRET' to the receiver when set")
+    timeout_s: float = Field(10.0, gt=0, description="Timeout of one delivery attempt, seconds")
+    max_attempts: int = Field(15, ge=1, description="Attempts before an event is marked failed (kept for inspection)")
+    backoff_s: float = Field(1.0, gt=0, description="Delay after the first failure; doubles after each further one")
+    max_backoff_s: float = Field(900.0, gt=0, description="Longest delay between attempts, seconds")
+    poll_s: float = Field(1.0, gt=0, description="How often the dispatcher looks for due events, seconds")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("webhook url must start with http:// or https://")
+        return value
+
+
+class DedupConfig(BaseModel):
+    """When a new violation is the same thing as an open case (an occurrence, not a new case)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Merge repeated violations into the open case")
+    window_s: float = Field(
+        1800.0, ge=0, description="A violation first seen within this many seconds of the case's last sighting merges"
+    )
+    iou: float = Field(0.3, ge=0, le=1, description="Camera cases: box overlap (IoU) that counts as the same place")
+    radius_m: float = Field(25.0, ge=0, description="Cases with GPS: distance that counts as the same place, metres")
+
+
+class ServiceConfig(BaseModel):
+    """Everything ``streetwatch serve`` runs with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: Path = Field(Path("data"), description="Folder for the SQLite store, evidence files and spool")
+    db_url: str | None = Field(
+        None, description="Database URL (sqlite:///..., postgresql://...); default: SQLite file in data_dir"
+    )
+    host: str = Field("127.0.0.1", description="Address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on")
+    public_url: str | None = Field(None, description="Base URL people reach the service at (links in webhooks)")
+    detector: DetectorConfig = Field(default_factory=DetectorConfig, description="The model that /v1/detect runs")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request and image limits")
+    batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Micro-batching of detection")
+    webhook: WebhookConfig = Field(default_factory=WebhookConfig, description="Outbound case events")
+    dedup: DedupConfig = Field(default_factory=DedupConfig, description="Merging repeated violations")
+    departments: list[str] = Field(
+        default_factory=lambda: ["城管执法中队", "环卫所", "交警大队", "市场监管所", "街道办事处"],
+        description="Departments offered when dispatching (any other name may be typed)",
+    )
+    timezone: str = Field(
+        "Asia/Shanghai", description="Local time zone: dates on the review page, stats days, dates without a zone"
+    )
+    default_deadline_hours: float = Field(48.0, gt=0, description="Deadline proposed when dispatching, hours")
+    load_detector: bool = Field(True, description="Load the model at start (off: a case-queue-only service)")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Asia/Shanghai)") from None
+        return value
+
+    @property
+    def tz(self):  # -> ZoneInfo
+        """The local time zone."""
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo(self.timezone)
+
+    @property
+    def database_url(self) -> str:
+        """The database URL in force (the SQLite file under data_dir unless db_url is set)."""
+        return self.db_url or f"sqlite:///{(self.data_dir / 'streetwatch.db').resolve()}"
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, **overrides: object) -> ServiceConfig:
+        """Config from a YAML file (optional) with keyword overrides on top (None values ignored)."""
+        data: dict = {}
+        if path is not None:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            if not isinstance(data, dict):
+                raise ValueError(f"{path}: expected a mapping of settings")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(data)

@@ -1,0 +1,1 @@
+"""One FastAPI router per domain: cases, detect, stats, admin (keys), health (+ metrics), ui."""

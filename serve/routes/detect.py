@@ -1,0 +1,108 @@
+"""``POST /v1/detect``: an uploaded image -> detections (micro-batched), optionally filed as cases."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from pipeline.cases import GeoPoint
+from pipeline.decode import decode_image, probe_image
+from serve.auth import GRANTS, require
+from serve.photos import photo_violations
+from serve.routes.cases import ERRORS
+from serve.schemas import DetectionOut, DetectOut, IngestResult
+from serve.store import Actor
+
+router = APIRouter(prefix="/v1", tags=["detect"])
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp")
+FIELD = "image"
+
+
+async def upload_bytes(request: Request) -> tuple[bytes, str]:
+    """The uploaded image: multipart field ``image``, or the raw body with an image content type."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except Exception as exc:  # malformed multipart
+            raise HTTPException(400, f"malformed multipart body: {exc}") from None
+        upload = form.get(FIELD)
+        if not isinstance(upload, UploadFile):
+            raise HTTPException(422, f"multipart body needs a file field named '{FIELD}'")
+        part_type = (upload.content_type or "").lower()
+        if part_type and part_type not in (*IMAGE_TYPES, "application/octet-stream"):
+            raise HTTPException(415, f"'{FIELD}' is {part_type}; send JPEG, PNG, WebP or BMP")
+        return await upload.read(), upload.filename or FIELD
+    if ctype in IMAGE_TYPES or ctype == "application/octet-stream":
+        return await request.body(), "body"
+    raise HTTPException(
+        415,
+        f"unsupported content type {ctype or '(none)'}: send multipart/form-data with "
+        f"an '{FIELD}' file, or the image bytes as {', '.join(IMAGE_TYPES)}",
+    )
+
+
+@router.post("/detect", response_model=DetectOut, responses=ERRORS, summary="Detect objects in an uploaded image")
+async def detect(
+    request: Request,
+    actor: Annotated[Actor, Depends(require("detect"))],
+    file: Annotated[bool, Query(description="File the violations found as cases (needs an ingest key)")] = False,
+    tile: Annotated[bool, Query(description="Sliced inference for small objects in large images")] = False,
+    source_name: Annotated[str | None, Query(max_length=300, description="Photo name for filed cases")] = None,
+    lat: Annotated[float | None, Query(ge=-90, le=90, description="Where the photo was taken")] = None,
+    lon: Annotated[float | None, Query(ge=-180, le=180, description="Where the photo was taken")] = None,
+) -> DetectOut:
+    state = request.app.state
+    limits = state.config.limits
+    if file and "ingest" not in GRANTS[actor.role]:
+        raise HTTPException(403, f"filing cases needs an ingest or admin key; '{actor.name}' is {actor.role}")
+    if (lat is None) != (lon is None):
+        raise HTTPException(422, "give both lat and lon, or neither")
+    if not state.detector.loaded:
+        raise HTTPException(503, "this service runs without a model")
+    data, name = await upload_bytes(request)
+    if len(data) > limits.max_upload_bytes:
+        raise HTTPException(413, f"image too large: {len(data):,} bytes (limit {limits.max_upload_bytes:,})")
+    _, w, h = probe_image(data, name, max_pixels=1 << 62)  # ImageReadError -> 422 with the reason
+    if w * h > limits.max_pixels or max(w, h) > limits.max_side:
+        raise HTTPException(
+            413, f"image too large: {w}x{h} pixels (limits: {limits.max_pixels:,} pixels, {limits.max_side} per side)"
+        )
+    image = await run_in_threadpool(decode_image, data, name, limits.max_pixels)
+    holder = state.detector
+    if tile:
+        detector = holder.detector
+        dets, version = await run_in_threadpool(detector.detect, image, True), detector.version
+    elif state.batcher is not None:
+        dets, version = await state.batcher.detect(image)
+    else:
+        detector = holder.detector
+        dets, version = (await run_in_threadpool(detector.detect_batch, [image]))[0], detector.version
+    cases: list[IngestResult] = []
+    if file:
+        location = GeoPoint(lat=lat, lon=lon) if lat is not None else None
+        found = await run_in_threadpool(
+            photo_violations,
+            image,
+            data,
+            dets,
+            version,
+            datetime.now(timezone.utc),
+            source_name or (name if name not in (FIELD, "body") else None),
+            location,
+        )
+        for violation in found:
+            r = await run_in_threadpool(state.store.ingest, violation, actor)
+            state.metrics.ingested.labels(r.outcome).inc()
+            cases.append(IngestResult(case_id=r.case_id, created=r.created, outcome=r.outcome, status=r.status))
+    return DetectOut(
+        width=image.shape[1],
+        height=image.shape[0],
+        model_version=version,
+        detections=[DetectionOut.model_validate(r) for r in dets.to_records()],
+        cases=cases,
+    )

@@ -1,0 +1,225 @@
+"""The review page: server-rendered HTML (Jinja2) with a little JavaScript, no build step.
+
+A reviewer signs in once with a reviewer (or admin) key; it is kept in an HttpOnly, SameSite=Strict
+session cookie that the API accepts like a Bearer header. Buttons call the JSON API.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from models.classes import CLASS_NAMES, DETECTOR_CLASSES, VIOLATIONS
+from serve.auth import COOKIE, GRANTS
+from serve.lifecycle import STATUSES
+from serve.routes.stats import date_range
+from serve.schemas import KeyOut
+from serve.store import CaseFilter
+
+UI_DIR = Path(__file__).resolve().parent.parent / "ui"
+STATIC_DIR = UI_DIR / "static"
+templates = Jinja2Templates(directory=UI_DIR / "templates")
+router = APIRouter(tags=["ui"], include_in_schema=False)
+PAGE_SIZE = 24
+
+ACTION_LABELS = {
+    "confirm": ("确认", "Confirm"),
+    "dismiss": ("误报", "Dismiss"),
+    "relabel": ("改类", "Relabel"),
+    "dispatch": ("派遣", "Dispatch"),
+    "resolve": ("已处置", "Resolve"),
+    "close": ("结案", "Close"),
+    "reopen": ("重新打开", "Reopen"),
+}
+
+
+def current_user(request: Request) -> KeyOut | None:
+    """The signed-in reviewer, if the session cookie holds a valid reviewer or admin key."""
+    key = request.cookies.get(COOKIE)
+    record = request.app.state.store.verify_key(key) if key else None
+    return record if record is not None and "review" in GRANTS[record.role] else None
+
+
+def to_login(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/ui/login?{urlencode({'next': target})}", status_code=303)
+
+
+def render(request: Request, name: str, user: KeyOut | None, **context: Any) -> HTMLResponse:
+    config = request.app.state.config
+    tz = config.tz
+
+    def local(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
+        return value.astimezone(tz).strftime(fmt) if value else "—"
+
+    return templates.TemplateResponse(
+        request,
+        name,
+        {
+            "user": user,
+            "violations": VIOLATIONS,
+            "statuses": STATUSES,
+            "classes": DETECTOR_CLASSES,
+            "action_labels": ACTION_LABELS,
+            "local": local,
+            "tzname": config.timezone,
+            **context,
+        },
+    )
+
+
+@router.get("/")
+def root() -> RedirectResponse:
+    return RedirectResponse("/ui/cases", status_code=303)
+
+
+@router.get("/ui/login", response_class=HTMLResponse)
+def login_page(request: Request, next: str = "/ui/cases", error: str | None = None) -> HTMLResponse:
+    return render(request, "login.html", None, next=_safe_next(next), error=error)
+
+
+@router.post("/ui/login")
+def login(request: Request, key: Annotated[str, Form()], next: Annotated[str, Form()] = "/ui/cases") -> Response:
+    record = request.app.state.store.verify_key(key.strip())
+    if record is None or "review" not in GRANTS[record.role]:
+        reason = "密钥无效 Invalid or revoked key" if record is None else "需要审核员密钥 A reviewer key is needed"
+        return render(request, "login.html", None, next=_safe_next(next), error=reason)
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(COOKIE, key.strip(), httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    return response
+
+
+@router.post("/ui/logout")
+def logout() -> RedirectResponse:
+    response = RedirectResponse("/ui/login", status_code=303)
+    response.delete_cookie(COOKIE)
+    return response
+
+
+def _safe_next(target: str) -> str:
+    """Only local paths: a login link cannot send the reviewer elsewhere."""
+    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/ui/cases"
+
+
+@router.get("/ui/cases", response_class=HTMLResponse)
+def cases_page(
+    request: Request,
+    status: Annotated[str, Query()] = "",
+    type: Annotated[str, Query()] = "",
+    camera: Annotated[str, Query()] = "",
+    page: Annotated[int, Query(ge=1, le=10**6)] = 1,
+) -> Response:
+    user = current_user(request)
+    if user is None:
+        return to_login(request)
+    store = request.app.state.store
+    status = status if status in STATUSES else ""
+    type = type if type in VIOLATIONS else ""
+    flt = CaseFilter(status=(status,) if status else (), type=(type,) if type else (), source_id=camera or None)
+    items, total = store.list_cases(flt, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+    pages = max(1, math.ceil(total / PAGE_SIZE))
+    query = {k: v for k, v in {"status": status, "type": type, "camera": camera}.items() if v}
+    return render(
+        request,
+        "cases.html",
+        user,
+        items=items,
+        total=total,
+        page=page,
+        pages=pages,
+        filters=query,
+        query=lambda **kw: urlencode({**query, **kw}),
+        counts=store.counts_by_status(),
+        sources=store.sources(),
+    )
+
+
+@router.get("/ui/cases/{case_id}", response_class=HTMLResponse)
+def case_page(request: Request, case_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)]) -> Response:
+    user = current_user(request)
+    if user is None:
+        return to_login(request)
+    store = request.app.state.store
+    case = store.get_case(case_id)  # CaseNotFound -> 404
+    config = request.app.state.config
+    tz = config.tz
+    proposed = datetime.now(tz) + timedelta(hours=config.default_deadline_hours)
+    deadline = proposed.strftime("%Y-%m-%dT%H:%M")
+    offset = proposed.strftime("%z")  # the deadline is entered in the service's zone, whatever the browser's
+    frame = next((e for e in case.evidence if e.kind == "frame"), None)
+    return render(
+        request,
+        "case.html",
+        user,
+        case=case,
+        frame=frame,
+        history=store.history(case_id),
+        keys=store.occurrence_keys(case_id),
+        departments=config.departments,
+        default_deadline=deadline,
+        deadline_offset=f"{offset[:3]}:{offset[3:]}",
+        class_names=CLASS_NAMES,
+    )
+
+
+@router.get("/ui/stats", response_class=HTMLResponse)
+def stats_page(request: Request, since: str = "", until: str = "") -> Response:
+    user = current_user(request)
+    if user is None:
+        return to_login(request)
+    try:
+        start = datetime.fromisoformat(since) if since else None
+        end = datetime.fromisoformat(until) + timedelta(days=1) if until else None
+    except ValueError:
+        start = end = None
+    start, end = date_range(request, start, end)
+    tz = request.app.state.config.tz
+    stats = request.app.state.store.stats(start, end, tz)
+    return render(
+        request,
+        "stats.html",
+        user,
+        stats=stats,
+        since=start.astimezone(tz).date().isoformat(),
+        until=(end - timedelta(seconds=1)).astimezone(tz).date().isoformat(),
+        bars=bar_chart,
+        columns=column_chart,
+    )
+
+
+def bar_chart(counts: list, width: int = 560, row: int = 26, label_w: int = 230) -> dict:
+    """Geometry of a horizontal bar chart (inline SVG in the template)."""
+    top = max((c.count for c in counts), default=0) or 1
+    span = width - label_w - 48
+    bars = [
+        {"y": i * row, "w": max(2.0, c.count / top * span) if c.count else 0, "label": c.label, "count": c.count}
+        for i, c in enumerate(counts)
+    ]
+    return {"bars": bars, "width": width, "height": max(row, len(bars) * row), "label_w": label_w, "row": row}
+
+
+def column_chart(counts: list, width: int = 880, height: int = 160) -> dict:
+    """Geometry of a column chart over days (inline SVG in the template)."""
+    top = max((c.count for c in counts), default=0) or 1
+    n = max(1, len(counts))
+    step = width / n
+    cols = [
+        {
+            "x": i * step,
+            "w": max(1.0, step * 0.7),
+            "h": c.count / top * (height - 30),
+            "label": c.label,
+            "count": c.count,
+            "tick": i % max(1, n // 10) == 0,
+        }
+        for i, c in enumerate(counts)
+    ]
+    return {"cols": cols, "width": width, "height": height, "top": top}

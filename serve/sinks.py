@@ -1,0 +1,215 @@
+"""Violation sinks into the case queue (``pipeline.cases.open_sink`` hands these targets here).
+
+* ``http(s)://host:port[?key=KEY&spool=DIR]`` -> :class:`HttpSink`: posts to ``/v1/cases/ingest`` with
+  retries and exponential backoff. Every violation is first written to a durable local spool (one
+  fsynced file each) and removed only once the service has answered, so a worker never loses one while
+  the service is down or restarting, and never duplicates one (the service is idempotent per key).
+  The key may also come from ``STREETWATCH_API_KEY``.
+* ``sqlite:///FILE``, ``postgresql://...`` or a data folder -> :class:`StoreSink`: writes into the store
+  directly (evidence under the data folder: the SQLite file's folder, ``STREETWATCH_DATA_DIR``, or ``data``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import logging
+import os
+import random
+import threading
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import httpx
+from sqlalchemy import make_url
+
+from pipeline.cases import Violation, ViolationSink
+
+log = logging.getLogger(__name__)
+
+INGEST_PATH = "/v1/cases/ingest"
+#: Answers that mean "this violation itself is refused": retrying would never help.
+PERMANENT = {400, 413, 415, 422}
+
+
+def default_spool_dir(base_url: str) -> Path:
+    """Where an HTTP sink spools for a service URL unless told otherwise."""
+    root = Path(os.environ.get("STREETWATCH_SPOOL_DIR") or Path.home() / ".cache" / "streetwatch" / "spool")
+    return root / hashlib.sha256(base_url.encode()).hexdigest()[:16]
+
+
+class HttpSink:
+    """Posts violations to the service's ingest route from a durable spool, in order, with backoff."""
+
+    _counter = itertools.count()
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        spool_dir: str | os.PathLike[str] | None = None,
+        timeout_s: float = 30.0,
+        backoff_s: float = 0.25,
+        max_backoff_s: float = 30.0,
+        close_timeout_s: float = 60.0,
+    ):
+        self.url = base_url.rstrip("/") + INGEST_PATH
+        self.spool = Path(spool_dir) if spool_dir else default_spool_dir(base_url.rstrip("/"))
+        self.rejected = self.spool / "rejected"
+        self.spool.mkdir(parents=True, exist_ok=True)
+        self.backoff_s, self.max_backoff_s, self.close_timeout_s = backoff_s, max_backoff_s, close_timeout_s
+        self._client = httpx.Client(timeout=timeout_s, headers={"Authorization": f"Bearer {api_key}"})
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self.sent = 0
+        self.refused = 0
+        self._thread = threading.Thread(target=self._run, name="http-sink", daemon=True)
+        self._thread.start()
+
+    # ---- producer side
+    def emit(self, violation: Violation) -> None:
+        """Spool the violation durably (returns once it is on disk); it is sent in the background."""
+        data = violation.model_dump_json().encode()
+        name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._counter):08d}"
+        tmp = self.spool / f".{name}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.spool / f"{name}.json")
+        self._idle.clear()
+        self._wake.set()
+
+    def pending(self) -> int:
+        """Violations spooled and not yet accepted by the service."""
+        return sum(1 for _ in self.spool.glob("*.json"))
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until the spool is empty; False on timeout (what is left stays spooled)."""
+        deadline = time.monotonic() + (self.close_timeout_s if timeout_s is None else timeout_s)
+        self._wake.set()
+        while self.pending():
+            if time.monotonic() >= deadline:
+                return False
+            self._wake.set()
+            time.sleep(0.05)
+        return True
+
+    def close(self) -> None:
+        """Send what is spooled (up to ``close_timeout_s``); anything left is sent by the next sink on this spool."""
+        if not self.flush():
+            log.warning(
+                "%d violation(s) left in %s; they are sent when a sink for this service opens again",
+                self.pending(),
+                self.spool,
+            )
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(10)
+        self._client.close()
+
+    # ---- sender thread
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            files = sorted(self.spool.glob("*.json"))
+            if not files:
+                self._idle.set()
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            for path in files:
+                if self._stop.is_set():
+                    return
+                outcome = self._send(path)
+                if outcome == "retry":
+                    failures += 1
+                    delay = min(self.backoff_s * 2 ** (failures - 1), self.max_backoff_s)
+                    self._stop.wait(delay * (0.75 + random.random() / 2))  # new emits do not cut the backoff short
+                    break
+                failures = 0
+
+    def _send(self, path: Path) -> str:
+        try:
+            body = path.read_bytes()
+        except FileNotFoundError:  # another sender on this spool took it
+            return "done"
+        try:
+            response = self._client.post(self.url, content=body, headers={"Content-Type": "application/json"})
+        except httpx.HTTPError as exc:
+            log.info("service unreachable (%s); %s stays spooled", type(exc).__name__, path.name)
+            return "retry"
+        if response.status_code < 300:
+            path.unlink(missing_ok=True)
+            self.sent += 1
+            return "done"
+        if response.status_code in PERMANENT:
+            self.rejected.mkdir(exist_ok=True)
+            reason = response.text[:2000]
+            (self.rejected / f"{path.stem}.reason.txt").write_text(f"HTTP {response.status_code}: {reason}\n")
+            with contextlib.suppress(FileNotFoundError):
+                path.replace(self.rejected / path.name)
+            self.refused += 1
+            log.error(
+                "service refused %s (HTTP %d): %s — kept in %s", path.name, response.status_code, reason, self.rejected
+            )
+            return "done"
+        if response.status_code in (401, 403):
+            log.error(
+                "service refused the API key (HTTP %d): %s; violations stay spooled",
+                response.status_code,
+                response.text[:200],
+            )
+        return "retry"
+
+
+class StoreSink:
+    """Writes violations straight into a case store (SQLite or PostgreSQL)."""
+
+    def __init__(self, db_url: str, data_dir: str | os.PathLike[str], actor_name: str | None = None):
+        from serve.store import Actor, CaseStore
+
+        self.store = CaseStore(db_url, data_dir)
+        self.actor = Actor(actor_name or f"sink@{os.uname().nodename}:{os.getpid()}", "ingest")
+
+    def emit(self, violation: Violation) -> None:
+        """File or update the violation (idempotent per key)."""
+        self.store.ingest(violation, self.actor)
+
+    def close(self) -> None:
+        self.store.dispose()
+
+
+def open_case_sink(target: str) -> ViolationSink:
+    """The case-queue sink a target names (see the module docstring); ValueError for a target it cannot use."""
+    scheme = urlsplit(target).scheme.lower()
+    if scheme in ("http", "https"):
+        parts = urlsplit(target)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        key = query.pop("key", None) or os.environ.get("STREETWATCH_API_KEY")
+        if not key:
+            raise ValueError(f"{parts.scheme}://{parts.netloc}: no API key; add ?key=KEY or set STREETWATCH_API_KEY")
+        base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        return HttpSink(base, key, spool_dir=query.get("spool"))
+    if scheme.startswith(("sqlite", "postgres")):
+        url = make_url(target)
+        if url.drivername.startswith("sqlite"):
+            if not url.database or url.database == ":memory:":
+                raise ValueError(f"{target}: a case store needs a database file")
+            data_dir = Path(url.database).resolve().parent
+        else:
+            data_dir = Path(os.environ.get("STREETWATCH_DATA_DIR", "data"))
+        return StoreSink(target, data_dir)
+    if scheme and len(scheme) > 1:
+        raise ValueError(
+            f"{target}: unknown sink; use -, FILE.jsonl, http(s)://HOST:PORT, sqlite:///FILE, "
+            "postgresql://... or a data folder"
+        )
+    data_dir = Path(target)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ValueError(f"{target}: not a folder (a data folder holds streetwatch.db and evidence/)")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return StoreSink(f"sqlite:///{(data_dir / 'streetwatch.db').resolve()}", data_dir)

@@ -1,0 +1,860 @@
+"""The case store: ingestion with idempotency keys and deduplication, the lifecycle with its history,
+queries, the supervision figures, API keys, and the transactional outbox.
+
+Every write runs in one database transaction; on PostgreSQL an advisory lock per (type, source)
+serialises ingestion of the same place so that concurrent workers never open two cases for one thing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import secrets
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone, tzinfo
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, selectinload
+
+from models.classes import VIOLATIONS
+from pipeline.cases import Violation
+from pipeline.detections import box_iou
+from serve import lifecycle
+from serve.config import DedupConfig, WebhookConfig
+from serve.db import ApiKey, Case, Evidence, History, Occurrence, OutboxEvent, make_engine, migrate, utcnow
+from serve.evidence import EvidenceStore
+from serve.schemas import CaseOut, CountOut, EvidenceOut, HistoryOut, KeyOut, StatsOut
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ROLES = ("ingest", "reviewer", "admin")
+
+
+class CaseNotFound(LookupError):
+    """No case with that id."""
+
+
+class InvalidRequest(ValueError):
+    """A request the store refuses for its content (not its timing); the message says why."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who does something: a key's name and role, or the system."""
+
+    name: str
+    role: str = "system"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.role})" if self.role != "system" else self.name
+
+
+SYSTEM = Actor("system")
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """Outcome of one ingestion."""
+
+    case_id: int
+    outcome: str  # created | merged | updated
+    status: str
+
+    @property
+    def created(self) -> bool:
+        return self.outcome == "created"
+
+
+@dataclass(frozen=True)
+class CaseFilter:
+    """Filters of a case list."""
+
+    status: tuple[str, ...] = ()
+    type: tuple[str, ...] = ()
+    source_id: str | None = None
+    department: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    overdue: bool | None = None
+
+
+def hash_key(key: str) -> str:
+    """What the store keeps of an API key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def distance_m(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Great-circle distance between two (lat, lon) points, metres."""
+    lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * 6371000.0 * math.asin(math.sqrt(min(1.0, h)))
+
+
+class CaseStore:
+    """Cases in a SQL database (SQLite or PostgreSQL) with evidence files under ``data_dir/evidence``."""
+
+    def __init__(
+        self,
+        db_url: str,
+        data_dir: str | Path,
+        dedup: DedupConfig | None = None,
+        webhook: WebhookConfig | None = None,
+        public_url: str | None = None,
+        run_migrations: bool = True,
+    ):
+        self.db_url = db_url
+        self.data_dir = Path(data_dir)
+        self.dedup = dedup or DedupConfig()
+        self.webhook = webhook or WebhookConfig()
+        self.public_url = (public_url or "").rstrip("/")
+        self.evidence = EvidenceStore(self.data_dir / "evidence")
+        self.write_engine = make_engine(db_url, immediate=True)
+        self.read_engine = make_engine(db_url) if self.write_engine.dialect.name == "sqlite" else self.write_engine
+        self.dialect = self.write_engine.dialect.name
+        if run_migrations:
+            migrate(self.write_engine)
+
+    def dispose(self) -> None:
+        """Release database connections."""
+        self.write_engine.dispose()
+        if self.read_engine is not self.write_engine:
+            self.read_engine.dispose()
+
+    # ------------------------------------------------------------------------------------ sessions
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read-only session."""
+        with Session(self.read_engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    def _write(self, work: Callable[[Session], T], attempts: int = 5) -> T:
+        """Run ``work`` in one write transaction, retried on lock timeouts and unique-key races."""
+        for attempt in range(attempts):
+            try:
+                with Session(self.write_engine, expire_on_commit=False) as session, session.begin():
+                    return work(session)
+            except (IntegrityError, OperationalError) as exc:
+                if attempt == attempts - 1 or not _retryable(exc):
+                    raise
+                log.info("retrying a write after %s", type(exc.orig).__name__ if exc.orig else exc)
+                time.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    # ----------------------------------------------------------------------------------- ingestion
+    def ingest(self, violation: Violation, actor: Actor = SYSTEM) -> Ingested:
+        """File a violation: a repeat of its key updates its case; the same thing again within the dedup
+        window merges into the open case; anything else opens a new case."""
+        check_violation(violation)
+        shas = [(image.kind, self.evidence.put(image.jpeg), len(image.jpeg)) for image in violation.evidence]
+        return self._write(lambda s: self._ingest(s, violation, shas, actor))
+
+    def _ingest(self, s: Session, v: Violation, shas: list[tuple[str, str, int]], actor: Actor) -> Ingested:
+        now = utcnow()
+        if self.dialect == "postgresql":
+            place = "photo-gps" if _by_gps(v) else v.source_id  # the scope _find_open_case searches
+            lock = int.from_bytes(hashlib.sha256(f"{v.type}|{place}".encode()).digest()[:8], "big", signed=True)
+            s.execute(select(func.pg_advisory_xact_lock(lock)))
+        occ = s.scalar(select(Occurrence).where(Occurrence.key == v.key))
+        if occ is not None:
+            case = s.get(Case, occ.case_id, with_for_update=True)
+            newer = v.last_seen >= occ.last_seen
+            occ.first_seen, occ.last_seen = min(occ.first_seen, v.first_seen), max(occ.last_seen, v.last_seen)
+            if newer:
+                occ.state = v.state
+            better = v.score > occ.score
+            if better:
+                occ.score, occ.box, occ.detector_class = v.score, list(v.box), v.detector_class
+            occ.updates += 1
+            occ.extra = {**occ.extra, **v.extra}
+            occ.updated_at = now
+            changed = self._absorb(s, case, v, occ, shas, now)
+            if changed or (newer and v.state == "ended"):
+                details = {"key": v.key, "state": occ.state, "score": round(v.score, 4), "improved": changed}
+                self._history(s, case, actor, "updated", None, None, details, now)
+            return Ingested(case.id, "updated", case.status)
+        case = self._find_open_case(s, v) if self.dedup.enabled else None
+        outcome = "merged"
+        if case is None:
+            outcome = "created"
+            case = Case(
+                type=v.type,
+                detector_class=v.detector_class,
+                status="new",
+                source=v.source,
+                source_id=v.source_id,
+                source_name=v.source_name,
+                zone=v.zone,
+                lat=v.location.lat if v.location else None,
+                lon=v.location.lon if v.location else None,
+                first_seen=v.first_seen,
+                last_seen=v.last_seen,
+                occurrences=0,
+                score=v.score,
+                box=list(v.box),
+                frame_w=v.frame_size[0],
+                frame_h=v.frame_size[1],
+                model_version=v.model_version,
+                created_at=now,
+                updated_at=now,
+            )
+            s.add(case)
+            s.flush()
+        occ = Occurrence(
+            key=v.key,
+            case_id=case.id,
+            state=v.state,
+            first_seen=v.first_seen,
+            last_seen=v.last_seen,
+            score=v.score,
+            box=list(v.box),
+            detector_class=v.detector_class,
+            model_version=v.model_version,
+            extra=v.extra,
+            updates=1,
+            created_at=now,
+            updated_at=now,
+        )
+        s.add(occ)
+        s.flush()
+        case.occurrences += 1
+        self._absorb(s, case, v, occ, shas, now, first=outcome == "created")
+        details = {"key": v.key, "score": round(v.score, 4), "model_version": v.model_version}
+        if outcome == "created":
+            self._history(s, case, actor, "created", None, "new", details, now)
+        else:
+            self._history(s, case, actor, "merged", None, None, {**details, "occurrences": case.occurrences}, now)
+        return Ingested(case.id, outcome, case.status)
+
+    def _absorb(
+        self, s: Session, case: Case, v: Violation, occ: Occurrence, shas: list, now: datetime, first: bool = False
+    ) -> bool:
+        """Fold a sighting into its case: times, best score and evidence. Returns whether evidence improved."""
+        case.first_seen, case.last_seen = min(case.first_seen, v.first_seen), max(case.last_seen, v.last_seen)
+        case.updated_at = now
+        better = first or v.score > case.score
+        if better:
+            case.score, case.box, case.frame_w, case.frame_h = v.score, list(v.box), v.frame_size[0], v.frame_size[1]
+            case.model_version = v.model_version
+        known = set(s.scalars(select(Evidence.sha256).where(Evidence.case_id == case.id)))
+        for kind, sha, size in shas:
+            if sha in known:
+                continue
+            known.add(sha)
+            s.add(
+                Evidence(
+                    case_id=case.id,
+                    occurrence_id=occ.id,
+                    sha256=sha,
+                    kind=kind,
+                    size=size,
+                    score=v.score,
+                    box=list(v.box),
+                    frame_w=v.frame_size[0],
+                    frame_h=v.frame_size[1],
+                    created_at=now,
+                )
+            )
+        return better and bool(shas)
+
+    def _find_open_case(self, s: Session, v: Violation) -> Case | None:
+        """The open case this violation is another occurrence of, if any."""
+        window = timedelta(seconds=self.dedup.window_s)
+        query = select(Case).where(
+            Case.type == v.type,
+            Case.status.in_(lifecycle.OPEN_STATUSES),
+            Case.last_seen >= v.first_seen - window,
+            Case.first_seen <= v.last_seen + window,
+        )
+        if _by_gps(v):
+            deg = self.dedup.radius_m / 111_000 * 2
+            query = query.where(
+                (Case.source_id == v.source_id)
+                | (Case.lat.between(v.location.lat - deg, v.location.lat + deg) & Case.lon.is_not(None))
+            )
+        else:
+            query = query.where(Case.source_id == v.source_id)
+        for case in s.scalars(query.order_by(Case.last_seen.desc()).limit(50)):
+            if self._same_place(case, v):
+                return s.get(Case, case.id, with_for_update=True)
+        return None
+
+    def _same_place(self, case: Case, v: Violation) -> bool:
+        if (
+            _by_gps(v)
+            and case.source == "photo"
+            and case.lat is not None
+            and case.lon is not None
+            and distance_m((case.lat, case.lon), (v.location.lat, v.location.lon)) <= self.dedup.radius_m
+        ):
+            return True
+        if case.source_id != v.source_id or case.zone != v.zone:
+            return False
+        if (case.frame_w, case.frame_h) != tuple(v.frame_size):
+            return False
+        return float(box_iou([case.box], [v.box])[0, 0]) >= self.dedup.iou
+
+    # ----------------------------------------------------------------------------------- lifecycle
+    def review(
+        self,
+        case_id: int,
+        action: str,
+        actor: Actor,
+        type: str | None = None,
+        detector_class: str | None = None,
+        note: str | None = None,
+    ) -> CaseOut:
+        """Confirm, dismiss (false positive) or relabel (correct the violation type) a case."""
+        if action == "relabel":
+            if type is None:
+                raise InvalidRequest("relabel needs the correct violation type ('type')")
+            sources = VIOLATIONS[type].sources
+            if detector_class is None:
+                if len(sources) > 1:
+                    raise InvalidRequest(f"{type} can come from {', '.join(sources)}: give 'detector_class'")
+                detector_class = sources[0]
+            elif detector_class not in sources:
+                raise InvalidRequest(f"detector class {detector_class} does not evidence {type} ({', '.join(sources)})")
+        elif type is not None or detector_class is not None:
+            raise InvalidRequest(f"'type' and 'detector_class' belong to relabel, not {action}")
+
+        def work(s: Session, case: Case, now: datetime) -> dict:
+            details: dict[str, Any] = {"note": note} if note else {}
+            if action == "relabel":
+                if type == case.type and detector_class == case.detector_class:
+                    raise InvalidRequest(f"case {case.id} is already {type}/{detector_class}")
+                details.update(
+                    from_type=case.type, to_type=type, from_class=case.detector_class, to_class=detector_class
+                )
+                case.original_type = case.original_type or case.type
+                case.type, case.detector_class = type, detector_class
+            case.reviewed_at, case.reviewed_by = now, actor.name
+            if action in ("confirm", "relabel") and case.confirmed_at is None:
+                case.confirmed_at = now
+            return details
+
+        return self._transition(case_id, action, actor, work, note)
+
+    def dispatch(self, case_id: int, department: str, deadline: datetime, actor: Actor, note: str | None = None):
+        """Hand a confirmed case to a department with a deadline (again: reassign)."""
+        if deadline <= utcnow():
+            raise InvalidRequest(f"deadline {deadline.isoformat()} is in the past")
+
+        def work(s: Session, case: Case, now: datetime) -> dict:
+            case.department, case.deadline, case.dispatched_at = department.strip(), deadline, now
+            return {"department": case.department, "deadline": deadline.isoformat(), **({"note": note} if note else {})}
+
+        return self._transition(case_id, "dispatch", actor, work, note)
+
+    def resolve(self, case_id: int, actor: Actor, note: str | None = None) -> CaseOut:
+        """The department reports the violation rectified."""
+
+        def work(s: Session, case: Case, now: datetime) -> dict:
+            case.resolved_at = now
+            late = case.deadline is not None and now > case.deadline
+            return {"late": late, **({"note": note} if note else {})}
+
+        return self._transition(case_id, "resolve", actor, work, note)
+
+    def close(self, case_id: int, actor: Actor, note: str | None = None) -> CaseOut:
+        """Close a resolved case (the rectification was checked)."""
+
+        def work(s: Session, case: Case, now: datetime) -> dict:
+            case.closed_at = now
+            return {"note": note} if note else {}
+
+        return self._transition(case_id, "close", actor, work, note)
+
+    def reopen(self, case_id: int, actor: Actor, note: str) -> CaseOut:
+        """Reopen a dismissed (back to review), resolved or closed (back to dispatch) case."""
+
+        def work(s: Session, case: Case, now: datetime) -> dict:
+            case.resolved_at = case.closed_at = None
+            if case.status == "dismissed":
+                case.reviewed_at = case.reviewed_by = None
+            return {"note": note}
+
+        return self._transition(case_id, "reopen", actor, work, note)
+
+    def _transition(
+        self, case_id: int, action: str, actor: Actor, work: Callable[[Session, Case, datetime], dict], note: str | None
+    ) -> CaseOut:
+        def run(s: Session) -> CaseOut:
+            case = s.get(Case, case_id, with_for_update=True)
+            if case is None:
+                raise CaseNotFound(f"no case {case_id}")
+            before = case.status
+            after = lifecycle.check(case_id, before, action)
+            now = utcnow()
+            details = work(s, case, now)
+            case.status, case.updated_at = after, now
+            if note:
+                case.note = note
+            self._history(s, case, actor, action, before, after, details, now)
+            event = lifecycle.EVENTS[action]
+            if (
+                self.webhook.url
+                and event in self.webhook.events
+                and not (before == "confirmed" and action == "relabel")
+            ):
+                self._enqueue(s, case, event, now)
+            s.flush()
+            return self._case_out(s, case, now)
+
+        return self._write(run)
+
+    def _history(
+        self,
+        s: Session,
+        case: Case,
+        actor: Actor,
+        action: str,
+        before: str | None,
+        after: str | None,
+        details: dict,
+        now: datetime,
+    ) -> None:
+        s.add(
+            History(
+                case_id=case.id,
+                at=now,
+                actor=str(actor),
+                action=action,
+                from_status=before,
+                to_status=after,
+                details=details,
+            )
+        )
+
+    # -------------------------------------------------------------------------------------- outbox
+    def _enqueue(self, s: Session, case: Case, event: str, now: datetime) -> None:
+        """Record an event for the webhook in the same transaction as the change it reports."""
+        n = s.scalar(
+            select(func.count())
+            .select_from(OutboxEvent)
+            .where(OutboxEvent.case_id == case.id, OutboxEvent.event == event)
+        )
+        key = f"streetwatch-case-{case.id}-{event}-{n + 1}"
+        keys = list(s.scalars(select(Occurrence.key).where(Occurrence.case_id == case.id).order_by(Occurrence.id)))
+        payload = {
+            "event": f"case.{event}",
+            "idempotency_key": key,
+            "violation_keys": keys,
+            "case": self._case_out(s, case, now).model_dump(mode="json"),
+        }
+        s.add(
+            OutboxEvent(
+                case_id=case.id,
+                event=event,
+                idempotency_key=key,
+                payload=payload,
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
+
+    def claim_due_events(self, limit: int = 10, lease_s: float = 60.0) -> list[OutboxEvent]:
+        """Events due for delivery, each leased to the caller (other dispatchers skip it until the lease ends)."""
+        now = utcnow()
+        claimed = []
+        with self.reading() as s:
+            due = list(
+                s.scalars(
+                    select(OutboxEvent.id)
+                    .where(OutboxEvent.status == "pending", OutboxEvent.next_attempt_at <= now)
+                    .order_by(OutboxEvent.next_attempt_at, OutboxEvent.id)
+                    .limit(limit)
+                )
+            )
+        for event_id in due:
+
+            def lease(s: Session, event_id: int = event_id) -> OutboxEvent | None:
+                got = s.execute(
+                    update(OutboxEvent)
+                    .where(
+                        OutboxEvent.id == event_id,
+                        OutboxEvent.status == "pending",
+                        (OutboxEvent.locked_until.is_(None)) | (OutboxEvent.locked_until < now),
+                    )
+                    .values(locked_until=now + timedelta(seconds=lease_s))
+                ).rowcount
+                return s.get(OutboxEvent, event_id) if got == 1 else None
+
+            event = self._write(lease)
+            if event is not None:
+                claimed.append(event)
+        return claimed
+
+    def event_delivered(self, event_id: int) -> None:
+        """Mark an event delivered and note it in the case history."""
+
+        def work(s: Session) -> None:
+            event = s.get(OutboxEvent, event_id, with_for_update=True)
+            now = utcnow()
+            event.status, event.delivered_at, event.locked_until = "delivered", now, None
+            event.attempts += 1
+            s.add(
+                History(
+                    case_id=event.case_id,
+                    at=now,
+                    actor="webhook",
+                    action="pushed",
+                    from_status=None,
+                    to_status=None,
+                    details={
+                        "event": event.event,
+                        "idempotency_key": event.idempotency_key,
+                        "attempts": event.attempts,
+                    },
+                )
+            )
+
+        self._write(work)
+
+    def event_failed(self, event_id: int, error: str) -> None:
+        """Record a failed attempt; schedule the next one with exponential backoff, or give up."""
+
+        def work(s: Session) -> None:
+            event = s.get(OutboxEvent, event_id, with_for_update=True)
+            event.attempts += 1
+            event.last_error, event.locked_until = error[:2000], None
+            if event.attempts >= self.webhook.max_attempts:
+                event.status = "failed"
+                log.error("webhook gave up on %s after %d attempts: %s", event.idempotency_key, event.attempts, error)
+            else:
+                delay = min(self.webhook.backoff_s * 2 ** (event.attempts - 1), self.webhook.max_backoff_s)
+                delay *= 1 + 0.1 * secrets.randbelow(100) / 100  # jitter: receivers recovering are not stampeded
+                event.next_attempt_at = utcnow() + timedelta(seconds=delay)
+
+        self._write(work)
+
+    def outbox_counts(self) -> dict[str, int]:
+        """Outbox events per status."""
+        with self.reading() as s:
+            return dict(s.execute(select(OutboxEvent.status, func.count()).group_by(OutboxEvent.status)).all())
+
+    # ------------------------------------------------------------------------------------- queries
+    def get_case(self, case_id: int) -> CaseOut:
+        """One case."""
+        with self.reading() as s:
+            case = s.get(Case, case_id, options=[selectinload(Case.evidence)])
+            if case is None:
+                raise CaseNotFound(f"no case {case_id}")
+            return self._case_out(s, case, utcnow())
+
+    def list_cases(self, flt: CaseFilter, offset: int = 0, limit: int = 50) -> tuple[list[CaseOut], int]:
+        """Cases matching the filter, newest first, and how many match in all."""
+        now = utcnow()
+        conds = []
+        if flt.status:
+            conds.append(Case.status.in_(flt.status))
+        if flt.type:
+            conds.append(Case.type.in_(flt.type))
+        if flt.source_id:
+            conds.append(Case.source_id == flt.source_id)
+        if flt.department:
+            conds.append(Case.department == flt.department)
+        if flt.since:
+            conds.append(Case.first_seen >= flt.since)
+        if flt.until:
+            conds.append(Case.first_seen < flt.until)
+        if flt.overdue is not None:
+            late = (Case.status == "dispatched") & (Case.deadline < now)
+            conds.append(late if flt.overdue else ~late)
+        with self.reading() as s:
+            total = s.scalar(select(func.count()).select_from(Case).where(*conds))
+            rows = s.scalars(
+                select(Case)
+                .where(*conds)
+                .options(selectinload(Case.evidence))
+                .order_by(Case.first_seen.desc(), Case.id.desc())
+                .offset(offset)
+                .limit(limit)
+            )
+            return [self._case_out(s, c, now) for c in rows], int(total or 0)
+
+    def history(self, case_id: int) -> list[HistoryOut]:
+        """Every change of a case, oldest first."""
+        with self.reading() as s:
+            if s.get(Case, case_id) is None:
+                raise CaseNotFound(f"no case {case_id}")
+            rows = s.scalars(select(History).where(History.case_id == case_id).order_by(History.id))
+            return [
+                HistoryOut(
+                    id=h.id,
+                    at=h.at,
+                    actor=h.actor,
+                    action=h.action,
+                    from_status=h.from_status,
+                    to_status=h.to_status,
+                    details=h.details or {},
+                )
+                for h in rows
+            ]
+
+    def case_evidence_ids(self, case_id: int) -> set[str]:
+        """Evidence ids attached to a case."""
+        with self.reading() as s:
+            return set(s.scalars(select(Evidence.sha256).where(Evidence.case_id == case_id)))
+
+    def evidence_known(self, sha256: str) -> bool:
+        """Whether any case references this evidence id (only those are served)."""
+        with self.reading() as s:
+            return s.scalar(select(Evidence.id).where(Evidence.sha256 == sha256).limit(1)) is not None
+
+    def occurrence_keys(self, case_id: int) -> list[str]:
+        """Idempotency keys of the violations filed in a case."""
+        with self.reading() as s:
+            return list(s.scalars(select(Occurrence.key).where(Occurrence.case_id == case_id).order_by(Occurrence.id)))
+
+    def counts_by_status(self) -> dict[str, int]:
+        """Cases per status (all of them)."""
+        with self.reading() as s:
+            found = dict(s.execute(select(Case.status, func.count()).group_by(Case.status)).all())
+        return {status: int(found.get(status, 0)) for status in lifecycle.STATUSES}
+
+    def sources(self) -> list[tuple[str, str]]:
+        """(source id, name) of every camera or photo source with cases, for filters."""
+        with self.reading() as s:
+            rows = s.execute(select(Case.source_id, func.max(Case.source_name)).group_by(Case.source_id)).all()
+        return sorted(((sid, name or sid) for sid, name in rows), key=lambda r: r[1])
+
+    def _case_out(self, s: Session, case: Case, now: datetime) -> CaseOut:
+        evidence = sorted(case.evidence, key=lambda e: (-e.score, e.kind != "frame", e.id))
+        base = self.public_url
+        return CaseOut(
+            id=case.id,
+            type=case.type,
+            type_zh=VIOLATIONS[case.type].zh,
+            original_type=case.original_type,
+            detector_class=case.detector_class,
+            status=case.status,
+            source=case.source,
+            source_id=case.source_id,
+            source_name=case.source_name,
+            zone=case.zone,
+            location={"lat": case.lat, "lon": case.lon} if case.lat is not None and case.lon is not None else None,
+            first_seen=case.first_seen,
+            last_seen=case.last_seen,
+            occurrences=case.occurrences,
+            score=round(case.score, 4),
+            box=case.box,
+            frame_size=(case.frame_w, case.frame_h),
+            model_version=case.model_version,
+            department=case.department,
+            deadline=case.deadline,
+            overdue=case.status == "dispatched" and case.deadline is not None and case.deadline < now,
+            note=case.note,
+            evidence=[
+                EvidenceOut(
+                    sha256=e.sha256,
+                    kind=e.kind,
+                    url=f"{base}/v1/evidence/{e.sha256}",
+                    score=round(e.score, 4),
+                    box=e.box,
+                    frame_size=(e.frame_w, e.frame_h),
+                )
+                for e in evidence
+            ],
+            created_at=case.created_at,
+            updated_at=case.updated_at,
+            reviewed_by=case.reviewed_by,
+            confirmed_at=case.confirmed_at,
+            dispatched_at=case.dispatched_at,
+            resolved_at=case.resolved_at,
+            closed_at=case.closed_at,
+            actions=lifecycle.actions_from(case.status),
+        )
+
+    # --------------------------------------------------------------------------------------- stats
+    def stats(self, since: datetime, until: datetime, tz: tzinfo = timezone.utc) -> StatsOut:
+        """Supervision figures over cases first seen in [since, until); days counted in ``tz``."""
+        if until <= since:
+            raise InvalidRequest("'until' must be after 'since'")
+        now = utcnow()
+        in_range = (Case.first_seen >= since, Case.first_seen < until)
+
+        def grouped(s: Session, column: Any, *extra: Any) -> list[tuple[str, int]]:
+            rows = s.execute(select(column, func.count()).where(*in_range, *extra).group_by(column)).all()
+            return sorted(((str(k), int(n)) for k, n in rows if k is not None), key=lambda r: (-r[1], r[0]))
+
+        with self.reading() as s:
+            total = int(s.scalar(select(func.count()).select_from(Case).where(*in_range)) or 0)
+            by_type = grouped(s, Case.type)
+            by_camera = grouped(s, Case.source_id)
+            names = dict(
+                s.execute(
+                    select(Case.source_id, func.max(Case.source_name)).where(*in_range).group_by(Case.source_id)
+                ).all()
+            )
+            by_department = grouped(s, Case.department, Case.dispatched_at.is_not(None))
+            by_status = dict(grouped(s, Case.status))
+            reviewed = int(
+                s.scalar(select(func.count()).select_from(Case).where(*in_range, Case.reviewed_at.is_not(None))) or 0
+            )
+            confirmed = int(
+                s.scalar(select(func.count()).select_from(Case).where(*in_range, Case.confirmed_at.is_not(None))) or 0
+            )
+            overdue = int(
+                s.scalar(
+                    select(func.count())
+                    .select_from(Case)
+                    .where(*in_range, Case.status == "dispatched", Case.deadline < now)
+                )
+                or 0
+            )
+            resolved_rows = s.execute(
+                select(Case.created_at, Case.resolved_at, Case.deadline, Case.first_seen).where(
+                    *in_range, Case.resolved_at.is_not(None)
+                )
+            ).all()
+            days = s.execute(select(Case.first_seen).where(*in_range)).scalars().all()
+        # dismissed cases were reviewed and judged wrong; confirmed_at stays set on reopened cases
+        reviewed = max(reviewed, confirmed)
+        hours = [(r.resolved_at - r.created_at).total_seconds() / 3600 for r in resolved_rows]
+        late = sum(1 for r in resolved_rows if r.deadline is not None and r.resolved_at > r.deadline)
+        closed = by_status.get("resolved", 0) + by_status.get("closed", 0)
+        per_day: dict[str, int] = {}
+        day = since.astimezone(tz).date()
+        last = (until - timedelta(microseconds=1)).astimezone(tz).date()
+        if (last - day).days <= 366:
+            while day <= last:
+                per_day[day.isoformat()] = 0
+                day += timedelta(days=1)
+        for t in days:
+            key = t.astimezone(tz).date().isoformat()
+            per_day[key] = per_day.get(key, 0) + 1
+        return StatsOut(
+            since=since,
+            until=until,
+            total=total,
+            by_type=[
+                CountOut(key=k, label=f"{VIOLATIONS[k].zh} {k}" if k in VIOLATIONS else k, count=n) for k, n in by_type
+            ],
+            by_camera=[CountOut(key=k, label=names.get(k) or k, count=n) for k, n in by_camera],
+            by_department=[CountOut(key=k, label=k, count=n) for k, n in by_department],
+            by_status=[
+                CountOut(
+                    key=k, label=f"{lifecycle.STATUSES[k][0]} {lifecycle.STATUSES[k][1]}", count=by_status.get(k, 0)
+                )
+                for k in lifecycle.STATUSES
+            ],
+            by_day=[CountOut(key=k, label=k, count=n) for k, n in sorted(per_day.items())],
+            reviewed=reviewed,
+            confirmed=confirmed,
+            confirmation_rate=round(confirmed / reviewed, 4) if reviewed else None,
+            closure_rate=round(closed / confirmed, 4) if confirmed else None,
+            overdue=overdue,
+            resolved_late=late,
+            median_hours_to_resolve=round(statistics.median(hours), 2) if hours else None,
+        )
+
+    # ---------------------------------------------------------------------------------------- keys
+    def create_key(self, role: str, name: str) -> tuple[str, KeyOut]:
+        """A new API key of ``role``: returns the key (shown once) and its record; only a hash is stored."""
+        if role not in ROLES:
+            raise InvalidRequest(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+        key = f"sw_{role[:3]}_{secrets.token_urlsafe(32)}"
+
+        def work(s: Session) -> KeyOut:
+            row = ApiKey(name=name, role=role, prefix=key[:12], key_hash=hash_key(key), created_at=utcnow())
+            s.add(row)
+            s.flush()
+            return _key_out(row)
+
+        return key, self._write(work)
+
+    def verify_key(self, key: str) -> KeyOut | None:
+        """The record of a valid, unrevoked key; None otherwise. Notes its use (at most once a minute)."""
+        digest = hash_key(key)
+        with self.reading() as s:
+            row = s.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+        if row is None or row.revoked_at is not None:
+            return None
+        now = utcnow()
+        if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
+
+            def touch(s: Session) -> None:
+                s.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
+
+            try:
+                self._write(touch, attempts=1)
+                row.last_used_at = now
+            except OperationalError:  # busy: bookkeeping only, never a reason to refuse the request
+                pass
+        return _key_out(row)
+
+    def list_keys(self) -> list[KeyOut]:
+        """Every key's record."""
+        with self.reading() as s:
+            return [_key_out(r) for r in s.scalars(select(ApiKey).order_by(ApiKey.id))]
+
+    def revoke_key(self, key_id: int) -> KeyOut:
+        """Revoke a key (kept for the record)."""
+
+        def work(s: Session) -> KeyOut:
+            row = s.get(ApiKey, key_id, with_for_update=True)
+            if row is None:
+                raise LookupError(f"no key {key_id}")
+            row.revoked_at = row.revoked_at or utcnow()
+            return _key_out(row)
+
+        return self._write(work)
+
+    def healthy(self) -> bool:
+        """Whether the database answers."""
+        with self.reading() as s:
+            return s.scalar(select(func.count()).select_from(ApiKey)) is not None
+
+
+def _by_gps(v: Violation) -> bool:
+    """Patrol photos with a position are matched by distance; cameras (fixed view) by zone and box overlap."""
+    return v.source == "photo" and v.location is not None
+
+
+#: Longest text the store keeps per field (the column sizes).
+TEXT_LIMITS = {"source_id": 200, "source_name": 300, "zone": 200, "model_version": 200}
+
+
+def check_violation(v: Violation) -> None:
+    """Refuse what the contract allows but the store cannot keep faithfully (InvalidRequest says why)."""
+    for name, limit in TEXT_LIMITS.items():
+        value = getattr(v, name)
+        if value is not None and len(value) > limit:
+            raise InvalidRequest(f"{name} is {len(value)} characters long (limit {limit})")
+    if not all(math.isfinite(c) for c in v.box) or v.box[2] < v.box[0] or v.box[3] < v.box[1]:
+        raise InvalidRequest(f"box {list(v.box)} is not a finite x1 <= x2, y1 <= y2 rectangle")
+    if min(v.frame_size) <= 0 or max(v.frame_size) > 100_000:
+        raise InvalidRequest(f"frame_size {list(v.frame_size)} is not a plausible (width, height)")
+    if v.last_seen < v.first_seen:
+        raise InvalidRequest("last_seen is before first_seen")
+
+
+def _key_out(row: ApiKey) -> KeyOut:
+    return KeyOut(
+        id=row.id,
+        name=row.name,
+        role=row.role,
+        prefix=row.prefix,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def _retryable(exc: IntegrityError | OperationalError) -> bool:
+    """Unique-key races (someone else filed the same key first) and lock timeouts are worth a retry."""
+    text = str(exc.orig or exc).lower()
+    if isinstance(exc, IntegrityError):
+        return "unique" in text or "duplicate" in text
+    return any(w in text for w in ("locked", "busy", "deadlock", "could not serialize"))

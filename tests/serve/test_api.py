@@ -1,0 +1,461 @@
+"""The HTTP API in-process (FastAPI TestClient, real SQLite store, the shipped model): auth and roles,
+ingest, lifecycle, evidence, detection with micro-batching, stats, keys, metrics, camera runner hook."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from servetest import T0, make_violation
+
+from pipeline.decode import read_image
+from serve.app import attach_cameras, batching_wanted, create_app
+from serve.config import BatchingConfig, ServiceConfig
+
+
+class RecordingCameras:
+    """A camera runner with the interface the service attaches (start/stop/status)."""
+
+    def __init__(self):
+        self.events: list[str] = []
+
+    def start(self) -> None:
+        self.events.append("start")
+
+    def stop(self) -> None:
+        self.events.append("stop")
+
+    def status(self):
+        return {"gate-east": {"state": "running", "fps": 9.8}, "market": {"state": "reconnecting"}}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    data = tmp_path_factory.mktemp("svc")
+    config = ServiceConfig(data_dir=data, batching=BatchingConfig(enabled=True, max_batch=8, max_wait_ms=50))
+    app = create_app(config)
+    cameras = RecordingCameras()
+    attach_cameras(app, cameras)
+    store = app.state.store
+    keys = {role: store.create_key(role, f"{role}-1")[0] for role in ("ingest", "reviewer", "admin")}
+    with TestClient(app) as client:
+        yield app, client, keys, cameras
+    assert cameras.events == ["start", "stop"]
+
+
+def auth(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def post_violation(client, key: str, v):
+    return client.post(
+        "/v1/cases/ingest", content=v.model_dump_json(), headers={**auth(key), "Content-Type": "application/json"}
+    )
+
+
+def ingest(client, keys, **kw):
+    return post_violation(client, keys["ingest"], make_violation(**kw))
+
+
+def test_health_ready_and_docs(env):
+    _app, client, _keys, _ = env
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["checks"]["database"] is True
+    assert ready["checks"]["model"].startswith("yolo11n-coco-interim@")
+    assert ready["checks"]["cameras"] == {"gate-east": "running", "market": "reconnecting"}
+    assert "/v1/cases/ingest" in client.get("/openapi.json").json()["paths"]
+
+
+def test_batching_is_automatic_only_on_accelerators(env):
+    app, *_ = env
+    detector = app.state.detector.detector
+    assert batching_wanted(ServiceConfig(), detector) is False  # the CPU provider: one call uses every core
+    assert batching_wanted(ServiceConfig(batching=BatchingConfig(enabled=True)), detector) is True
+    assert app.state.batcher is not None  # this app asked for it
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/v1/cases/ingest", {}),
+        ("get", "/v1/cases", None),
+        ("post", "/v1/cases/1/review", {"action": "confirm"}),
+        ("post", "/v1/detect", None),
+        ("get", "/v1/stats", None),
+        ("post", "/v1/keys", {"role": "admin", "name": "x"}),
+    ],
+)
+def test_every_mutating_or_reading_route_needs_a_key(env, method, path, body):
+    _, client, _keys, _ = env
+    for headers, reason in [
+        ({}, "API key is required"),
+        (auth("sw_rev_nope"), "invalid or revoked"),
+        ({"Authorization": "Basic abc"}, "malformed Authorization"),
+    ]:
+        r = getattr(client, method)(path, headers=headers, **({"json": body} if body is not None else {}))
+        assert r.status_code == 401 and reason in r.json()["detail"], (headers, r.text)
+
+
+def test_roles_are_enforced(env):
+    _, client, keys, _ = env
+    r = client.post("/v1/cases/1/review", json={"action": "confirm"}, headers=auth(keys["ingest"]))
+    assert r.status_code == 403 and "may not review" in r.json()["detail"]
+    v = make_violation()
+    r = post_violation(client, keys["reviewer"], v)
+    assert r.status_code == 403 and "ingest" in r.json()["detail"]
+    assert client.get("/v1/cases", headers=auth(keys["ingest"])).status_code == 403
+    assert client.get("/v1/keys", headers=auth(keys["reviewer"])).status_code == 403
+
+
+def test_ingest_is_idempotent_and_reports_created_or_updated(env):
+    _app, client, keys, _ = env
+    v = make_violation(key="api:1", source_id="cam-api", box=(5, 5, 50, 50))
+    r1 = post_violation(client, keys["ingest"], v)
+    assert r1.status_code == 201 and r1.json()["created"] is True and r1.json()["outcome"] == "created"
+    r2 = post_violation(client, keys["ingest"], v.model_copy(update={"state": "ended"}))
+    assert r2.status_code == 200 and r2.json() == {**r1.json(), "created": False, "outcome": "updated"}
+    case = client.get(f"/v1/cases/{r1.json()['case_id']}", headers=auth(keys["reviewer"])).json()
+    assert case["occurrences"] == 1 and case["model_version"] == "tiny@t1/fp32" and case["type_zh"] == "乱停乱放"
+    assert case["actions"] == ["confirm", "dismiss", "relabel"]
+    history = client.get(f"/v1/cases/{case['id']}/history", headers=auth(keys["reviewer"])).json()
+    assert [h["action"] for h in history] == ["created", "updated"] and history[0]["actor"] == "ingest-1 (ingest)"
+
+
+def test_review_dispatch_resolve_close_over_http(env):
+    app, client, keys, _ = env
+    cid = ingest(client, keys, source_id="cam-flow").json()["case_id"]
+    rv = auth(keys["reviewer"])
+    r = client.post(
+        f"/v1/cases/{cid}/dispatch", json={"department": "环卫所", "deadline": "2030-01-01T00:00:00Z"}, headers=rv
+    )
+    assert r.status_code == 409 and "is new: cannot dispatch" in r.json()["detail"]
+    assert (
+        client.post(f"/v1/cases/{cid}/review", json={"action": "confirm"}, headers=rv).json()["status"] == "confirmed"
+    )
+    deadline = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat()
+    r = client.post(f"/v1/cases/{cid}/dispatch", json={"department": "环卫所", "deadline": deadline}, headers=rv)
+    assert r.status_code == 200 and r.json()["department"] == "环卫所" and r.json()["status"] == "dispatched"
+    assert client.post(f"/v1/cases/{cid}/resolve", json={"note": "cleared"}, headers=rv).json()["status"] == "resolved"
+    assert client.post(f"/v1/cases/{cid}/close", json={}, headers=rv).json()["status"] == "closed"
+    r = client.post(f"/v1/cases/{cid}/reopen", json={}, headers=rv)
+    assert r.status_code == 422 and "note" in r.json()["detail"]
+    assert client.get(f"/v1/cases/{cid}", headers=rv).json()["status"] == "closed"
+    assert app.state.store.get_case(cid).closed_at is not None
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "reason"),
+    [
+        ("/v1/cases/999999/review", {"action": "confirm"}, 404, "no case 999999"),
+        ("/v1/cases/1/review", {"action": "approve"}, 422, "action"),
+        ("/v1/cases/1/review", {"action": "confirm", "colour": "red"}, 422, "Extra inputs"),
+        ("/v1/cases/1/review", {"action": "relabel", "type": "jaywalking"}, 422, "unknown violation type"),
+        ("/v1/cases/1/review", {"action": "confirm", "type": "small_ad"}, 422, "belong to relabel"),
+        ("/v1/cases/1/dispatch", {"department": "x", "deadline": "2030-01-01T00:00:00"}, 422, "timezone-aware"),
+        ("/v1/cases/1/dispatch", {"department": "", "deadline": "2030-01-01T00:00:00Z"}, 422, "department"),
+        ("/v1/cases/abc/review", {"action": "confirm"}, 422, "case_id"),
+        ("/v1/cases/99999999999999999999/review", {"action": "confirm"}, 422, "case_id"),
+        ("/v1/cases/0/review", {"action": "confirm"}, 422, "case_id"),
+    ],
+)
+def test_bad_requests_get_4xx_with_the_reason(env, path, body, status, reason):
+    _, client, keys, _ = env
+    ingest(client, keys)  # case 1 exists
+    r = client.post(path, json=body, headers=auth(keys["reviewer"]))
+    assert r.status_code == status and reason in str(r.json()["detail"]), r.text
+
+
+def test_malformed_json_is_a_400(env):
+    _, client, keys, _ = env
+    r = client.post(
+        "/v1/cases/ingest",
+        content=b'{"key": "x", ',
+        headers={**auth(keys["ingest"]), "Content-Type": "application/json"},
+    )
+    assert r.status_code == 400 and "malformed JSON" in r.json()["detail"]
+    r = client.post("/v1/cases/ingest", json={"key": "x"}, headers=auth(keys["ingest"]))
+    assert r.status_code == 422 and "type: Field required" in r.json()["detail"]
+    r = client.post("/v1/cases/ingest", content=make_violation().model_dump_json(), headers=auth(keys["ingest"]))
+    assert r.status_code == 415 and "Content-Type: application/json" in r.json()["detail"]
+    nan = make_violation().model_dump_json().replace('"box":[10.0', '"box":[NaN')  # JSON5-style token
+    r = client.post(
+        "/v1/cases/ingest", content=nan, headers={**auth(keys["ingest"]), "Content-Type": "application/json"}
+    )
+    assert r.status_code == 422 and "not a finite" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"source_id": "c" * 201}, "source_id is 201 characters"),
+        ({"box": (float("nan"), 0, 1, 1)}, "box"),
+        ({"box": (float("inf"), 0, 1, 1)}, "box"),
+        ({"box": (50, 50, 10, 10)}, "not a finite"),
+        ({"frame_size": (0, 480)}, "frame_size"),
+        ({"last_seen": T0 - timedelta(hours=1)}, "before first_seen"),
+    ],
+)
+def test_ingest_refuses_what_the_store_cannot_keep(env, change, reason):
+    _, client, keys, _ = env
+    v = make_violation().model_copy(update=change)
+    r = post_violation(client, keys["ingest"], v)
+    assert r.status_code == 422 and reason in r.json()["detail"], r.text
+
+
+def test_ingest_refuses_evidence_that_is_not_a_jpeg(env):
+    from pipeline.cases import EvidenceImage
+
+    _, client, keys, _ = env
+    for jpeg, status, reason in [(b"\x89PNG\r\n\x1a\nxx", 422, "not an image"), (b"", 422, "empty file")]:
+        v = make_violation(evidence=[EvidenceImage(kind="frame", jpeg=jpeg)])
+        r = post_violation(client, keys["ingest"], v)
+        assert r.status_code == status and reason in r.json()["detail"]
+    import cv2
+
+    png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    v = make_violation(evidence=[EvidenceImage(kind="frame", jpeg=png)])
+    r = post_violation(client, keys["ingest"], v)
+    assert r.status_code == 415 and "must be JPEG" in r.json()["detail"]
+
+
+def test_evidence_served_only_through_the_api(env):
+    _app, client, keys, _ = env
+    v = make_violation(source_id="cam-ev")
+    cid = post_violation(client, keys["ingest"], v).json()["case_id"]
+    case = client.get(f"/v1/cases/{cid}", headers=auth(keys["reviewer"])).json()
+    url = case["evidence"][0]["url"]
+    assert url == f"/v1/evidence/{v.evidence[0].sha256}"
+    r = client.get(url, headers=auth(keys["reviewer"]))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.content == v.evidence[0].jpeg
+    assert client.get(url).status_code == 401
+    listed = client.get(f"/v1/cases/{cid}/evidence", headers=auth(keys["reviewer"])).json()
+    assert [e["sha256"] for e in listed] == [v.evidence[0].sha256]
+    for bad in (
+        "..%2F..%2Fstreetwatch.db",
+        "../../etc/passwd",
+        "%2e%2e%2fstreetwatch.db",
+        "a" * 64,
+        v.evidence[0].sha256.upper(),
+        "..",
+        "%00",
+    ):
+        r = client.get(f"/v1/evidence/{bad}", headers=auth(keys["reviewer"]))
+        assert r.status_code == 404, (bad, r.status_code)
+
+
+def test_list_filters_pagination_and_limits(env):
+    _, client, keys, _ = env
+    for i in range(3):
+        ingest(
+            client,
+            keys,
+            source_id="cam-list",
+            type="small_ad",
+            detector_class="small_ad",
+            box=(i * 100, 0, i * 100 + 40, 40),
+            first_seen=T0 + timedelta(days=400 + i),
+            last_seen=T0 + timedelta(days=400 + i),
+        )
+    rv = auth(keys["reviewer"])
+    page = client.get("/v1/cases", params={"camera": "cam-list", "limit": 2}, headers=rv).json()
+    assert (
+        page["total"] == 3
+        and len(page["items"]) == 2
+        and page["items"][0]["first_seen"] > page["items"][1]["first_seen"]
+    )
+    page2 = client.get("/v1/cases", params={"camera": "cam-list", "limit": 2, "offset": 2}, headers=rv).json()
+    assert len(page2["items"]) == 1
+    assert (
+        client.get("/v1/cases", params={"type": "small_ad", "status": "new", "camera": "cam-list"}, headers=rv).json()[
+            "total"
+        ]
+        == 3
+    )
+    r = client.get("/v1/cases", params={"limit": 5000}, headers=rv)
+    assert r.status_code == 422 and "page size limit" in r.json()["detail"]
+    assert client.get("/v1/cases", params={"type": "jaywalking"}, headers=rv).status_code == 422
+    assert client.get("/v1/cases", params={"status": "open"}, headers=rv).status_code == 422
+
+
+def test_detect_matches_the_detector_and_refuses_bad_uploads(env, sample_photos):
+    app, client, keys, _ = env
+    photo = next(p for p in sample_photos if "scooter" in p.name)
+    expected = app.state.detector.detector.detect(read_image(photo)).to_records()
+    r = client.post(
+        "/v1/detect", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")}, headers=auth(keys["reviewer"])
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["detections"] == expected and body["model_version"] == app.state.detector.detector.version
+    assert {"person", "motorbike"} <= {d["class"] for d in body["detections"]} and body["cases"] == []
+    raw = client.post(
+        "/v1/detect", content=photo.read_bytes(), headers={**auth(keys["ingest"]), "Content-Type": "image/jpeg"}
+    )
+    assert raw.json()["detections"] == expected
+    h = auth(keys["ingest"])
+    for files, content, ctype, status, reason in [
+        (None, b"hello", "text/plain", 415, "unsupported content type"),
+        ({"image": ("a.txt", b"just text", "text/plain")}, None, None, 415, "send JPEG"),
+        ({"image": ("a.jpg", b"just text", "image/jpeg")}, None, None, 422, "not an image"),
+        ({"image": ("a.jpg", b"", "image/jpeg")}, None, None, 422, "empty file"),
+        ({"image": ("a.jpg", photo.read_bytes()[:3000], "image/jpeg")}, None, None, 422, "corrupt or truncated"),
+        ({"other": ("a.jpg", photo.read_bytes(), "image/jpeg")}, None, None, 422, "named 'image'"),
+    ]:
+        kwargs = {"files": files} if files else {"content": content, "headers": {**h, "Content-Type": ctype}}
+        r = client.post("/v1/detect", **({"headers": h} if files else {}), **kwargs)
+        assert r.status_code == status and reason in r.json()["detail"], (reason, r.status_code, r.text)
+    r = client.post(
+        "/v1/detect",
+        params={"file": "true"},
+        headers=auth(keys["reviewer"]),
+        files={"image": ("a.jpg", photo.read_bytes(), "image/jpeg")},
+    )
+    assert r.status_code == 403 and "ingest" in r.json()["detail"]
+
+
+def test_concurrent_detections_are_micro_batched(env, sample_photos):
+    app, client, keys, _ = env
+    data = sample_photos[0].read_bytes()
+    expected = app.state.detector.detector.detect(read_image(sample_photos[0])).to_records()
+    before = app.state.metrics.batch_size.collect()[0].samples
+    count0 = next(s.value for s in before if s.name.endswith("_count"))
+    sum0 = next(s.value for s in before if s.name.endswith("_sum"))
+    barrier = threading.Barrier(6)
+
+    def call(_):
+        barrier.wait()
+        return client.post("/v1/detect", content=data, headers={**auth(keys["ingest"]), "Content-Type": "image/jpeg"})
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(call, range(6)))
+    assert all(r.status_code == 200 and r.json()["detections"] == expected for r in results)
+    after = app.state.metrics.batch_size.collect()[0].samples
+    calls = next(s.value for s in after if s.name.endswith("_count")) - count0
+    images = next(s.value for s in after if s.name.endswith("_sum")) - sum0
+    assert images == 6 and calls < 6  # fewer detector calls than requests: batched
+
+
+def test_stats_route(env):
+    _, client, keys, _ = env
+    rv = auth(keys["reviewer"])
+    s = client.get("/v1/stats", params={"since": "2026-11-01", "until": "2026-12-31"}, headers=rv).json()
+    assert s["total"] >= 1 and {
+        "by_type",
+        "by_camera",
+        "by_department",
+        "confirmation_rate",
+        "closure_rate",
+        "overdue",
+        "median_hours_to_resolve",
+    } <= set(s)
+    assert s["since"].startswith("2026-11-01T00:00:00+08:00") or s["since"].startswith("2026-10-31T16:00:00")
+    r = client.get("/v1/stats", params={"since": "2026-12-01", "until": "2026-11-01"}, headers=rv)
+    assert r.status_code == 422 and "after" in r.json()["detail"]
+    assert client.get("/v1/stats", params={"since": "yesterday"}, headers=rv).status_code == 422
+
+
+def test_admin_manages_keys(env):
+    _app, client, keys, _ = env
+    ad = auth(keys["admin"])
+    r = client.post("/v1/keys", json={"role": "ingest", "name": "camera-worker-7"}, headers=ad)
+    assert r.status_code == 201
+    new = r.json()
+    assert new["key"].startswith("sw_ing_") and new["role"] == "ingest"
+    listed = client.get("/v1/keys", headers=ad).json()
+    assert "key" not in listed[0] and any(k["name"] == "camera-worker-7" for k in listed)
+    assert ingest(client, {"ingest": new["key"]}, source_id="cam-k").status_code == 201
+    assert client.delete(f"/v1/keys/{new['id']}", headers=ad).json()["revoked_at"] is not None
+    assert ingest(client, {"ingest": new["key"]}).status_code == 401
+    assert client.post("/v1/keys", json={"role": "root", "name": "x"}, headers=ad).status_code == 422
+    assert client.delete("/v1/keys/9999", headers=ad).status_code == 404
+
+
+def test_metrics_expose_requests_batches_cases_and_cameras(env):
+    _, client, keys, _ = env
+    ingest(client, keys, source_id="cam-metrics")
+    text = client.get("/metrics").text
+    assert 'streetwatch_http_requests_total{method="POST",route="/v1/cases/ingest",status="201"}' in text
+    assert (
+        'streetwatch_http_request_duration_seconds_bucket{le="0.005",method="GET",route="/healthz"}' in text
+        or "streetwatch_http_request_duration_seconds_count" in text
+    )
+    assert "streetwatch_detector_batch_size_bucket" in text
+    assert 'streetwatch_cases{status="new"}' in text
+    assert 'streetwatch_camera_state{camera="gate-east",state="running"} 1.0' in text
+    assert 'streetwatch_camera_state{camera="market",state="reconnecting"} 1.0' in text
+    assert 'streetwatch_ingested_violations_total{outcome="created"}' in text
+    assert "streetwatch_model_info{version=" in text
+
+
+def test_request_body_limit(env):
+    app, client, keys, _ = env
+    limit = app.state.config.limits.max_json_bytes
+    r = client.post(
+        "/v1/cases/1/review",
+        content=b"{" + b" " * (limit + 10) + b"}",
+        headers={**auth(keys["reviewer"]), "Content-Type": "application/json"},
+    )
+    assert r.status_code == 413 and "too large" in r.json()["detail"]
+    assert client.get("/healthz").status_code == 200
+    np.testing.assert_equal(app.state.config.limits.max_upload_bytes, 20 * 1024 * 1024)
+
+
+@pytest.mark.slow
+def test_detect_files_violations_as_cases_idempotently(use_tiny_registry, tiny_pt, tmp_path):
+    """A real model trained on litter shapes: its detections become exposed-garbage cases; the same photo
+    uploaded again updates the same cases."""
+    from pipeline.detect import DetectorConfig
+
+    photo = sorted((tiny_pt.parents[3] / "shapes" / "val" / "images").glob("*.jpg"))[0]
+    app = create_app(ServiceConfig(data_dir=tmp_path, detector=DetectorConfig(conf=0.05)))
+    key = app.state.store.create_key("ingest", "patrol-audit")[0]
+    params = {"file": "true", "source_name": "patrol-1.jpg", "lat": 31.2304, "lon": 121.4737}
+    with TestClient(app) as client:
+        first = client.post(
+            "/v1/detect",
+            params=params,
+            headers=auth(key),
+            files={"image": (photo.name, photo.read_bytes(), "image/jpeg")},
+        ).json()
+        again = client.post(
+            "/v1/detect",
+            params=params,
+            headers=auth(key),
+            files={"image": (photo.name, photo.read_bytes(), "image/jpeg")},
+        ).json()
+        litter = [d for d in first["detections"] if d["class"] == "litter"]
+        assert litter and first["model_version"] == "tiny@t1/fp32"
+        assert len(first["cases"]) == len(litter) and any(c["created"] for c in first["cases"])
+        assert {c["case_id"] for c in again["cases"]} == {c["case_id"] for c in first["cases"]}
+        assert all(c["outcome"] == "updated" for c in again["cases"])
+        case = app.state.store.get_case(first["cases"][0]["case_id"])
+        assert case.type == "exposed_garbage" and case.source == "photo" and case.source_name == "patrol-1.jpg"
+        assert case.location.lat == pytest.approx(31.2304) and case.model_version == "tiny@t1/fp32"
+        assert {e.kind for e in case.evidence} == {"frame", "crop"}
+
+
+def test_review_pages_need_a_reviewer_escape_content_and_refuse_cross_site_posts(env):
+    app, _, keys, _ = env
+    cid = ingest(TestClient(app), keys, source_id="cam-xss", source_name="<script>alert(1)</script>").json()["case_id"]
+    browser = TestClient(app)  # its own cookie jar
+    assert browser.get("/ui/cases", follow_redirects=False).headers["location"].startswith("/ui/login?next=")
+    r = browser.post("/ui/login", data={"key": keys["ingest"], "next": "/ui/cases"}, follow_redirects=False)
+    assert r.status_code == 200 and "A reviewer key is needed" in r.text
+    for target in ("//evil.example/x", "/\\evil.example", "https://evil.example/"):
+        r = browser.post("/ui/login", data={"key": keys["reviewer"], "next": target}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/ui/cases"
+    page = browser.get(f"/ui/cases/{cid}")
+    assert page.status_code == 200 and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    assert "<script>alert(1)" not in page.text
+    listing = browser.get("/ui/cases", params={"camera": "cam-xss"})
+    assert f'data-case="{cid}"' in listing.text and "<script>alert(1)" not in listing.text
+    r = browser.post(f"/v1/cases/{cid}/review", json={"action": "confirm"}, headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403 and "cross-site" in r.json()["detail"]
+    r = browser.post(f"/v1/cases/{cid}/review", json={"action": "confirm"}, headers={"Origin": "http://testserver"})
+    assert r.status_code == 200 and r.json()["reviewed_by"] == "reviewer-1"
+    assert browser.get("/ui/stats").status_code == 200 and browser.get("/ui/cases/999999").status_code == 404

@@ -1,0 +1,89 @@
+"""Sinks into the case queue: the store directly (SQLite, PostgreSQL, a data folder) and over HTTP with a
+durable spool, through ``pipeline.cases.open_sink`` as stream workers and audits call it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+from servetest import ServiceProcess, empty_database, jpeg, make_violation
+
+from pipeline.cases import EvidenceImage, open_sink
+from serve.sinks import HttpSink, StoreSink, open_case_sink
+from serve.store import CaseFilter, CaseStore
+
+
+def test_store_sink_targets(tmp_path, pg_database):
+    empty_database(pg_database)
+    sqlite_file = tmp_path / "a" / "cases.db"
+    for target, db in [
+        (f"sqlite:///{sqlite_file}", f"sqlite:///{sqlite_file}"),
+        (str(tmp_path / "folder"), f"sqlite:///{(tmp_path / 'folder' / 'streetwatch.db').resolve()}"),
+        (pg_database, pg_database),
+    ]:
+        sink = open_sink(target)
+        assert isinstance(sink, StoreSink)
+        v = make_violation(key=f"k-{len(target)}", source_id=f"cam-{len(target)}")
+        sink.emit(v)
+        sink.emit(v.model_copy(update={"state": "ended"}))
+        sink.close()
+        store = CaseStore(db, tmp_path / "unused")
+        try:
+            cases, total = store.list_cases(CaseFilter(source_id=v.source_id))
+            assert total == 1 and store.occurrence_keys(cases[0].id) == [v.key]
+        finally:
+            store.dispose()
+    assert (sqlite_file.parent / "evidence").is_dir()  # evidence beside the SQLite file
+
+
+def test_bad_targets_are_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv("STREETWATCH_API_KEY", raising=False)
+    with pytest.raises(ValueError, match="no API key"):
+        open_case_sink("http://127.0.0.1:9")
+    with pytest.raises(ValueError, match="unknown sink"):
+        open_case_sink("ftp://example.org/x")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ValueError, match="not a folder"):
+        open_case_sink(str(tmp_path / "file.txt"))
+    with pytest.raises(ValueError, match="database file"):
+        open_case_sink("sqlite://")
+
+
+@pytest.mark.slow
+def test_http_sink_spools_while_the_service_is_down_then_delivers(tmp_path, monkeypatch):
+    service = ServiceProcess(tmp_path / "data")
+    key = service.key("ingest", "camera-worker")
+    monkeypatch.setenv("STREETWATCH_API_KEY", key)
+    spool = tmp_path / "spool"
+    sink = open_sink(f"{service.url}?spool={spool}")  # the service is not running yet
+    assert isinstance(sink, HttpSink)
+    good = [make_violation(key=f"down-{i}", source_id=f"cam{i}") for i in range(4)]
+    for v in good:
+        sink.emit(v)
+    png = EvidenceImage(kind="frame", jpeg=cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes())
+    sink.emit(make_violation(key="bad-evidence", evidence=[png]))
+    sink.emit(good[0].model_copy(update={"state": "ended", "evidence": [EvidenceImage(kind="crop", jpeg=jpeg(7))]}))
+    assert not sink.flush(timeout_s=1.0) and sink.pending() == 6  # nothing lost while down
+    service.start()
+    try:
+        assert sink.flush(timeout_s=30)
+        sink.close()
+        assert sink.sent == 5 and sink.refused == 1
+        rejected = list((spool / "rejected").glob("*.json"))
+        assert len(rejected) == 1 and json.loads(rejected[0].read_text())["key"] == "bad-evidence"
+        reason = next((spool / "rejected").glob("*.reason.txt")).read_text()
+        assert "HTTP 415" in reason and "must be JPEG" in reason
+    finally:
+        service.stop()
+    store = CaseStore(f"sqlite:///{service.data_dir / 'streetwatch.db'}", service.data_dir)
+    try:
+        cases, total = store.list_cases(CaseFilter())
+        assert total == 4
+        first = next(c for c in cases if store.occurrence_keys(c.id) == ["down-0"])
+        assert len(first.evidence) == 2  # the update's evidence joined the same case
+        assert os.listdir(spool) == ["rejected"]
+    finally:
+        store.dispose()

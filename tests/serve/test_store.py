@@ -1,0 +1,299 @@
+"""The case store on SQLite and PostgreSQL: ingestion, dedup, lifecycle, history, queries, stats, keys."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from servetest import T0, jpeg
+from sqlalchemy import create_engine, inspect, select
+from sqlalchemy.orm import Session
+
+from pipeline.cases import EvidenceImage, GeoPoint
+from serve import lifecycle
+from serve.config import DedupConfig, WebhookConfig
+from serve.db import ApiKey, Case, OutboxEvent, make_engine, schema_revision
+from serve.lifecycle import IllegalTransition
+from serve.store import Actor, CaseFilter, CaseNotFound, CaseStore, InvalidRequest
+
+ALICE = Actor("alice", "reviewer")
+
+
+def future(hours: float = 24) -> datetime:
+    return datetime.now(timezone.utc) + timedelta(hours=hours)
+
+
+def test_migrations_create_the_schema_and_match_the_models(store):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from serve.db import Base
+
+    assert schema_revision(store.write_engine) == "0001"
+    assert {"cases", "occurrences", "evidence", "history", "api_keys", "outbox"} <= set(
+        inspect(store.write_engine).get_table_names()
+    )
+    with store.write_engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": False}), Base.metadata)
+    assert diff == []
+    CaseStore(store.db_url, store.data_dir).dispose()  # a second start migrates nothing and fails nothing
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+def test_ingest_creates_then_updates_by_key(store, violation):
+    v = violation(key="cam1:7")
+    first = store.ingest(v, Actor("worker-1", "ingest"))
+    assert first.created and first.outcome == "created" and first.status == "new"
+    better = EvidenceImage(kind="frame", jpeg=jpeg(99))
+    later = v.model_copy(
+        update={"state": "ended", "last_seen": T0 + timedelta(minutes=5), "score": 0.93, "evidence": [better]}
+    )
+    again = store.ingest(later)
+    assert (again.case_id, again.outcome, again.created) == (first.case_id, "updated", False)
+    assert store.ingest(v).outcome == "updated"  # an old repeat: still the same case, no regression
+    case = store.get_case(first.case_id)
+    assert case.occurrences == 1
+    assert case.last_seen == T0 + timedelta(minutes=5) and case.score == pytest.approx(0.93)
+    assert case.evidence[0].sha256 == better.sha256  # best evidence first
+    assert {e.sha256 for e in case.evidence} == {better.sha256, v.evidence[0].sha256}
+    assert store.evidence.read(better.sha256) == better.jpeg
+    assert store.list_cases(CaseFilter())[1] == 1
+    actions = [h.action for h in store.history(first.case_id)]
+    assert actions == ["created", "updated"] and store.history(first.case_id)[0].actor == "worker-1 (ingest)"
+
+
+def test_evidence_is_content_addressed_on_disk(store, violation):
+    v = violation()
+    store.ingest(v)
+    sha = v.evidence[0].sha256
+    path = store.evidence.path(sha)
+    assert path.read_bytes() == v.evidence[0].jpeg and hashlib.sha256(path.read_bytes()).hexdigest() == sha
+    assert path.is_relative_to(store.data_dir / "evidence")
+    for bad in ("../../etc/passwd", sha[:-1] + "G", sha.upper(), "0" * 64):
+        with pytest.raises(LookupError):
+            store.evidence.path(bad)
+
+
+def test_dedup_merges_the_same_place_within_the_window(store, violation):
+    a = store.ingest(violation(key="a"))
+    b = store.ingest(
+        violation(
+            key="b", box=(14, 22, 112, 95), first_seen=T0 + timedelta(minutes=10), last_seen=T0 + timedelta(minutes=12)
+        )
+    )
+    assert b.outcome == "merged" and b.case_id == a.case_id
+    far = store.ingest(violation(key="c", box=(400, 200, 500, 300)))  # elsewhere in the view
+    late = store.ingest(violation(key="d", first_seen=T0 + timedelta(hours=3), last_seen=T0 + timedelta(hours=3)))
+    other_cam = store.ingest(violation(key="e", source_id="cam2"))
+    other_type = store.ingest(violation(key="f", type="exposed_garbage", detector_class="litter"))
+    assert all(r.created for r in (far, late, other_cam, other_type))
+    case = store.get_case(a.case_id)
+    assert case.occurrences == 2 and case.last_seen == T0 + timedelta(minutes=12)
+    assert store.occurrence_keys(a.case_id) == ["a", "b"]
+    assert [h.action for h in store.history(a.case_id)] == ["created", "merged"]
+
+
+def test_dedup_by_gps_for_patrol_photos(store, violation):
+    here = GeoPoint(lat=31.2304, lon=121.4737)
+    near = GeoPoint(lat=31.23045, lon=121.47375)  # ~7 m away
+    kw = dict(source="photo", type="exposed_garbage", detector_class="litter", zone=None)
+    a = store.ingest(violation(key="p1", source_id="photo-a", location=here, **kw))
+    b = store.ingest(violation(key="p2", source_id="photo-b", location=near, **kw))
+    c = store.ingest(violation(key="p3", source_id="photo-c", location=GeoPoint(lat=31.2404, lon=121.4737), **kw))
+    assert b.outcome == "merged" and b.case_id == a.case_id and c.created
+    # a camera's position is the camera's, not the object's: two places in one view stay two cases
+    cam = dict(location=here, source_id="cam9")
+    assert store.ingest(violation(key="c1", **cam)).created
+    assert store.ingest(violation(key="c2", box=(300, 200, 400, 300), **cam)).created
+
+
+def test_dedup_skips_closed_cases_and_can_be_disabled(store, violation, db_url, tmp_path):
+    a = store.ingest(violation(key="a"))
+    store.review(a.case_id, "dismiss", ALICE)
+    assert store.ingest(violation(key="b")).created  # a dismissed case is not "open"
+    plain = CaseStore(db_url, tmp_path / "d2", dedup=DedupConfig(enabled=False))
+    try:
+        assert plain.ingest(violation(key="c")).created and plain.ingest(violation(key="d")).created
+    finally:
+        plain.dispose()
+
+
+def test_full_lifecycle_with_history(store, violation):
+    cid = store.ingest(violation()).case_id
+    assert store.review(cid, "confirm", ALICE, note="clearly parked").status == "confirmed"
+    deadline = future(48)
+    case = store.dispatch(cid, "交警大队", deadline, ALICE)
+    assert case.status == "dispatched" and case.department == "交警大队" and case.deadline == deadline
+    assert store.resolve(cid, Actor("dept", "reviewer"), note="car towed").status == "resolved"
+    assert store.close(cid, ALICE).status == "closed"
+    reopened = store.reopen(cid, ALICE, note="parked again")
+    assert reopened.status == "confirmed" and reopened.resolved_at is None
+    history = store.history(cid)
+    assert [(h.action, h.from_status, h.to_status) for h in history] == [
+        ("created", None, "new"),
+        ("confirm", "new", "confirmed"),
+        ("dispatch", "confirmed", "dispatched"),
+        ("resolve", "dispatched", "resolved"),
+        ("close", "resolved", "closed"),
+        ("reopen", "closed", "confirmed"),
+    ]
+    assert history[1].actor == "alice (reviewer)" and history[1].details == {"note": "clearly parked"}
+    assert history[2].details["department"] == "交警大队"
+    assert all(h.at.tzinfo is not None for h in history)
+
+
+def test_illegal_transitions_are_refused_with_the_reason(store, violation):
+    cid = store.ingest(violation()).case_id
+    with pytest.raises(IllegalTransition, match=r"case \d+ is new: cannot dispatch \(allowed only from confirmed"):
+        store.dispatch(cid, "环卫所", future(), ALICE)
+    with pytest.raises(IllegalTransition, match="cannot resolve"):
+        store.resolve(cid, ALICE)
+    with pytest.raises(IllegalTransition, match="cannot reopen"):
+        store.reopen(cid, ALICE, "why")
+    store.review(cid, "dismiss", ALICE)
+    with pytest.raises(IllegalTransition, match="is dismissed: cannot confirm"):
+        store.review(cid, "confirm", ALICE)
+    assert store.reopen(cid, ALICE, "looked again").status == "new"  # back to review
+    assert store.get_case(cid).status == "new"
+    assert [h.action for h in store.history(cid)] == ["created", "dismiss", "reopen"]  # refusals leave no trace
+    with pytest.raises(CaseNotFound):
+        store.review(12345, "confirm", ALICE)
+
+
+def test_relabel_corrects_type_and_class(store, violation):
+    cid = store.ingest(violation(type="exposed_garbage", detector_class="litter")).case_id
+    with pytest.raises(InvalidRequest, match="give 'detector_class'"):
+        store.review(cid, "relabel", ALICE, type="illegal_parking")
+    with pytest.raises(InvalidRequest, match="does not evidence"):
+        store.review(cid, "relabel", ALICE, type="small_ad", detector_class="car")
+    case = store.review(cid, "relabel", ALICE, type="overflowing_bin")
+    assert (case.type, case.detector_class, case.original_type, case.status) == (
+        "overflowing_bin",
+        "overflowing_bin",
+        "exposed_garbage",
+        "confirmed",
+    )
+    assert store.history(cid)[-1].details["from_type"] == "exposed_garbage"
+
+
+def test_dispatch_refuses_a_deadline_in_the_past(store, violation):
+    cid = store.ingest(violation()).case_id
+    store.review(cid, "confirm", ALICE)
+    with pytest.raises(InvalidRequest, match="in the past"):
+        store.dispatch(cid, "环卫所", datetime.now(timezone.utc) - timedelta(hours=1), ALICE)
+
+
+def test_list_filters_and_pagination(store, violation):
+    ids = []
+    for i in range(7):
+        v = violation(
+            key=f"k{i}",
+            source_id=f"cam{i % 2}",
+            first_seen=T0 + timedelta(hours=i),
+            last_seen=T0 + timedelta(hours=i, minutes=1),
+            **({"type": "small_ad", "detector_class": "small_ad"} if i % 3 == 0 else {}),
+        )
+        ids.append(store.ingest(v).case_id)
+    store.review(ids[1], "confirm", ALICE)
+    page, total = store.list_cases(CaseFilter(), offset=0, limit=3)
+    assert total == 7 and [c.id for c in page] == ids[::-1][:3]  # newest first
+    page2, _ = store.list_cases(CaseFilter(), offset=3, limit=3)
+    assert [c.id for c in page2] == ids[::-1][3:6]
+    assert store.list_cases(CaseFilter(type=("small_ad",)))[1] == 3
+    assert store.list_cases(CaseFilter(source_id="cam1"))[1] == 3
+    assert [c.id for c in store.list_cases(CaseFilter(status=("confirmed",)))[0]] == [ids[1]]
+    assert store.list_cases(CaseFilter(since=T0 + timedelta(hours=5)))[1] == 2
+    assert store.list_cases(CaseFilter(until=T0 + timedelta(hours=2)))[1] == 2
+
+
+def test_stats_figures(store, violation):
+    r = Actor("r", "reviewer")
+    ids = [
+        store.ingest(violation(key=f"s{i}", source_id=f"cam{i % 2}", box=(i * 90, 0, i * 90 + 60, 50))).case_id
+        for i in range(6)
+    ]
+    store.review(ids[0], "dismiss", r)
+    for cid in ids[1:5]:
+        store.review(cid, "confirm", r)
+    store.dispatch(ids[1], "环卫所", future(1), r)
+    store.dispatch(ids[2], "环卫所", future(1), r)
+    store.dispatch(ids[3], "交警大队", future(1), r)
+    store.resolve(ids[1], r)
+    store.resolve(ids[2], r)
+    store.close(ids[2], r)
+    with Session(store.write_engine) as session, session.begin():  # a passed deadline (the API refuses one)
+        session.get(Case, ids[3]).deadline = datetime.now(timezone.utc) - timedelta(hours=2)
+    s = store.stats(T0 - timedelta(days=1), T0 + timedelta(days=1))
+    assert s.total == 6
+    assert {c.key: c.count for c in s.by_type} == {"illegal_parking": 6}
+    assert {c.key: c.count for c in s.by_camera} == {"cam0": 3, "cam1": 3}
+    assert {c.key: c.count for c in s.by_department} == {"环卫所": 2, "交警大队": 1}
+    assert (s.reviewed, s.confirmed, s.confirmation_rate) == (5, 4, 0.8)
+    assert s.closure_rate == 0.5  # 2 of 4 confirmed are resolved or closed
+    assert s.overdue == 1 and s.resolved_late == 0
+    assert s.median_hours_to_resolve is not None and 0 <= s.median_hours_to_resolve < 0.1
+    assert {c.key: c.count for c in s.by_status} == {
+        "new": 1,
+        "confirmed": 1,
+        "dismissed": 1,
+        "dispatched": 1,
+        "resolved": 1,
+        "closed": 1,
+    }
+    assert sum(c.count for c in s.by_day) == 6 and len(s.by_day) == 3
+    empty = store.stats(T0 + timedelta(days=10), T0 + timedelta(days=11))
+    assert empty.total == 0 and empty.confirmation_rate is None and empty.median_hours_to_resolve is None
+    with pytest.raises(InvalidRequest):
+        store.stats(T0, T0)
+
+
+def test_api_keys_are_stored_hashed(store):
+    key, record = store.create_key("reviewer", "desk-1")
+    assert key.startswith("sw_rev_") and len(key) > 40 and record.role == "reviewer"
+    with store.reading() as s:
+        row = s.scalar(select(ApiKey))
+        assert row.key_hash == hashlib.sha256(key.encode()).hexdigest() and key not in (row.prefix, row.key_hash)
+    assert store.verify_key(key).name == "desk-1"
+    assert store.verify_key(key + "x") is None and store.verify_key("") is None
+    store.revoke_key(record.id)
+    assert store.verify_key(key) is None
+    with pytest.raises(InvalidRequest):
+        store.create_key("root", "x")
+
+
+def test_confirm_enqueues_a_webhook_event_in_the_same_transaction(db_url, tmp_path, violation):
+    store = CaseStore(db_url, tmp_path / "d", webhook=WebhookConfig(url="http://127.0.0.1:9/hook"))
+    try:
+        cid = store.ingest(violation(key="w1")).case_id
+        store.review(cid, "confirm", ALICE)
+        with store.reading() as s:
+            events = list(s.scalars(select(OutboxEvent)))
+        assert len(events) == 1 and events[0].event == "confirmed" and events[0].status == "pending"
+        assert events[0].idempotency_key == f"streetwatch-case-{cid}-confirmed-1"
+        assert events[0].payload["violation_keys"] == ["w1"] and events[0].payload["case"]["status"] == "confirmed"
+        store.dispatch(cid, "环卫所", future(), ALICE)  # not in events: nothing enqueued
+        assert store.outbox_counts() == {"pending": 1}
+    finally:
+        store.dispose()
+
+
+def test_every_status_has_labels_and_transitions_are_consistent():
+    assert set(lifecycle.OPEN_STATUSES) <= set(lifecycle.STATUSES)
+    for t in lifecycle.TRANSITIONS.values():
+        assert set(t.sources) <= set(lifecycle.STATUSES)
+        for s in t.sources:
+            assert t.target_from(s) in lifecycle.STATUSES
+    assert lifecycle.actions_from("closed") == ["reopen"]
+
+
+def test_postgres_urls_use_psycopg3(pg_database):
+    engine = create_engine(pg_database.replace("postgresql+psycopg", "postgresql"))
+    engine.dispose()
+    assert make_engine(pg_database.replace("postgresql+psycopg://", "postgresql://")).dialect.driver == "psycopg"

@@ -1,0 +1,128 @@
+"""The review page end to end in headless Chromium (Debian's chromium driven by Playwright): a case
+appears, a reviewer signs in, confirms and dispatches it, and the status changes in the database.
+Screenshots of the list, case and stats pages go to $STREETWATCH_SCREENSHOTS (or the test's tmp dir)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from servetest import ServiceProcess, sample_violations
+
+from serve.store import CaseStore
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+pytestmark = pytest.mark.slow
+
+
+def need(condition: bool, reason: str) -> None:
+    if not condition:
+        if os.environ.get("STREETWATCH_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{reason} (STREETWATCH_REQUIRE_SERVICES=1)")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    need(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        need(False, "Python playwright is not installed (pip install playwright)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def test_reviewer_confirms_and_dispatches_in_the_browser(browser, tmp_path):
+    shots = Path(os.environ.get("STREETWATCH_SCREENSHOTS") or tmp_path / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
+    service = ServiceProcess(tmp_path / "data").start()
+    try:
+        ingest_key, reviewer_key = service.key("ingest", "camera-worker"), service.key("reviewer", "王审核 wang")
+        ids = {}
+        for v in sample_violations():
+            r = httpx.post(
+                f"{service.url}/v1/cases/ingest",
+                content=v.model_dump_json(),
+                timeout=30,
+                headers={"Authorization": f"Bearer {ingest_key}", "Content-Type": "application/json"},
+            )
+            assert r.status_code == 201, r.text
+            ids[v.key] = r.json()["case_id"]
+        parking = ids["cam-0:illegal_parking:track-17"]
+
+        page = browser.new_page(viewport={"width": 1360, "height": 900}, locale="zh-CN")
+        page.goto(f"{service.url}/ui/cases")
+        assert "/ui/login" in page.url  # the review page needs a key too
+        page.fill("input[name=key]", "sw_rev_wrong")
+        page.click("button[type=submit]")
+        assert "Invalid" in page.inner_text(".error")
+        page.fill("input[name=key]", reviewer_key)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/ui/cases")
+        rows = page.locator("tr[data-case]")
+        assert rows.count() == 4
+        assert page.locator(f"tr[data-case='{parking}'] .status").inner_text().startswith("待审核")
+        thumbs = page.eval_on_selector_all("td.thumb img", "imgs => imgs.map(i => i.complete && i.naturalWidth)")
+        assert len(thumbs) == 4 and all(w > 0 for w in thumbs)  # evidence thumbnails load through the API
+
+        page.select_option("select[name=type]", "illegal_parking")
+        page.click("form.filters button[type=submit]")
+        page.wait_for_url(lambda url: "type=illegal_parking" in url)
+        assert page.locator("tr[data-case]").count() == 2
+
+        page.click(f"tr[data-case='{parking}'] a.caseno")
+        page.wait_for_url(f"**/ui/cases/{parking}")
+        assert page.locator("#status").get_attribute("data-status") == "new"
+        assert page.eval_on_selector("#frame", "i => i.naturalWidth") > 0
+        page.click("button[name=confirm]")
+        page.wait_for_selector("#status[data-status=confirmed]")
+        page.fill("input[name=department]", "城管执法中队")
+        chosen = page.input_value("input[name=deadline]")  # proposed: 48 h from now, in the service's zone
+        page.click("button[name=dispatch]")
+        page.wait_for_selector("#status[data-status=dispatched]")
+        assert page.inner_text("#department") == "城管执法中队"
+        assert page.inner_text("#deadline") == chosen.replace(
+            "T", " "
+        )  # the same wall time, whatever the browser's zone
+        page.screenshot(path=str(shots / "review-case.png"), full_page=True)
+
+        page.click("button[name=resolve]")  # resolve without a note is allowed; then check the error path
+        page.wait_for_selector("#status[data-status=resolved]")
+        page.goto(f"{service.url}/ui/stats?since=2026-11-20&until=2026-11-30")
+        assert page.inner_text("#kpi-total") == "4"
+        page.screenshot(path=str(shots / "review-stats.png"), full_page=True)
+        page.goto(f"{service.url}/ui/cases")
+        page.screenshot(path=str(shots / "review-list.png"), full_page=True)
+        page.close()
+    finally:
+        service.stop()
+    store = CaseStore(f"sqlite:///{service.data_dir / 'streetwatch.db'}", service.data_dir)
+    try:
+        case = store.get_case(parking)
+        assert case.status == "resolved" and case.department == "城管执法中队" and case.deadline is not None
+        assert [(h.action, h.actor) for h in store.history(parking)][1:] == [
+            ("confirm", "王审核 wang (reviewer)"),
+            ("dispatch", "王审核 wang (reviewer)"),
+            ("resolve", "王审核 wang (reviewer)"),
+        ]
+    finally:
+        store.dispose()
+    for name in ("review-list.png", "review-case.png", "review-stats.png"):
+        assert (shots / name).stat().st_size > 20_000
+    assert shutil.which("true")  # (screenshots are left for people to look at)
