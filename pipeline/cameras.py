@@ -381,8 +381,10 @@ _TAGS = {"no_parking", "no_vending", "watch", "mask"}  # zone kinds: pydantic pu
 
 def _describe(err: dict[str, Any], root: yaml.Node, data: dict[str, Any], source: str) -> str:
     """One line for a pydantic error: file:line: camera 'id': field.path: message."""
-    line, _ = _locate(root, err["loc"])
     loc = tuple(p for p in err["loc"] if p not in _TAGS)
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc += ("kind",)
+    line, _ = _locate(root, loc)
     prefix = f"{source}:{line}:"
     field_loc = loc
     if len(loc) >= 2 and loc[0] == "cameras" and isinstance(loc[1], int):
@@ -399,8 +401,8 @@ def _describe(err: dict[str, Any], root: yaml.Node, data: dict[str, Any], source
         message = "unknown field (check the spelling; see the camera config reference)"
     elif err["type"] == "missing":
         message = "required field is missing"
-    elif err["type"] == "union_tag_invalid":
-        message = "unknown zone kind; use no_parking, no_vending, watch or mask"
+    elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        message = "unknown or missing zone kind; use no_parking, no_vending, watch or mask"
     return f"{prefix} {path}: {message}" if path else f"{prefix} {message}"
 
 

@@ -89,6 +89,11 @@ class WatchedObject:
         return CLASS_NAMES[self.class_id]
 
 
+def _ref(obj: WatchedObject) -> np.ndarray:
+    """The box a new detection is compared with: where a vehicle stopped, else where the object was last."""
+    return obj.anchor if obj.violation == "illegal_parking" else obj.box
+
+
 @dataclass
 class RuleEvent:
     """What happened to a violation in this sample; ``evidence``: render new evidence from the current frame."""
@@ -156,7 +161,7 @@ class RuleEngine:
         for i in range(len(dets)):
             uid = self._by_track.get(int(tids[i]))
             obj = self.objects.get(uid) if uid is not None else None
-            if obj is None or obj.seen_now or obj.class_id != int(dets.class_id[i]):
+            if obj is None or obj.seen_now or obj.class_id != int(dets.class_id[i]) or self._swapped(obj, dets.xyxy[i]):
                 unmatched.append(i)
                 continue
             self._observe(obj, dets, i, ts, frame_wh)
@@ -173,14 +178,14 @@ class RuleEngine:
         spare = [o for o in self.objects.values() if not o.seen_now]
         taken: set[int] = set()
         if spare:
-            ref = np.stack([o.anchor if o.violation == "illegal_parking" else o.box for o in spare])
+            ref = np.stack([_ref(o) for o in spare])
             iou = box_iou(dets.xyxy[unmatched], ref)
             same = dets.class_id[unmatched][:, None] == np.array([o.class_id for o in spare])[None, :]
             for r, c in greedy_match(np.where(same, iou, 0.0), self.reassociate_iou):
                 self._observe(spare[c], dets, unmatched[r], ts, frame_wh)
                 taken.add(unmatched[r])
         seen = [o for o in self.objects.values() if o.seen_now]
-        for i in unmatched:
+        for i in sorted(unmatched, key=lambda k: -float(dets.confidence[k])):
             if i in taken or self._duplicate(dets, i, seen):
                 continue
             cid = int(dets.class_id[i])
@@ -199,6 +204,14 @@ class RuleEngine:
             )
             self.objects[obj.uid] = obj
             self._observe(obj, dets, i, ts, frame_wh, new=True)
+            seen.append(obj)
+
+    def _swapped(self, obj: WatchedObject, box: np.ndarray) -> bool:
+        """The tracker gave ``obj``'s id to a box that sits on another object (an id switch)."""
+        if float(box_iou(box, _ref(obj))[0, 0]) >= self.reassociate_iou:
+            return False
+        others = [o for o in self.objects.values() if o is not obj and o.class_id == obj.class_id]
+        return bool(others) and float(box_iou(box, np.stack([_ref(o) for o in others])).max()) >= self.reassociate_iou
 
     @staticmethod
     def _duplicate(dets: Detections, i: int, seen: list[WatchedObject]) -> bool:
