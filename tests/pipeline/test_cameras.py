@@ -78,7 +78,10 @@ def test_the_demo_config_is_valid_and_attributes_the_video():
             ("[[0, 0], [0.3, 0], [0.3, 0.4]]", "[[0, 0], [1.3, 0], [0.3, 0.4]]"),
             "cams.yaml:15: camera 'gate-2': zones[1].polygon[1][0]: Input should be less than or equal to 1",
         ),
-        (("kind: watch", "kind: parking"), "cams.yaml:14: camera 'gate-2': zones[1].kind: unknown or missing zone kind"),
+        (
+            ("kind: watch", "kind: parking"),
+            "cams.yaml:14: camera 'gate-2': zones[1].kind: unknown or missing zone kind",
+        ),
         (
             ("decode: keyframes", "decode: iframes"),
             "cams.yaml:6: camera 'gate-2': decode: Input should be 'full' or 'keyframes'",

@@ -133,7 +133,7 @@ def test_schedule_gates_the_dwell_across_midnight():
     start = datetime(2026, 11, 26, 21, 59, 50, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
     opened = []
     for t in range(60):
-        for e in engine.update(start + t, dets(("car", PARKED, 0.8, 1)), WH):
+        for _e in engine.update(start + t, dets(("car", PARKED, 0.8, 1)), WH):
             opened.append(t)
     assert opened == [40]  # 30 s after 22:00, not 30 s after arrival
 
