@@ -24,6 +24,7 @@ import itertools
 import json
 import logging
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -84,6 +85,7 @@ def trial(n: int, mode: str, clip: Path, detector, seconds: float, warmup: float
     try:
         time.sleep(warmup)
         start = {s.camera_id: s.frames_processed for s in proc.status()}
+        cpu0 = cpu_seconds()
         t0 = time.monotonic()
         while time.monotonic() - t0 < seconds:
             time.sleep(0.25)
@@ -91,6 +93,7 @@ def trial(n: int, mode: str, clip: Path, detector, seconds: float, warmup: float
                 if s.lag_s is not None:
                     lags[s.camera_id].append(s.lag_s)
         elapsed = time.monotonic() - t0
+        cpu = cpu_seconds() - cpu0
         end = {s.camera_id: s.frames_processed for s in proc.status()}
     finally:
         proc.stop()
@@ -98,7 +101,50 @@ def trial(n: int, mode: str, clip: Path, detector, seconds: float, warmup: float
     p95 = [float(np.percentile(v, 95)) if v else float("inf") for v in lags.values()]
     worst_lag = max(p95)  # frames carry the time they were due live: a decoder that falls behind shows here
     ok = min(rates) >= MIN_RATE and worst_lag < MAX_LAG_S
-    return {"streams": n, "ok": ok, "min_rate": round(min(rates), 2), "lag_p95_s": round(worst_lag, 2)}
+    return {
+        "streams": n,
+        "ok": ok,
+        "min_rate": round(min(rates), 2),
+        "lag_p95_s": round(worst_lag, 2),
+        "cpu_ms_per_stream_s": round(1000 * cpu / elapsed / n, 1),
+    }
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) this process used so far, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def decode_cost(mode: str, clip: Path, seconds: float = 10.0, n: int = 2) -> float:
+    """CPU milliseconds to decode and sample one second of one 720p25 stream (readers only, no detector).
+
+    Measured per second of VIDEO decoded, not per wall second, so a busy machine does not flatter it.
+    """
+    from pipeline.cameras import CameraConfig
+    from pipeline.sources import CameraReader
+
+    readers = [
+        CameraReader(CameraConfig(id=f"d{i}", url=str(clip), loop=True, sample_fps=1.0, decode=mode, speed=4))
+        for i in range(n)
+    ]
+    for r in readers:
+        r.start()
+    time.sleep(2.0)
+    pos0 = [r.last_frame_ts or 0.0 for r in readers]
+    cpu0 = cpu_seconds()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for r in readers:
+            r.take()
+        time.sleep(0.05)
+    cpu = cpu_seconds() - cpu0
+    video_s = sum((r.last_frame_ts or 0.0) - p for r, p in zip(readers, pos0, strict=True))
+    for r in readers:
+        r.stop()
+    for r in readers:
+        r.join(5)
+    return 1000 * cpu / max(video_s, 1e-9)
 
 
 def max_streams(mode: str, clip: Path, detector, seconds: float, limit: int, log) -> tuple[int, list[dict]]:
@@ -108,10 +154,7 @@ def max_streams(mode: str, clip: Path, detector, seconds: float, limit: int, log
     while n <= limit:
         r = trial(n, mode, clip, detector, seconds)
         runs.append(r)
-        log(
-            f"  {mode:9} {n:3d} streams: samples/s per camera >= {r['min_rate']:.2f}, lag p95 {r['lag_p95_s']:.2f} s"
-            f" -> {'ok' if r['ok'] else 'too many'}"
-        )
+        log(describe(mode, r))
         if not r["ok"]:
             bad = n
             break
@@ -120,12 +163,18 @@ def max_streams(mode: str, clip: Path, detector, seconds: float, limit: int, log
         n = (good + bad) // 2
         r = trial(n, mode, clip, detector, seconds)
         runs.append(r)
-        log(
-            f"  {mode:9} {n:3d} streams: samples/s per camera >= {r['min_rate']:.2f}, lag p95 {r['lag_p95_s']:.2f} s"
-            f" -> {'ok' if r['ok'] else 'too many'}"
-        )
+        log(describe(mode, r))
         good, bad = (n, bad) if r["ok"] else (good, n)
     return good, runs
+
+
+def describe(mode: str, r: dict) -> str:
+    """One line about a trial."""
+    return (
+        f"  {mode:9} {r['streams']:3d} streams: samples/s per camera >= {r['min_rate']:.2f}, "
+        f"lag p95 {r['lag_p95_s']:.2f} s, CPU {r['cpu_ms_per_stream_s']:.0f} ms/s per stream"
+        f" -> {'ok' if r['ok'] else 'too many'}"
+    )
 
 
 def ultralytics_track_fps(clip: Path, frames: int = 200, warmup: int = 10) -> float:
@@ -166,9 +215,14 @@ def main() -> int:
             f"{machine()}\nmodel {detector.version}; 720p 25 fps GOP 25 H.264, 1 sample/s per stream, "
             f"lag < {MAX_LAG_S:g} s, {args.trial_s:g} s per trial; load avg {os.getloadavg()[0]:.2f} at start"
         )
-        results = {}
+        decode = {mode: decode_cost(mode, clip) for mode in ("keyframes", "full")}
+        say(
+            f"decoding + sampling one 720p25 stream: {decode['full']:.0f} CPU ms per second of video fully decoded, "
+            f"{decode['keyframes']:.0f} ms keyframe-only ({decode['full'] / decode['keyframes']:.1f}x less)"
+        )
+        results, runs = {}, {}
         for mode, name in (("keyframes", "keyframe_only"), ("full", "full_decode")):
-            results[name], _ = max_streams(mode, clip, detector, args.trial_s, args.max, say)
+            results[name], runs[name] = max_streams(mode, clip, detector, args.trial_s, args.max, say)
         fps = ultralytics_track_fps(clip)
     report = {
         "keyframe_only": {"max_streams": results["keyframe_only"]},
@@ -186,6 +240,12 @@ def main() -> int:
             f"ratios: keyframe-only watches {k * 25 / fps:.1f}x and full decoding {f * 25 / fps:.1f}x the video "
             f"ultralytics' tracker keeps up with; keyframe-only vs full decoding: {k / max(f, 1):.1f}x streams"
         )
+        for name in ("keyframe_only", "full_decode"):
+            cost = max((r["cpu_ms_per_stream_s"] for r in runs[name] if r["ok"]), default=float("nan"))
+            print(
+                f"{name}: the whole pipeline used up to {cost:.0f} CPU ms per stream per second; two idle cores "
+                f"would hold about {2000 / cost:.0f} streams"
+            )
         print(f"load avg at end {os.getloadavg()[0]:.2f} (the machine is shared)")
     return 0
 

@@ -229,6 +229,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     detector = detector_from_args(args)
     try:
         sink = open_sink(target)
+    except ImportError:
+        raise CLIError(f"sink {target}: the case-queue sinks (serve.sinks) are not available in this install") from None
     except (OSError, ValueError) as exc:
         raise CLIError(f"cannot open sink {target}: {exc}") from None
     proc = StreamProcessor(config, detector, sink)

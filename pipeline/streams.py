@@ -91,6 +91,7 @@ class CameraWorker:
     def process(self, frame: Frame, dets: Detections, model_version: str) -> list[Violation]:
         """One sampled frame with its detections -> violations to emit (new, updated, ended)."""
         wh = frame.size
+        everything = dets  # people in masked areas are blurred in evidence too
         if self.masks and len(dets):
             feet = dets.bottom_center
             masked = np.zeros(len(dets), bool)
@@ -100,7 +101,7 @@ class CameraWorker:
         watched = dets[np.isin(dets.class_id, self.watched_ids)] if len(dets) else dets
         tracked = self.tracker.update(watched, frame.ts)
         events = self.rules.update(frame.ts, tracked, wh)
-        return [self._violation(e, frame, dets, model_version) for e in events]
+        return [self._violation(e, frame, everything, model_version) for e in events]
 
     def flush(self) -> list[Violation]:
         """Last updates of open violations (when stopping)."""
@@ -168,6 +169,7 @@ class StreamProcessor:
         self.batches = 0
         self.detector_errors = 0
         self.emitted = 0
+        self.sink_failing = False
         self.readers: dict[str, CameraReader] = {}
         self.workers: dict[str, CameraWorker] = {}
         for cam in config.active:
@@ -304,8 +306,13 @@ class StreamProcessor:
             try:
                 self.sink.emit(violation)
             except Exception:
-                log.exception("sink failed; %d violations queued for retry", len(self._unsent))
+                if not self.sink_failing:
+                    log.exception("sink failed; %d violations queued for retry", len(self._unsent))
+                self.sink_failing = True
                 return
+            if self.sink_failing:
+                log.warning("sink accepts violations again")
+            self.sink_failing = False
             self._unsent.popleft()
             self.emitted += 1
             for listener in self.listeners:

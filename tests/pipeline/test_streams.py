@@ -157,7 +157,23 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-def test_cameras_that_refuse_or_never_answer_are_retried_while_the_others_carry_on(tmp_path, still_clip, detector):
+class FlakySink(JsonlSink):
+    """A sink that is down for its first ``failures`` calls (a case queue restarting)."""
+
+    def __init__(self, path: Path, failures: int):
+        super().__init__(path)
+        self.failures = failures
+
+    def emit(self, violation) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("case queue unavailable")
+        super().emit(violation)
+
+
+def test_dead_cameras_are_retried_while_the_others_carry_on_and_a_failing_sink_loses_nothing(
+    tmp_path, still_clip, detector
+):
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     refused_port = closed.getsockname()[1]
@@ -171,9 +187,16 @@ def test_cameras_that_refuse_or_never_answer_are_retried_while_the_others_carry_
         CameraConfig(
             id="silent", url=f"rtsp://127.0.0.1:{silent.getsockname()[1]}/x", backoff=backoff, open_timeout_s=1
         ),
-        CameraConfig(id="file", url=str(still_clip), sample_fps=2, speed=2),
+        CameraConfig(
+            id="file",
+            url=str(still_clip),
+            sample_fps=2,
+            speed=2,
+            zones=[NoParkingZone(kind="no_parking", name="pavement", polygon=PAVEMENT, dwell_s=2, inertia=1)],
+        ),
     ]
-    proc = StreamProcessor(CamerasConfig(cameras=cameras), detector, JsonlSink(tmp_path / "v.jsonl"))
+    sink = FlakySink(tmp_path / "v.jsonl", failures=3)
+    proc = StreamProcessor(CamerasConfig(cameras=cameras), detector, sink)
     try:
         proc.start()
         wait_for(lambda: all(s.reconnects >= 2 for s in proc.status()[:2]), 20, "retries")
@@ -185,9 +208,14 @@ def test_cameras_that_refuse_or_never_answer_are_retried_while_the_others_carry_
         reader = proc.readers["refused"]
         wait_for(lambda: reader.state == "failed", 5, "a failed state")
         assert 0 < reader.retry_at - time.monotonic() <= 0.8 * 1.1 + 0.01  # exponential backoff, capped at max_s
+        wait_for(lambda: len(read_jsonl(tmp_path / "v.jsonl")) >= 2, 20, "violations once the sink is back")
     finally:
         proc.stop()
         silent.close()
+    records = read_jsonl(tmp_path / "v.jsonl")
+    opened = [r["key"] for r in records if r["extra"]["event"] == "open"]
+    assert sink.failures == 0 and len(opened) == len(set(opened)) == 2  # delivered late, once each, in order
+    assert records[0]["extra"]["event"] == "open"
 
 
 def test_http_stream_source(tmp_path, still_clip, detector):
