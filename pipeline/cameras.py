@@ -25,7 +25,6 @@ Example::
 
 from __future__ import annotations
 
-import re
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -404,8 +403,3 @@ def _describe(err: dict[str, Any], root: yaml.Node, data: dict[str, Any], source
     elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
         message = "unknown or missing zone kind; use no_parking, no_vending, watch or mask"
     return f"{prefix} {path}: {message}" if path else f"{prefix} {message}"
-
-
-def slug(text: str) -> str:
-    """A filesystem- and key-safe version of a name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"

@@ -166,14 +166,12 @@ class RuleEngine:
                 continue
             self._observe(obj, dets, i, ts, frame_wh)
         if unmatched:
-            self._associate(unmatched, dets, tids, ts, frame_wh)
+            self._associate(unmatched, dets, ts, frame_wh)
         for obj in self.objects.values():
             obj.history.append(obj.seen_now)
         return self._judge(ts)
 
-    def _associate(
-        self, unmatched: list[int], dets: Detections, tids: np.ndarray, ts: float, frame_wh: tuple[int, int]
-    ) -> None:
+    def _associate(self, unmatched: list[int], dets: Detections, ts: float, frame_wh: tuple[int, int]) -> None:
         """New track ids: the same object as an unseen one they overlap (lost track, id switch), else new objects."""
         spare = [o for o in self.objects.values() if not o.seen_now]
         taken: set[int] = set()

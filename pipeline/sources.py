@@ -170,7 +170,6 @@ class CameraReader:
             ctx.thread_count = cfg.decode_threads
             if cfg.decode == "keyframes":
                 ctx.skip_frame = "NONKEY"
-            self.state = "live" if cfg.is_stream else self.state
             self.last_data_mono = time.monotonic()
             base = float(stream.time_base) if stream.time_base else 0.0
             live_offset: float | None = None  # min(monotonic - pts) of this connection: a live stream's clock

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, tzinfo
 
 import numpy as np
 
-from pipeline.cameras import MaskZone, NoParkingZone, NoVendingZone, ScheduleWindow, WatchZone, ZoneConfig
+from pipeline.cameras import ScheduleWindow, WatchZone, ZoneConfig
 
 #: The zone used when a camera has none: the whole frame, watched for ads and garbage.
 WHOLE_FRAME = WatchZone(kind="watch", name="whole-frame", polygon=[[0, 0], [1, 0], [1, 1], [0, 1]], inertia=1)
@@ -101,7 +101,8 @@ class Membership:
 
     inside: dict[str, bool] = field(default_factory=dict)
     streak: dict[str, int] = field(default_factory=dict)
-    since: dict[str, float] = field(default_factory=dict)
+    since: dict[str, float] = field(default_factory=dict)  # zone -> when the object entered it
+    _first_in: dict[str, float] = field(default_factory=dict, repr=False)  # start of a streak inside
 
     def update(self, zone: Zone, is_in: bool, ts: float) -> bool:
         """Feed one observation; returns whether the object now counts as inside ``zone``."""
@@ -126,20 +127,3 @@ class Membership:
         if is_in and self.streak[name] == 1:
             self._first_in[name] = ts  # the object has been inside since its first sample of the streak
         return current
-
-    def __post_init__(self) -> None:
-        self._first_in: dict[str, float] = {}
-
-
-__all__ = [
-    "WHOLE_FRAME",
-    "MaskZone",
-    "Membership",
-    "NoParkingZone",
-    "NoVendingZone",
-    "WatchZone",
-    "Zone",
-    "build_zones",
-    "points_in_polygon",
-    "window_start",
-]

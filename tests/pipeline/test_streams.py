@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -133,6 +134,13 @@ def test_rtsp_camera_killed_mid_stream_reconnects_without_losing_or_duplicating(
         server.start()
         wait_for(lambda: status().frames_processed >= before.frames_processed + 6, 40, "samples after reconnecting")
         assert status().state == "live"
+        reconnects = status().reconnects
+        server.proc.send_signal(signal.SIGSTOP)  # 3rd: the server hangs, the connection stays open, no data
+        wait_for(lambda: status().state == "stalled", 15, "the camera to show as stalled")
+        server.proc.send_signal(signal.SIGCONT)
+        stalled = status()
+        wait_for(lambda: status().frames_processed >= stalled.frames_processed + 4, 40, "samples after the stall")
+        assert status().state == "live" and status().reconnects > reconnects
     finally:
         proc.stop()
         sink.close()
@@ -148,7 +156,7 @@ def test_rtsp_camera_killed_mid_stream_reconnects_without_losing_or_duplicating(
         first = _epoch(r["first_seen"])
         assert first < first_kill and _epoch(r["last_seen"]) > first_kill
         assert r["zone"] == "pavement" and len(r["evidence_files"]) == 2
-    assert proc.status()[0].reconnects >= 2
+    assert proc.status()[0].reconnects >= 3
 
 
 def _epoch(iso: str) -> float:
