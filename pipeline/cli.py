@@ -244,7 +244,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     proc.listeners.append(record)
     if args.json and not to_stdout:
-        echo = JsonlSink()  # stdout, no evidence bytes; the sink keeps the evidence
+        # stdout; with a JSON-lines sink the lines name its evidence files (already written, same names)
+        evidence = Path(target).parent / "evidence" if target.endswith(".jsonl") else None
+        echo = JsonlSink(evidence_dir=evidence)
         proc.listeners.append(echo.emit)
     tty = sys.stderr.isatty()
     shown = {"lines": 0, "at": 0.0}
