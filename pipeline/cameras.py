@@ -39,6 +39,8 @@ from pipeline.cases import GeoPoint
 from pipeline.track import TrackerConfig
 
 STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
+#: The demo camera config shipped with the product (``streetwatch watch --demo``).
+DEMO_CAMERAS = Path(__file__).resolve().parent / "samples" / "cameras-demo.yaml"
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 #: Detector classes judged in ``watch`` zones: small ads, exposed garbage, overflowing bins.
 WATCH_VIOLATIONS = ("small_ad", "exposed_garbage", "overflowing_bin")

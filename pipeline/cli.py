@@ -185,7 +185,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # -------------------------------------------------------------------------------------------- watch
 
-DEMO_CAMERAS = SAMPLES_DIR / "cameras-demo.yaml"
 DEMO_SINK = "out/demo/violations.jsonl"
 
 
@@ -204,7 +203,7 @@ def format_status(status) -> str:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """Watch cameras from a camera config file (or the demo) and report violations."""
-    from pipeline.cameras import CameraConfigError, load_cameras
+    from pipeline.cameras import DEMO_CAMERAS, CameraConfigError, load_cameras
     from pipeline.cases import JsonlSink, open_sink
     from pipeline.streams import StreamProcessor
 

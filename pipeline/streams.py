@@ -21,6 +21,8 @@ Programmatic use (this is what ``streetwatch watch`` and the case-queue service 
     proc.stop()                     # graceful: the batch in flight finishes, open violations are flushed
     # or: proc.run(duration=60)     # start, wait (None: until files end or Ctrl-C), stop
 
+The shipped demo cameras: ``load_cameras(pipeline.cameras.DEMO_CAMERAS)``.
+
 - ``proc.detector`` is the only reference to the detector; assigning a new one swaps the model
   atomically: the next batch uses it, the batch in flight finishes with the old one.
 - The sink is the caller's: the processor never closes it. Emitting is retried (a failing sink keeps

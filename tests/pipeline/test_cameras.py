@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cameras import CameraConfigError, CamerasConfig, load_cameras, parse_cameras
-from pipeline.cli import DEMO_CAMERAS
+from pipeline.cameras import DEMO_CAMERAS, CameraConfigError, CamerasConfig, load_cameras, parse_cameras
 
 VIDEO = Path(__file__).resolve().parents[2] / "pipeline" / "samples" / "videos" / "car-detection.mp4"
 

@@ -273,6 +273,7 @@ def test_watch_demo_end_to_end(tmp_path):
     printed = [json.loads(line) for line in run.stdout.splitlines()]
     records = read_jsonl(out)
     assert [r["key"] for r in printed] == [r["key"] for r in records] and records
+    assert printed[0]["evidence_files"] == records[0]["evidence_files"] != []
     parking = [r for r in records if r["type"] == "illegal_parking" and r["extra"]["event"] == "open"]
     assert {r["detector_class"] for r in parking} >= {"motorbike"}
     assert {r["source_id"] for r in records} == {"pavement-1"}  # the cars in the aisle never stop
