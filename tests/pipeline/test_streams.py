@@ -301,6 +301,8 @@ def test_watch_reports_config_errors_with_lines(tmp_path):
     )
     assert run.returncode == 2
     assert f"{bad}:4: camera 'a': sample_fps: Input should be greater than 0" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "pipeline.cli", "watch"], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 2 and "give a camera config file or --demo" in run.stderr
 
 
 def test_evidence_blurs_people_but_not_the_subject():
