@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 
-.PHONY: run test lint bench clean chromium
+.PHONY: run test lint bench clean system-deps
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -24,14 +24,17 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 run: $(VENV)/.installed-run
 	$(VENV)/bin/streetwatch serve --demo --data-dir data
 
-# the review page's browser test drives Debian's chromium (Playwright, never its own browser download)
-chromium:
-	@test -x /usr/bin/chromium || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "chromium is missing: install it (apt-get install chromium) for the review page test"; fi; }
+# Debian packages the tests drive for real: chromium (the review page's browser test, via Playwright,
+# never its own browser download) and GStreamer's gst-rtsp-server with the system Python (the RTSP
+# stream tests). Installed when missing and apt-get can run as root; otherwise the tests say what is missing.
+SYSTEM_DEBS := chromium python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+system-deps:
+	@{ test -x /usr/bin/chromium && /usr/bin/python3 tests/pipeline/rtsp_server.py --check 2>/dev/null; } || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_DEBS) >/dev/null; \
+	  else echo "note: install $(SYSTEM_DEBS) for the browser and RTSP tests"; fi; }
 
-test: $(VENV)/.installed-test chromium
+test: $(VENV)/.installed-test system-deps
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
@@ -41,6 +44,7 @@ lint: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/latency.py
 	$(PY) benchmarks/serve_batching.py
+	$(PY) benchmarks/streams.py
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

@@ -162,6 +162,159 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object per image on stdout")
     p.set_defaults(func=cmd_detect)
 
+    p = sub.add_parser(
+        "watch",
+        help="watch cameras (RTSP/HTTP streams, video files) and report violations",
+        description="Run the camera config's cameras: detect, track, apply zone rules, emit violations with "
+        "evidence images. A status line per camera is shown on stderr.",
+    )
+    p.add_argument("config", nargs="?", help="camera config file (YAML)")
+    p.add_argument("--demo", action="store_true", help="run the bundled demo cameras (pipeline/samples)")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run on)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per violation on stdout, no status")
+    p.add_argument(
+        "--sink",
+        default=None,
+        help="where violations go: '-' (stdout, default), FILE.jsonl (evidence beside it), or a case-queue "
+        f"URL/database (default with --demo: {DEMO_SINK})",
+    )
+    p.add_argument("--speed", type=float, default=None, help="play video files this many times faster")
+    add_detector_args(p)
+    p.set_defaults(func=cmd_watch)
+
+
+# -------------------------------------------------------------------------------------------- watch
+
+DEMO_SINK = "out/demo/violations.jsonl"
+
+
+def format_status(status) -> str:
+    """One status line of a camera (a :class:`pipeline.streams.CameraStatus`)."""
+    last = f"{status.last_frame_time:%H:%M:%S}" if status.last_frame_time else "--:--:--"
+    line = f"{status.camera_id:<16.16} {status.state:<10} last {last}  frames {status.frames_decoded}"
+    line += f"/{status.frames_processed} processed  dropped {status.frames_dropped}"
+    line += f"  lag {status.lag_s:.2f}s" if status.lag_s is not None else "  lag -"
+    line += f"  reconnects {status.reconnects}  open {status.open_violations}"
+    if status.state == "failed":
+        retry = f"retry in {status.retry_in_s:.0f}s" if status.retry_in_s is not None else "retrying"
+        line += f"  {retry}: {status.error}"
+    return line
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Watch cameras from a camera config file (or the demo) and report violations."""
+    from pipeline.cameras import DEMO_CAMERAS, CameraConfigError, load_cameras
+    from pipeline.cases import JsonlSink, open_sink
+    from pipeline.streams import StreamProcessor
+
+    if args.demo == bool(args.config):
+        raise CLIError("give a camera config file or --demo (not both)")
+    path = DEMO_CAMERAS if args.demo else Path(args.config)
+    try:
+        config = load_cameras(path)
+    except CameraConfigError as exc:
+        raise CLIError(f"invalid camera config:\n{exc}") from None
+    if not config.active:
+        raise CLIError(f"{path}: every camera is disabled")
+    if args.speed is not None:
+        if args.speed <= 0:
+            raise CLIError("--speed must be positive")
+        for cam in config.active:
+            if not cam.is_stream:
+                cam.speed = args.speed
+    target = args.sink or (DEMO_SINK if args.demo else None)
+    if target and target.endswith(".jsonl"):
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+    detector = detector_from_args(args)
+    try:
+        sink = open_sink(target)
+    except ImportError:
+        raise CLIError(f"sink {target}: the case-queue sinks (serve.sinks) are not available in this install") from None
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"cannot open sink {target}: {exc}") from None
+    proc = StreamProcessor(config, detector, sink)
+    to_stdout = target in (None, "-")
+    counts = {"open": 0, "update": 0, "ended": 0}
+    keys: set[str] = set()
+
+    def record(violation) -> None:
+        counts[violation.extra.get("event", "update")] += 1
+        keys.add(violation.key)
+
+    proc.listeners.append(record)
+    if args.json and not to_stdout:
+        # stdout; with a JSON-lines sink the lines name its evidence files (already written, same names)
+        evidence = Path(target).parent / "evidence" if target.endswith(".jsonl") else None
+        echo = JsonlSink(evidence_dir=evidence)
+        proc.listeners.append(echo.emit)
+    tty = sys.stderr.isatty()
+    shown = {"lines": 0, "at": 0.0}
+
+    def show_event(violation) -> None:
+        if args.json:
+            return
+        clear()
+        zone = f" zone {violation.zone}" if violation.zone else ""
+        print(
+            f"[{violation.last_seen:%H:%M:%S}] {violation.extra.get('event')} {violation.type}: "
+            f"{violation.detector_class} {violation.score:.2f} on {violation.source_id}{zone} "
+            f"(first seen {violation.first_seen:%H:%M:%S}) {violation.key}",
+            file=sys.stderr,
+        )
+
+    def clear() -> None:
+        if tty and shown["lines"]:
+            sys.stderr.write(f"\x1b[{shown['lines']}F\x1b[J")
+            shown["lines"] = 0
+
+    def tick() -> None:
+        if args.json:
+            return
+        import time
+
+        if not tty and time.monotonic() - shown["at"] < 10:
+            return
+        clear()
+        lines = [format_status(s) for s in proc.status()]
+        sys.stderr.write("\n".join(lines) + "\n")
+        sys.stderr.flush()
+        shown["lines"] = len(lines) if tty else 0
+        shown["at"] = time.monotonic()
+
+    proc.listeners.append(show_event)
+    if not args.json:
+        where = target or "stdout"
+        print(
+            f"watching {len(config.active)} camera(s) from {path} with model {detector.version}; "
+            f"violations -> {where}" + ("" if args.duration is None else f"; for {args.duration:g} s"),
+            file=sys.stderr,
+        )
+    try:
+        proc.run(duration=args.duration, on_tick=tick, tick_s=1.0)
+    except KeyboardInterrupt:
+        proc.stop()
+    finally:
+        sink.close()
+    statuses = proc.status()
+    if not args.json:
+        clear()
+        for s in statuses:
+            print(format_status(s), file=sys.stderr)
+        print(
+            f"{len(keys)} violation(s): {counts['open']} opened, {counts['ended']} ended, "
+            f"{counts['update']} updates"
+            + (
+                f"; written to {target} (evidence in {Path(target).parent / 'evidence'})"
+                if target and target.endswith(".jsonl")
+                else ""
+            ),
+            file=sys.stderr,
+        )
+    if all(s.frames_decoded == 0 for s in statuses):
+        print("streetwatch: no camera delivered any frame", file=sys.stderr)
+        return 1
+    return 0
+
 
 # --------------------------------------------------------------------------------------------- main
 

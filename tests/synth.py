@@ -115,3 +115,53 @@ def jpeg_with_orientation(image: np.ndarray, orientation: int) -> bytes:
     buf = io.BytesIO()
     pil.save(buf, "JPEG", exif=exif.tobytes(), quality=95)
     return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------- videos
+
+
+def write_h264(path: Path, frames, fps: int = 10, gop: int | None = None, crf: int = 23) -> Path:
+    """Encode BGR frames (an iterable of equal-size arrays, even sides) to an H.264 MP4 / MPEG-TS with PyAV.
+
+    ``gop``: frames between keyframes (default: one keyframe per second), fixed (no scene-cut keyframes).
+    """
+    from fractions import Fraction
+
+    import av
+
+    gop = gop or fps
+    with av.open(str(path), "w") as out:
+        stream = None
+        for image in frames:
+            if stream is None:
+                stream = out.add_stream("libx264", rate=Fraction(fps))
+                stream.height, stream.width = image.shape[:2]
+                stream.pix_fmt = "yuv420p"
+                stream.options = {
+                    "crf": str(crf),
+                    "preset": "veryfast",
+                    "g": str(gop),
+                    "keyint_min": str(gop),
+                    "sc_threshold": "0",
+                    "bf": "0",
+                }
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                out.mux(packet)
+        if stream is not None:
+            for packet in stream.encode():
+                out.mux(packet)
+    return path
+
+
+def still_scene(
+    image: np.ndarray, seconds: float, fps: int = 10, noise: float = 2.0, drift: float = 0.08, seed: int = 0
+):
+    """Frames of a fixed camera on a still scene: sensor noise and a slow light change (±``drift`` brightness)."""
+    rng = np.random.default_rng(seed)
+    h, w = image.shape[:2]
+    image = image[: h - h % 2, : w - w % 2].astype(np.float32)
+    n = int(seconds * fps)
+    for i in range(n):
+        gain = 1.0 + drift * np.sin(2 * np.pi * i / max(n, 1))
+        frame = image * gain + rng.normal(0, noise, image.shape)
+        yield np.clip(frame, 0, 255).astype(np.uint8)

@@ -1,0 +1,325 @@
+"""Rules that turn tracked detections into violations: one per real-world object, with a lifecycle.
+
+:class:`RuleEngine` watches one camera. Each sample it matches tracked detections to *objects*
+(real-world things it is watching), first by track id, then, for a new track id, by box overlap
+with an object that was not seen in this sample. That second step makes it robust to what trackers
+get wrong at low sample rates: a parked car whose detection is missed for a while, whose track id
+switches, or whose track is lost across a camera outage stays the same object, so it never alerts
+twice.
+
+Rules, each with per-zone thresholds (:mod:`pipeline.cameras`):
+
+- ``illegal_parking``: a car, motorbike or bicycle standing still (its box keeps overlapping the box
+  where it stopped by ``stationary_iou``) inside a ``no_parking`` zone for ``dwell_s`` seconds.
+- ``street_vending``: a vending stall present inside a ``no_vending`` zone for ``dwell_s`` seconds.
+- ``small_ad`` / ``exposed_garbage`` / ``overflowing_bin``: present in at least ``min_fraction`` of the
+  last ``window`` samples inside a ``watch`` zone.
+
+Zone schedules gate the rules: time only counts while a zone's schedule is on. An object's violation
+opens once (event ``open``), is updated when clearly better evidence is seen or every ``update_s``
+seconds (``update``), and ends when the object has been unseen for the zone's ``gone_s`` (``ended``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Literal
+
+import numpy as np
+
+from models.classes import CLASS_IDS, CLASS_NAMES, VIOLATIONS, violation_for_class
+from pipeline.detections import Detections, box_ios, box_iou
+from pipeline.track import greedy_match
+from pipeline.zones import Membership, Zone
+
+ZONE_KIND_OF_VIOLATION = {
+    "illegal_parking": "no_parking",
+    "street_vending": "no_vending",
+    "small_ad": "watch",
+    "exposed_garbage": "watch",
+    "overflowing_bin": "watch",
+}
+#: Consecutive samples away from where it stopped before a vehicle counts as moved (one jumpy box is not a move).
+MOVE_SAMPLES = 2
+#: A new box this much inside (intersection over the smaller box) a seen object's box is the same object.
+DUPLICATE_IOS = 0.85
+#: Better evidence replaces the current one when its score is higher by this much.
+EVIDENCE_GAIN = 0.1
+
+
+def violation_of_class(name: str) -> str | None:
+    """The violation type a detector class can become in zones (vehicles: parking)."""
+    if name in VIOLATIONS["illegal_parking"].sources:
+        return "illegal_parking"
+    return violation_for_class(name)
+
+
+@dataclass
+class WatchedObject:
+    """One real-world object under watch on one camera."""
+
+    uid: int
+    violation: str
+    class_id: int
+    first_seen: float
+    last_seen: float
+    box: np.ndarray
+    score: float
+    anchor: np.ndarray
+    still_since: float
+    best_score: float = 0.0
+    moved: int = 0
+    seen_now: bool = True
+    membership: Membership = field(default_factory=Membership)
+    history: deque[bool] = field(default_factory=lambda: deque(maxlen=1000))
+    track_ids: set[int] = field(default_factory=set)
+    state: Literal["candidate", "open"] = "candidate"
+    key: str | None = None
+    zone: str | None = None
+    evidence_score: float = 0.0
+    evidence_ts: float = 0.0
+    emitted_at: float = 0.0
+    emitted_last_seen: float = 0.0
+
+    @property
+    def class_name(self) -> str:
+        return CLASS_NAMES[self.class_id]
+
+
+def _ref(obj: WatchedObject) -> np.ndarray:
+    """The box a new detection is compared with: where a vehicle stopped, else where the object was last."""
+    return obj.anchor if obj.violation == "illegal_parking" else obj.box
+
+
+@dataclass
+class RuleEvent:
+    """What happened to a violation in this sample; ``evidence``: render new evidence from the current frame."""
+
+    kind: Literal["open", "update", "ended"]
+    obj: WatchedObject
+    zone: Zone | None
+    evidence: bool
+
+
+class RuleEngine:
+    """The rules of one camera; feed :meth:`update` every sample in time order."""
+
+    def __init__(
+        self,
+        camera_id: str,
+        zones: list[Zone],
+        *,
+        update_s: float = 60.0,
+        reassociate_iou: float = 0.5,
+        evidence_interval_s: float = 10.0,
+    ):
+        self.camera_id = camera_id
+        self.zones = [z for z in zones if z.kind != "mask"]
+        self.update_s = update_s
+        self.reassociate_iou = reassociate_iou
+        self.evidence_interval_s = evidence_interval_s
+        self.objects: dict[int, WatchedObject] = {}
+        self._by_track: dict[int, int] = {}
+        self._uids = itertools.count(1)
+        # which zones judge each detector class
+        self._zones_of: dict[int, list[Zone]] = {}
+        for name in CLASS_NAMES:
+            violation = violation_of_class(name)
+            if violation is None:
+                continue
+            kind = ZONE_KIND_OF_VIOLATION[violation]
+            judged = [
+                z
+                for z in self.zones
+                if z.kind == kind and name in getattr(z.config, "classes", VIOLATIONS[violation].sources)
+            ]
+            if judged:
+                self._zones_of[CLASS_IDS[name]] = judged
+
+    @property
+    def watched_classes(self) -> list[str]:
+        """Detector classes some zone of this camera judges."""
+        return [CLASS_NAMES[c] for c in self._zones_of]
+
+    @property
+    def open_violations(self) -> list[WatchedObject]:
+        """Objects whose violation is open."""
+        return [o for o in self.objects.values() if o.state == "open"]
+
+    # ------------------------------------------------------------------------------------ per sample
+    def update(self, ts: float, dets: Detections, frame_wh: tuple[int, int]) -> list[RuleEvent]:
+        """One sample: tracked detections (``tracker_id`` set) of a frame of (width, height) at ``ts`` seconds."""
+        for obj in self.objects.values():
+            obj.seen_now = False
+        relevant = np.array([int(c) in self._zones_of for c in dets.class_id], bool)
+        dets = dets[relevant] if len(dets) else dets
+        tids = dets.tracker_id if dets.tracker_id is not None else np.full(len(dets), -1, np.int64)
+        unmatched = []
+        for i in range(len(dets)):
+            uid = self._by_track.get(int(tids[i]))
+            obj = self.objects.get(uid) if uid is not None else None
+            if obj is None or obj.seen_now or obj.class_id != int(dets.class_id[i]) or self._swapped(obj, dets.xyxy[i]):
+                unmatched.append(i)
+                continue
+            self._observe(obj, dets, i, ts, frame_wh)
+        if unmatched:
+            self._associate(unmatched, dets, ts, frame_wh)
+        for obj in self.objects.values():
+            obj.history.append(obj.seen_now)
+        return self._judge(ts)
+
+    def _associate(self, unmatched: list[int], dets: Detections, ts: float, frame_wh: tuple[int, int]) -> None:
+        """New track ids: the same object as an unseen one they overlap (lost track, id switch), else new objects."""
+        spare = [o for o in self.objects.values() if not o.seen_now]
+        taken: set[int] = set()
+        if spare:
+            ref = np.stack([_ref(o) for o in spare])
+            iou = box_iou(dets.xyxy[unmatched], ref)
+            same = dets.class_id[unmatched][:, None] == np.array([o.class_id for o in spare])[None, :]
+            for r, c in greedy_match(np.where(same, iou, 0.0), self.reassociate_iou):
+                self._observe(spare[c], dets, unmatched[r], ts, frame_wh)
+                taken.add(unmatched[r])
+        seen = [o for o in self.objects.values() if o.seen_now]
+        for i in sorted(unmatched, key=lambda k: -float(dets.confidence[k])):
+            if i in taken or self._duplicate(dets, i, seen):
+                continue
+            cid = int(dets.class_id[i])
+            violation = violation_of_class(CLASS_NAMES[cid])
+            assert violation is not None
+            obj = WatchedObject(
+                uid=next(self._uids),
+                violation=violation,
+                class_id=cid,
+                first_seen=ts,
+                last_seen=ts,
+                box=dets.xyxy[i],
+                score=float(dets.confidence[i]),
+                anchor=dets.xyxy[i].copy(),
+                still_since=ts,
+            )
+            self.objects[obj.uid] = obj
+            self._observe(obj, dets, i, ts, frame_wh, new=True)
+            seen.append(obj)
+
+    def _swapped(self, obj: WatchedObject, box: np.ndarray) -> bool:
+        """The tracker gave ``obj``'s id to a box that sits on another object (an id switch)."""
+        if float(box_iou(box, _ref(obj))[0, 0]) >= self.reassociate_iou:
+            return False
+        others = [o for o in self.objects.values() if o is not obj and o.class_id == obj.class_id]
+        return bool(others) and float(box_iou(box, np.stack([_ref(o) for o in others])).max()) >= self.reassociate_iou
+
+    @staticmethod
+    def _duplicate(dets: Detections, i: int, seen: list[WatchedObject]) -> bool:
+        """A second, nested box on an object already seen in this sample (one object, two detections)."""
+        same = [o.box for o in seen if o.class_id == int(dets.class_id[i])]
+        return bool(same) and float(box_ios(dets.xyxy[i], np.stack(same)).max()) >= DUPLICATE_IOS
+
+    def _observe(
+        self, obj: WatchedObject, dets: Detections, i: int, ts: float, frame_wh: tuple[int, int], new: bool = False
+    ) -> None:
+        box = dets.xyxy[i]
+        obj.box, obj.score, obj.last_seen, obj.seen_now = box, float(dets.confidence[i]), ts, True
+        obj.best_score = max(obj.best_score, obj.score)
+        if dets.tracker_id is not None and dets.tracker_id[i] >= 0:
+            tid = int(dets.tracker_id[i])
+            obj.track_ids.add(tid)
+            self._by_track[tid] = obj.uid
+        zones = self._zones_of[obj.class_id]
+        if not new and obj.violation == "illegal_parking":
+            need = min(z.config.stationary_iou for z in zones)
+            if float(box_iou(box, obj.anchor)[0, 0]) >= need:
+                obj.moved = 0
+            else:
+                obj.moved += 1
+                if obj.moved >= MOVE_SAMPLES:  # it really moved: where it stands now is its new stop
+                    obj.anchor, obj.still_since, obj.moved = box.copy(), ts, 0
+        foot = np.array([[(box[0] + box[2]) / 2, box[3]]])
+        for zone in zones:
+            obj.membership.update(zone, bool(zone.contains(foot, frame_wh)[0]), ts)
+
+    # ---------------------------------------------------------------------------------------- judging
+    def _gone_s(self, obj: WatchedObject) -> float:
+        zones = self._zones_of[obj.class_id]
+        if obj.zone is not None:
+            return next(z.config.gone_s for z in zones if z.name == obj.zone)
+        return max(z.config.gone_s for z in zones)
+
+    def _due(self, obj: WatchedObject, zone: Zone, ts: float) -> bool:
+        """Whether the object, inside ``zone`` now, meets the zone's rule."""
+        on_since = zone.active_since(ts)
+        if on_since is None or not obj.membership.inside.get(zone.name):
+            return False
+        cfg = zone.config
+        if obj.violation == "illegal_parking":
+            if obj.moved:
+                return False
+            start = max(obj.still_since, obj.membership.since.get(zone.name, ts), on_since)
+            return ts - start >= cfg.dwell_s
+        if obj.violation == "street_vending":
+            return ts - max(obj.membership.since.get(zone.name, ts), on_since) >= cfg.dwell_s
+        recent = list(obj.history)[-cfg.window :]
+        return sum(recent) >= cfg.min_fraction * cfg.window
+
+    def _judge(self, ts: float) -> list[RuleEvent]:
+        events: list[RuleEvent] = []
+        for obj in list(self.objects.values()):
+            if not obj.seen_now and ts - obj.last_seen > self._gone_s(obj):
+                if obj.state == "open":
+                    events.append(RuleEvent("ended", obj, self._zone(obj.zone), evidence=False))
+                self._forget(obj)
+                continue
+            if not obj.seen_now:
+                continue
+            if obj.state == "candidate":
+                for zone in self._zones_of[obj.class_id]:
+                    if self._due(obj, zone, ts):
+                        obj.state, obj.zone = "open", zone.name
+                        obj.key = self._key(obj)
+                        self._mark(obj, ts, evidence=True)
+                        events.append(RuleEvent("open", obj, zone, evidence=True))
+                        break
+                continue
+            zone = self._zone(obj.zone)
+            inside = zone is not None and obj.membership.inside.get(zone.name, False)
+            if (
+                inside
+                and obj.score >= obj.evidence_score + EVIDENCE_GAIN
+                and ts - obj.evidence_ts >= self.evidence_interval_s
+            ):
+                self._mark(obj, ts, evidence=True)
+                events.append(RuleEvent("update", obj, zone, evidence=True))
+            elif ts - obj.emitted_at >= self.update_s:
+                self._mark(obj, ts, evidence=False)
+                events.append(RuleEvent("update", obj, zone, evidence=False))
+        return events
+
+    def flush(self) -> list[RuleEvent]:
+        """Updates for open violations seen since they were last emitted (call when stopping)."""
+        events = []
+        for obj in self.open_violations:
+            if obj.last_seen > obj.emitted_last_seen:
+                obj.emitted_last_seen = obj.last_seen
+                events.append(RuleEvent("update", obj, self._zone(obj.zone), evidence=False))
+        return events
+
+    # -------------------------------------------------------------------------------------- helpers
+    def _mark(self, obj: WatchedObject, ts: float, evidence: bool) -> None:
+        obj.emitted_at, obj.emitted_last_seen = ts, obj.last_seen
+        if evidence:
+            obj.evidence_score, obj.evidence_ts = obj.score, ts
+
+    def _zone(self, name: str | None) -> Zone | None:
+        return next((z for z in self.zones if z.name == name), None)
+
+    def _forget(self, obj: WatchedObject) -> None:
+        del self.objects[obj.uid]
+        for tid in obj.track_ids:
+            if self._by_track.get(tid) == obj.uid:
+                del self._by_track[tid]
+
+    def _key(self, obj: WatchedObject) -> str:
+        first = datetime.fromtimestamp(obj.first_seen, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        return f"{self.camera_id}:{obj.violation}:{first}:{obj.uid}"

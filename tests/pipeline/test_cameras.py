@@ -1,0 +1,148 @@
+"""The camera config file: valid files load, every mistake names the line, the camera and the field."""
+
+from __future__ import annotations
+
+import shutil
+import typing
+from pathlib import Path
+
+import pytest
+
+from pipeline.cameras import DEMO_CAMERAS, CameraConfigError, CamerasConfig, load_cameras, parse_cameras
+
+VIDEO = Path(__file__).resolve().parents[2] / "pipeline" / "samples" / "videos" / "car-detection.mp4"
+
+GOOD = """\
+timezone: Asia/Shanghai
+cameras:
+  - id: gate-2
+    name: East gate
+    url: rtsp://127.0.0.1:8554/cam
+    decode: keyframes
+    zones:
+      - name: bus-stop
+        kind: no_parking
+        polygon: [[0.1, 0.5], [0.6, 0.5], [0.6, 1.0], [0.1, 1.0]]
+        dwell_s: 120
+        schedule: [{start: "07:00", end: "22:00", days: [mon, tue, wed, thu, fri]}]
+      - name: wall
+        kind: watch
+        polygon: [[0, 0], [0.3, 0], [0.3, 0.4]]
+  - id: lobby
+    url: clip.mp4
+    loop: true
+"""
+
+
+def problems(text: str, tmp_path: Path | None = None) -> list[str]:
+    with pytest.raises(CameraConfigError) as info:
+        parse_cameras(text, "cams.yaml", base_dir=tmp_path)
+    return info.value.problems
+
+
+def test_a_valid_file_loads_and_resolves_video_paths(tmp_path):
+    shutil.copy(VIDEO, tmp_path / "clip.mp4")
+    (tmp_path / "cams.yaml").write_text(GOOD)
+    cfg = load_cameras(tmp_path / "cams.yaml")
+    gate, lobby = cfg.cameras
+    assert gate.is_stream and gate.decode == "keyframes" and gate.zones[0].dwell_s == 120
+    assert gate.zones[1].kind == "watch" and gate.zones[1].window == 10
+    assert lobby.url == str(tmp_path / "clip.mp4") and lobby.loop and not lobby.is_stream
+    assert str(cfg.tz_of(gate)) == "Asia/Shanghai"
+
+
+def test_the_demo_config_is_valid_and_attributes_the_video():
+    cfg = load_cameras(DEMO_CAMERAS)
+    assert any(Path(c.url).name == "car-detection.mp4" for c in cfg.cameras)
+    assert any(z.kind == "no_parking" for c in cfg.cameras for z in c.zones)
+    assert "CC BY 4.0" in DEMO_CAMERAS.read_text() and "Intel" in DEMO_CAMERAS.read_text()
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            ("dwell_s: 120", "dwell_s: -5"),
+            "cams.yaml:11: camera 'gate-2': zones[0].dwell_s: Input should be greater than 0",
+        ),
+        (
+            ("        dwell_s: 120\n", "        dwell_s: 120\n        dwel_s: 3\n"),
+            "cams.yaml:12: camera 'gate-2': zones[0].dwel_s: unknown field",
+        ),
+        (
+            ("[0.6, 0.5], [0.6, 1.0], [0.1, 1.0]]", "[0.6, 0.5]]"),
+            "cams.yaml:10: camera 'gate-2': zones[0].polygon: a polygon needs at least 3",
+        ),
+        (
+            ("[[0, 0], [0.3, 0], [0.3, 0.4]]", "[[0, 0], [1.3, 0], [0.3, 0.4]]"),
+            "cams.yaml:15: camera 'gate-2': zones[1].polygon[1][0]: Input should be less than or equal to 1",
+        ),
+        (
+            ("kind: watch", "kind: parking"),
+            "cams.yaml:14: camera 'gate-2': zones[1].kind: unknown or missing zone kind",
+        ),
+        (
+            ("decode: keyframes", "decode: iframes"),
+            "cams.yaml:6: camera 'gate-2': decode: Input should be 'full' or 'keyframes'",
+        ),
+        (
+            ('end: "22:00"', 'end: "07:00"'),
+            "cams.yaml:12: camera 'gate-2': zones[0].schedule[0]: start and end are equal",
+        ),
+        (("    url: rtsp://127.0.0.1:8554/cam\n", ""), "cams.yaml:3: camera 'gate-2': url: required field is missing"),
+        (
+            ("rtsp://127.0.0.1:8554/cam", "ftp://x/cam"),
+            "cams.yaml:5: camera 'gate-2': url: unsupported URL scheme 'ftp'",
+        ),
+        (
+            ("timezone: Asia/Shanghai", "timezone: Mars/Olympus"),
+            "cams.yaml:1: timezone: unknown time zone 'Mars/Olympus'",
+        ),
+        (("id: lobby", "id: gate-2"), "cams.yaml:2: cameras: camera id 'gate-2' is used twice"),
+        (("name: wall", "name: bus-stop"), "cams.yaml:7: camera 'gate-2': zones: zone name 'bus-stop' is used twice"),
+        (
+            ("url: rtsp://127.0.0.1:8554/cam", "url: rtsp://127.0.0.1:8554/cam\n    loop: true"),
+            "cams.yaml:3: camera 'gate-2': loop and speed apply to video files only",
+        ),
+    ],
+)
+def test_errors_name_line_camera_and_field(tmp_path, edit, expected):
+    shutil.copy(VIDEO, tmp_path / "clip.mp4")
+    old, new = edit
+    assert old in GOOD
+    found = problems(GOOD.replace(old, new), tmp_path)
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_missing_video_file_and_yaml_syntax_and_duplicate_keys(tmp_path):
+    found = problems(GOOD, tmp_path)  # clip.mp4 is not in tmp_path
+    assert found == [f"cams.yaml:17: camera 'lobby': url: no such video file: {tmp_path / 'clip.mp4'}"]
+    found = problems("cameras:\n  - id: a\n    url: [unclosed\n")
+    assert found[0].startswith("cams.yaml:4: invalid YAML")
+    found = problems(GOOD.replace("    decode: keyframes\n", "    decode: keyframes\n    decode: full\n"))
+    assert found == ["cams.yaml:7: key 'decode' is given twice"]
+    assert problems("- just a list\n") == ["cams.yaml:1: expected a mapping with a 'cameras' list"]
+
+
+def test_every_config_field_has_a_description():
+    def models_in(annotation):
+        if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+            yield annotation
+        for arg in typing.get_args(annotation):
+            yield from models_in(arg)
+
+    def walk(model, seen):
+        if model in seen:
+            return
+        seen.add(model)
+        assert model.model_config.get("extra") == "forbid", model.__name__
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+            for inner in models_in(field.annotation):
+                walk(inner, seen)
+
+    seen: set = set()
+    walk(CamerasConfig, seen)
+    assert {"CameraConfig", "NoParkingZone", "WatchZone", "MaskZone", "ScheduleWindow", "TrackerConfig"} <= {
+        m.__name__ for m in seen
+    }

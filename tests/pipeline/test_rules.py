@@ -1,0 +1,199 @@
+"""Rules on scripted track sequences: a car that stops, one that passes, detection gaps, id switches."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from models.classes import CLASS_IDS
+from pipeline.cameras import NoParkingZone, NoVendingZone, WatchZone
+from pipeline.detections import Detections
+from pipeline.rules import RuleEngine
+from pipeline.zones import build_zones
+
+WH = (1000, 500)
+T0 = datetime(2026, 11, 26, 10, 0, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
+BOTTOM_HALF = [[0, 0.5], [1, 0.5], [1, 1], [0, 1]]
+
+
+def dets(*objs: tuple[str, list[float], float, int]) -> Detections:
+    """Detections from (class, box, score, track id) tuples."""
+    if not objs:
+        d = Detections.empty()
+        d.tracker_id = np.zeros(0, np.int64)
+        return d
+    return Detections(
+        np.array([o[1] for o in objs], np.float32),
+        np.array([o[2] for o in objs], np.float32),
+        np.array([CLASS_IDS[o[0]] for o in objs]),
+        np.array([o[3] for o in objs]),
+    )
+
+
+def parking_engine(**zone) -> RuleEngine:
+    cfg = NoParkingZone(kind="no_parking", name="curb", polygon=BOTTOM_HALF, dwell_s=10, gone_s=20, **zone)
+    return RuleEngine("cam", build_zones([cfg], ZoneInfo("Asia/Shanghai")), update_s=1e9)
+
+
+def run(engine: RuleEngine, script: dict[int, Detections], seconds: int) -> list[tuple[int, str, str]]:
+    """Feed one sample per second; returns (second, event kind, key) of every event."""
+    out = []
+    for t in range(seconds):
+        for e in engine.update(T0 + t, script.get(t, dets()), WH):
+            out.append((t, e.kind, e.obj.key))
+    return out
+
+
+PARKED = [400, 300, 600, 420]  # bottom-centre (500, 420): inside the bottom half
+
+
+def test_a_car_that_stops_is_one_violation_with_first_and_last_seen():
+    engine = parking_engine()
+    jitter = np.random.default_rng(0).normal(0, 2, (40, 4))
+    script = {t: dets(("car", list(np.add(PARKED, jitter[t])), 0.8, 7)) for t in range(40)}
+    events = run(engine, script, 70)
+    opened = [e for e in events if e[1] == "open"]
+    assert len(opened) == 1
+    # inertia 3: inside from t=0 (the first sample of the streak); dwell 10 s -> opens at t=10
+    assert opened[0][0] == 10
+    ended = [e for e in events if e[1] == "ended"]
+    assert [(t, k) for t, _, k in ended] == [(60, opened[0][2])]  # last seen t=39, gone for > 20 s
+    assert not engine.objects
+
+
+def test_a_car_that_passes_or_stops_outside_the_zone_is_not_a_violation():
+    engine = parking_engine()
+    passing = {t: dets(("car", [t * 30, 300, t * 30 + 200, 420], 0.9, 3)) for t in range(30)}
+    assert run(engine, passing, 30) == []
+    engine = parking_engine()
+    above = {t: dets(("car", [400, 50, 600, 200], 0.9, 4)) for t in range(30)}  # bottom-centre y=200 < 250
+    assert run(engine, above, 30) == []
+
+
+def test_a_creeping_car_restarts_its_dwell_but_one_jumpy_box_does_not():
+    engine = parking_engine()
+    # 40 px forward every 2 s: each step still overlaps the last (IoU 0.67), but not where it stopped
+    creeping = {t: dets(("car", [400 + 40 * (t // 2), 300, 600 + 40 * (t // 2), 420], 0.8, 1)) for t in range(30)}
+    assert run(engine, creeping, 30) == []
+    engine = parking_engine()
+    jumpy = {t: dets(("car", PARKED if t != 6 else [300, 250, 500, 400], 0.8, 1)) for t in range(15)}
+    assert [(t, k) for t, k, _ in run(engine, jumpy, 15)] == [(10, "open")]
+
+
+def test_missed_detections_and_light_change_do_not_realert():
+    engine = parking_engine()
+    script = {}
+    for t in range(80):
+        if 20 <= t < 35 or t % 4 == 3:  # a 15 s outage (e.g. lighting) and regular misses
+            continue
+        score = 0.8 if t < 40 else 0.45  # dusk: weaker detections
+        script[t] = dets(("car", PARKED, score, 5 if t < 40 else 9))  # new track id after the outage
+    events = run(engine, script, 80)
+    assert [e[1] for e in events] == ["open"]
+    (obj,) = engine.objects.values()
+    assert obj.track_ids == {5, 9} and obj.last_seen == T0 + 78
+
+
+def test_id_switch_between_two_parked_cars_keeps_two_violations():
+    engine = parking_engine()
+    left, right = [100, 300, 300, 420], [700, 300, 900, 420]
+    script = {}
+    for t in range(30):
+        a, b = (1, 2) if t < 15 else (2, 1)  # the tracker swaps their ids half way
+        script[t] = dets(("car", left, 0.8, a), ("car", right, 0.8, b))
+    events = run(engine, script, 30)
+    assert [e[1] for e in events] == ["open", "open"]
+    keys = {e[2] for e in events}
+    assert len(keys) == 2
+    assert all(len(o.track_ids) == 2 for o in engine.objects.values())
+    assert {tuple(o.anchor.astype(int)) for o in engine.objects.values()} == {tuple(left), tuple(right)}
+
+
+def test_a_car_that_leaves_and_a_new_one_that_parks_are_two_violations():
+    engine = parking_engine()
+    script = {t: dets(("car", PARKED, 0.8, 1)) for t in range(15)}
+    script.update({t: dets(("car", PARKED, 0.8, 2)) for t in range(50, 65)})
+    events = run(engine, script, 90)
+    assert [e[1] for e in events] == ["open", "ended", "open", "ended"]
+    assert events[0][2] != events[2][2]
+
+
+def test_schedule_gates_the_dwell_across_midnight():
+    # parking forbidden 22:00-06:00; the car arrives 21:59:50 and may stand until 22:00
+    cfg = NoParkingZone(
+        kind="no_parking",
+        name="night",
+        polygon=BOTTOM_HALF,
+        dwell_s=30,
+        schedule=[{"start": "22:00", "end": "06:00"}],
+    )
+    engine = RuleEngine("cam", build_zones([cfg], ZoneInfo("Asia/Shanghai")), update_s=1e9)
+    start = datetime(2026, 11, 26, 21, 59, 50, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
+    opened = []
+    for t in range(60):
+        for _e in engine.update(start + t, dets(("car", PARKED, 0.8, 1)), WH):
+            opened.append(t)
+    assert opened == [40]  # 30 s after 22:00, not 30 s after arrival
+
+
+def test_unseen_zone_classes_and_people_are_ignored():
+    engine = parking_engine(classes=["bicycle"])
+    script = {t: dets(("car", PARKED, 0.9, 1), ("person", [0, 300, 50, 480], 0.9, 2)) for t in range(30)}
+    assert run(engine, script, 30) == []
+    assert engine.watched_classes == ["bicycle"]
+
+
+def test_street_vending_counts_presence_not_stillness():
+    cfg = NoVendingZone(kind="no_vending", name="square", polygon=BOTTOM_HALF, dwell_s=12, inertia=2)
+    engine = RuleEngine("cam", build_zones([cfg]), update_s=1e9)
+    # a stall whose box changes a lot (people around it, goods moved) is still one present stall
+    script = {
+        t: dets(("street_vending", [300 + 25 * (t % 3), 260, 560 + 30 * (t % 2), 460], 0.6, 1)) for t in range(20)
+    }
+    events = run(engine, script, 20)
+    assert [(t, k) for t, k, _ in events] == [(12, "open")]
+
+
+def test_watch_zone_needs_most_of_the_last_k_samples():
+    cfg = WatchZone(kind="watch", name="wall", polygon=BOTTOM_HALF, window=10, min_fraction=0.6, inertia=1)
+    engine = RuleEngine("cam", build_zones([cfg]), update_s=1e9)
+    flicker = {t: dets(("litter", [100, 400, 200, 480], 0.5, 1)) for t in range(0, 30, 2)}  # half the samples
+    assert run(engine, flicker, 30) == []
+    engine = RuleEngine("cam", build_zones([cfg]), update_s=1e9)
+    steady = {t: dets(("litter", [100, 400, 200, 480], 0.5, 1)) for t in range(30) if t % 3}  # 2 of 3 samples
+    events = run(engine, steady, 30)
+    assert [e[1] for e in events] == ["open"]
+
+
+def test_no_zones_watch_the_whole_frame_and_do_not_judge_parking():
+    engine = RuleEngine("cam", build_zones([]), update_s=1e9)
+    assert "car" not in engine.watched_classes and "small_ad" in engine.watched_classes
+    script = {t: dets(("car", PARKED, 0.9, 1), ("small_ad", [10, 10, 40, 60], 0.5, 2)) for t in range(15)}
+    events = run(engine, script, 15)
+    assert [e[1] for e in events] == ["open"]
+    assert events[0][2].split(":")[1] == "small_ad" and engine.open_violations[0].zone == "whole-frame"
+
+
+def test_a_nested_second_box_on_the_same_object_is_not_a_second_violation():
+    engine = parking_engine()
+    script = {
+        t: dets(("bicycle", [0, 260, 60, 480], 0.6, 1), ("bicycle", [0, 290, 40, 478], 0.3, 2)) for t in range(20)
+    }
+    events = run(engine, script, 20)
+    assert [e[1] for e in events] == ["open"]
+
+
+def test_better_evidence_and_periodic_updates_reuse_the_key():
+    cfg = NoParkingZone(kind="no_parking", name="curb", polygon=BOTTOM_HALF, dwell_s=5)
+    engine = RuleEngine("cam", build_zones([cfg]), update_s=20, evidence_interval_s=5)
+    script = {t: dets(("car", PARKED, 0.5 if t < 12 else 0.9, 1)) for t in range(40)}
+    events = run(engine, script, 40)
+    kinds = [(t, k) for t, k, _ in events]
+    assert kinds[0] == (5, "open")
+    assert (12, "update") in kinds  # clearly better evidence (0.9 vs 0.5)
+    assert (32, "update") in kinds  # 20 s after the last emission
+    assert len({key for _, _, key in events}) == 1
+    flushed = engine.flush()
+    assert [e.kind for e in flushed] == ["update"] and flushed[0].obj.last_seen == T0 + 39
