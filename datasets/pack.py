@@ -124,18 +124,31 @@ def pack(
     ladder = settings_ladder(max_side, quality) if budget else [(max_side, quality)]
     tried: list[dict] = []
     start = 0
-    if budget and len(ladder) > 1:  # estimate on a sample, pick the best setting that fits with a margin
+    if budget and len(ladder) > 1:  # estimate on a sample; binary search for the best setting that fits
         rng = np.random.default_rng(0)
         pick = [items[i][1] for i in rng.choice(len(items), min(sample_size, len(items)), replace=False)]
         sample_images = [read_image(p) for p in pick]
-        for k, (side, q) in enumerate(ladder):
-            est = np.mean([len(encode(im, side, fmt, q)) for im in sample_images]) * len(items) + overhead
-            tried.append({"max_side": side, "quality": q, "estimated_mb": round(est / 1e6, 2)})
-            if est <= budget * 0.95:
-                start = k
-                break
-        else:
+        estimates: dict[int, float] = {}
+
+        def estimate(k: int) -> float:
+            if k not in estimates:
+                side, q = ladder[k]
+                est = np.mean([len(encode(im, side, fmt, q)) for im in sample_images]) * len(items) + overhead
+                estimates[k] = est
+                tried.append({"max_side": side, "quality": q, "estimated_mb": round(est / 1e6, 2)})
+            return estimates[k]
+
+        target = budget * 0.95
+        if estimate(0) <= target:
+            start = 0
+        elif estimate(len(ladder) - 1) > target:
             start = len(ladder) - 1
+        else:  # estimate(lo) > target >= estimate(hi)
+            lo, hi = 0, len(ladder) - 1
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if estimate(mid) > target else (lo, mid)
+            start = hi
     for side, q in ladder[start:]:
         total = _write(root, out, items, side, fmt, q, suffix, workers)
         tried.append({"max_side": side, "quality": q, "actual_mb": round(total / 1e6, 2)})

@@ -97,6 +97,7 @@ class PseudoStats:
     added: Counter = field(default_factory=Counter)
     skipped_labelled: Counter = field(default_factory=Counter)
     skipped_duplicate: Counter = field(default_factory=Counter)
+    skipped_conflict: Counter = field(default_factory=Counter)
     skipped_small: Counter = field(default_factory=Counter)
     by_threshold: dict[float, Counter] = field(default_factory=dict)
 
@@ -106,6 +107,7 @@ class PseudoStats:
             "images": self.images,
             "added": dict(self.added),
             "skipped_duplicate": dict(self.skipped_duplicate),
+            "skipped_conflict_other_class": dict(self.skipped_conflict),
             "skipped_class_labelled_by_source": dict(self.skipped_labelled),
             "skipped_small": dict(self.skipped_small),
             "thresholds": {f"{t:.2f}": dict(c) for t, c in sorted(self.by_threshold.items())},
@@ -186,6 +188,8 @@ def teacher_detections(
                 if cache:
                     cache.put(samples[i].sha256, dets)
             bar.update(len(idx))
+            if cache and (start // batch) % 25 == 24:  # keep what is done if the run is stopped
+                cache.save()
         bar.close()
     if cache:
         cache.save()
@@ -200,12 +204,14 @@ def add_pseudo_labels(
     duplicate_iou: float = 0.5,
     min_pixels: float = 4.0,
     study: Sequence[float] = (0.25, 0.35, 0.5, 0.65),
+    conflict_iou: float = 0.6,
 ) -> PseudoStats:
     """Put the teacher's boxes above ``conf`` into ``sample.pseudo`` (replacing earlier pseudo-labels).
 
     A box is skipped when its class is one the sample's source labels itself (``sample.labelled``), when
-    it overlaps an own box of the same class with IoU above ``duplicate_iou``, or when a side is under
-    ``min_pixels``. ``study`` thresholds count what each would have added (to justify ``conf``).
+    it overlaps an own box of the same class with IoU above ``duplicate_iou``, when it covers an own box
+    of another class with IoU above ``conflict_iou`` (the teacher calling a heap of bags a car), or when a
+    side is under ``min_pixels``. ``study`` thresholds count what each would have added (to justify ``conf``).
     """
     stats = PseudoStats(by_threshold={t: Counter() for t in study})
     wanted = {CLASS_IDS[c] for c in classes}
@@ -230,9 +236,13 @@ def add_pseudo_labels(
             if min(box[2] - box[0], box[3] - box[1]) < min_pixels:
                 stats.skipped_small[name] += 1
                 continue
-            same = own[s.boxes[:, 0].astype(int) == cid] if len(own) else own
-            if len(same) and box_iou(box[None], same).max() > duplicate_iou:
+            same_class = s.boxes[:, 0].astype(int) == cid
+            iou = box_iou(box[None], own)[0] if len(own) else np.zeros(0, np.float32)
+            if (iou[same_class] > duplicate_iou).any():
                 stats.skipped_duplicate[name] += 1
+                continue
+            if (iou[~same_class] > conflict_iou).any():
+                stats.skipped_conflict[name] += 1
                 continue
             keep_rows.append((box, cid))
             stats.added[name] += 1

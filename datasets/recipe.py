@@ -70,6 +70,9 @@ class PseudoConfig(BaseModel):
     duplicate_iou: float = Field(
         0.5, gt=0.0, le=1.0, description="Skip a box overlapping a same-class label above this"
     )
+    conflict_iou: float = Field(
+        0.6, gt=0.0, le=1.0, description="Skip a box overlapping a label of another class above this IoU"
+    )
     min_pixels: float = Field(4.0, ge=0.0, description="Skip boxes with a side under this many pixels")
 
     @field_validator("classes")
@@ -238,7 +241,12 @@ def build(
         with timer.step("teacher on real images"):
             teacher = Teacher(recipe.pseudo.teacher, recipe.pseudo.classes)
             cache = DetectionCache(work / "cache", teacher)
-            for s, d in zip(samples, teacher_detections(samples, teacher, cache, desc="teacher (real)"), strict=True):
+            # images that get pseudo-labels, and synthetic-ad backgrounds (ads must not cover people, vehicles)
+            wanted = {d.spec.name for d in loaded if d.spec.pseudo}
+            if recipe.synth_ads and recipe.synth_ads.enabled:
+                wanted |= set(recipe.synth_ads.backgrounds) | set(recipe.synth_ads.val_backgrounds)
+            need = [s for s in samples if s.source in wanted]
+            for s, d in zip(need, teacher_detections(need, teacher, cache, desc="teacher (real)"), strict=True):
                 teacher_dets[s.key] = d
 
     synthetic: list[Sample] = []
@@ -299,7 +307,14 @@ def build(
                     synthetic, teacher_detections(synthetic, teacher, cache, desc="teacher (synthetic)"), strict=True
                 ):
                     teacher_dets[s.key] = d
-            targets = [s for s in samples if s.split in recipe.pseudo.splits]
+            no_pseudo = {d.spec.name for d in loaded if not d.spec.pseudo}
+            targets = [
+                s
+                for s in samples
+                if s.split in recipe.pseudo.splits
+                and s.source not in no_pseudo
+                and background_source(s) not in no_pseudo
+            ]
             pseudo_stats = add_pseudo_labels(
                 targets,
                 [teacher_dets.get(s.key) for s in targets],
@@ -307,6 +322,7 @@ def build(
                 recipe.pseudo.classes,
                 recipe.pseudo.duplicate_iou,
                 recipe.pseudo.min_pixels,
+                conflict_iou=recipe.pseudo.conflict_iou,
             )
 
     with timer.step("write dataset"):
@@ -320,12 +336,20 @@ def build(
             if a in index and b in index
         ]
         seen = {(p.a, p.b) for p in final_pairs}
+        own_background = 0
         if synthetic:  # synthetic images against everything, by pHash (they inherit their background's split)
             synth_name = recipe.synth_ads.source
             hashes = np.stack([s.phash for s in samples])
             for a, b, d in near_duplicate_pairs(hashes, recipe.dedup.phash_bits):
-                if (a, b) not in seen and synth_name in (samples[a].source, samples[b].source):
-                    final_pairs.append(DuplicatePair(a, b, "near", d))
+                sa, sb = samples[a], samples[b]
+                if (a, b) in seen or synth_name not in (sa.source, sb.source):
+                    continue
+                if sa.split == sb.split and (
+                    sa.source == sb.source or f"background {sa.key}" == sb.note or f"background {sb.key}" == sa.note
+                ):
+                    own_background += 1  # by construction: a synthetic image and its background, or two on one
+                    continue
+                final_pairs.append(DuplicatePair(a, b, "near", d))
         report = CheckReport(
             f"Dataset {recipe.name}", samples, issues, sorted(final_pairs, key=lambda p: (p.a, p.b)), dropped
         )
@@ -338,7 +362,10 @@ def build(
                     f"  teacher boxes at conf >= {t:.2f}: " + (", ".join(f"{k} {v}" for k, v in c.items()) or "none")
                 )
         if synth_info:
-            report.notes.append(f"synthetic small ads: {synth_info['images']} images, {synth_info['ads']} ads")
+            report.notes.append(
+                f"synthetic small ads: {synth_info['images']} images, {synth_info['ads']} ads; {own_background} "
+                "pHash pairs of a synthetic image with its own background (same split by construction) not listed"
+            )
         report.write(out / "report")
         if sheets:
             from datasets.preview import label_sheet
@@ -361,6 +388,11 @@ def build(
     return BuildResult(
         out, report, path, timer.timings, skipped, pseudo_stats.to_json() if pseudo_stats else None, synth_info
     )
+
+
+def background_source(sample: Sample) -> str | None:
+    """The source of a synthetic image's background (``None`` for real images)."""
+    return sample.note.split()[1].split("/")[0] if sample.note.startswith("background ") else None
 
 
 def split_counts(samples: list[Sample]) -> dict[str, dict]:

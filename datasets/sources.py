@@ -54,6 +54,9 @@ class SourceSpec(BaseModel):
         "default: the mapped classes that occur in its labels",
     )
     required: bool = Field(True, description="False: skip the source with a warning when its files are absent")
+    pseudo: bool = Field(
+        True, description="Pseudo-label this source's images (off for views the teacher does not know, e.g. aerial)"
+    )
 
 
 class SourceMissing(FileNotFoundError):
@@ -147,12 +150,25 @@ def _load_yolo(spec: SourceSpec, path: Path, mapping: ClassMapping) -> SourceDat
     names, splits = read_data_yaml(path)
     id_map = mapping.id_map(names)
     data = SourceData(spec, [], names=names, mapping=mapping, root=path if path.is_dir() else path.parent)
+    # a set without a val split gives no split at all: its images are held out by val_fraction
+    held_out = "val" not in splits
     for split, images in splits.items():
         for image in images:
             rows, issues = read_label_file(label_path_for(image), len(names), spec.name)
             data.issues.extend(issues)
             boxes, context = apply_mapping(rows, names, id_map)
-            data.samples.append(Sample(spec.name, image, split, boxes, context=context))
+            data.samples.append(Sample(spec.name, image, None if held_out else split, boxes, context=context))
+    if held_out:
+        data.issues.append(
+            Issue(
+                "info",
+                "split",
+                str(path),
+                f"no val split: {spec.val_fraction:.0%} held out by image group",
+                None,
+                spec.name,
+            )
+        )
     _check_unique_stems(data)
     return data
 

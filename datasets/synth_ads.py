@@ -610,12 +610,16 @@ def surfaces(
     grey = cv2.cvtColor(cv2.resize(image, (W // 4 or 1, H // 4 or 1), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
     hsv = cv2.cvtColor(cv2.resize(image, (W // 4 or 1, H // 4 or 1), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2HSV)
     lap = np.abs(cv2.Laplacian(grey.astype(np.float32), cv2.CV_32F))
+    # walls stand above the ground: in a head-on facade photo they fill the frame down to the pavement;
+    # in a street photo taken at eye level the lower half is mostly pavement, road or grass
+    facade = any(kind in ("door", "window") for kind in (CONTEXT_SURFACES.get(n) for n, _ in sample.context))
+    low = 0.8 if facade else 0.55
+    green = (hsv[..., 0] > 30) & (hsv[..., 0] < 90) & (hsv[..., 1] > 50)
     for _ in range(n_wall * 4):
         if sum(s.kind == "wall" for s in out) >= n_wall:
             break
         s = rng.uniform(0.08, 0.3) * min(W, H)
-        # walls are above the ground: keep patches out of the bottom of the frame (pavement, road)
-        x, y = rng.uniform(0, W - s), rng.uniform(H * 0.06, max(H * 0.82 - s, H * 0.06 + 1))
+        x, y = rng.uniform(0, W - s), rng.uniform(H * 0.06, max(H * low - s / 2, H * 0.06 + 1))
         box = np.array([x, y, x + s, y + s], np.float32)
         if len(own) and box_ios(box[None], own).max() > 0.3:
             continue
@@ -623,7 +627,8 @@ def surfaces(
         patch_h = hsv[q[1] : q[3] + 1, q[0] : q[2] + 1]
         tex = float(lap[q[1] : q[3] + 1, q[0] : q[2] + 1].mean())
         sky = float(((patch_h[..., 2] > 190) & (patch_h[..., 1] < 60)).mean()) if patch_h.size else 1.0
-        if sky > 0.4 or tex > 30:  # sky, or foliage / clutter
+        leaves = float(green[q[1] : q[3] + 1, q[0] : q[2] + 1].mean()) if patch_h.size else 1.0
+        if sky > 0.4 or leaves > 0.3 or tex > 30:  # sky, grass and foliage, clutter
             continue
         out.append(Surface(box, "wall"))
     return out
@@ -681,8 +686,10 @@ def synthesize(
                 else:
                     side = sw * rng.uniform(0.18, 0.5)
                 width = side / np.sqrt(ad.paper.shape[0] / ad.paper.shape[1])
-                cy_lo = sy1 + sh * (0.2 if surf.kind == "bin" else 0.1)
-                cx, cy = rng.uniform(sx1 + sw * 0.15, sx2 - sw * 0.15), rng.uniform(cy_lo, sy2 - sh * 0.15)
+                # on a bin: its body, below the lid and whatever overflows it
+                top, bottom = (0.4, 0.85) if surf.kind == "bin" else (0.1, 0.85)
+                cx = rng.uniform(sx1 + sw * 0.15, sx2 - sw * 0.15)
+                cy = rng.uniform(sy1 + sh * top, sy1 + sh * bottom)
             width = float(np.clip(width, MIN_AD_PIXELS * 1.4, W * 0.45))
             aspect = ad.paper.shape[0] / ad.paper.shape[1]
             if width * aspect > H * 0.6:

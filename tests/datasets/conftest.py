@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
+from datasets.recipe import default_shared
+
 REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(__import__("os").environ.get("STREETWATCH_SHARED", REPO.parent / "shared"))
 GARBAGE_NAMES = ["garbage", "garbage_bin", "overflow"]
 
 
@@ -75,7 +76,8 @@ def patrol_like(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def shared_data() -> Path:
-    """The shared data folder, or skip."""
-    if not (SHARED / "data" / "garbage" / "data.yaml").is_file():
-        pytest.skip(f"shared data not found at {SHARED}")
-    return SHARED
+    """The shared data folder ($STREETWATCH_SHARED or ../shared), or skip."""
+    shared = default_shared()
+    if not (shared / "data" / "garbage" / "data.yaml").is_file():
+        pytest.skip(f"shared data not found at {shared}")
+    return shared
