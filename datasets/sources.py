@@ -202,7 +202,9 @@ def _load_folder(spec: SourceSpec, shared: Path, repo: Path, mapping: ClassMappi
             raise ValueError(f"{split_path}: split file must map train/eval/clean to lists of image stems")
         for key, stems in doc.items():
             if not isinstance(stems, list):
-                raise ValueError(f"{split_path}: {key!r} must be a list of image stems")
+                if key in ("train", "val", "eval"):
+                    raise ValueError(f"{split_path}: {key!r} must be a list of image stems")
+                continue  # other entries (e.g. per-photo notes) are for people
             stems = [Path(str(s)).stem for s in stems]
             if key in ("train", "val", "eval"):
                 for stem in stems:
@@ -212,7 +214,10 @@ def _load_folder(spec: SourceSpec, shared: Path, repo: Path, mapping: ClassMappi
     elif spec.split_file:
         raise SourceMissing(f"source {spec.name}: split file {split_path} does not exist")
     data = SourceData(spec, [], names=names, mapping=mapping, root=images_dir, labels_root=labels_dir, extra=extra)
-    tags = {stem: {key} for key, stems in extra.items() for stem in stems}
+    tags: dict[str, set[str]] = {}
+    for key, stems in extra.items():
+        for stem in stems:
+            tags.setdefault(stem, set()).add(key)
     images = iter_image_paths([images_dir], recursive=False)
     for image in images:
         label = labels_dir / f"{image.stem}.txt"
@@ -235,7 +240,7 @@ def _load_folder(spec: SourceSpec, shared: Path, repo: Path, mapping: ClassMappi
         data.issues.extend(issues)
         boxes, context = apply_mapping(rows, names, id_map)
         sample = Sample(spec.name, image, given.get(image.stem), boxes, context=context)
-        sample.tags |= {t for key in tags.get(image.stem, set()) for t in [key]}
+        sample.tags |= tags.get(image.stem, set())
         data.samples.append(sample)
     found = {i.stem for i in images}
     for stem in given:

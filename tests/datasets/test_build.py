@@ -42,7 +42,7 @@ def test_folder_source_with_split_file(patrol_like):
     by = {s.image.stem: s for s in data.samples}
     assert sorted(by) == ["photo_0", "photo_1", "photo_2", "photo_3", "photo_4"]  # photo_5 is not in the split file
     assert [by[k].split for k in sorted(by)] == ["train", "train", "train", "val", "val"]
-    assert by["photo_2"].tags == {"clean"} and len(by["photo_2"].boxes) == 0
+    assert by["photo_2"].tags == {"clean", "night_or_blur"} and len(by["photo_2"].boxes) == 0
     assert by["photo_0"].boxes[:, 0].tolist() == [CLASS_IDS["litter"], CLASS_IDS["garbage_bin"]]
     assert by["photo_0"].labelled == frozenset({CLASS_IDS["litter"], CLASS_IDS["garbage_bin"]})
 
