@@ -3,14 +3,15 @@
 Duplicate pairs (exact, pHash, same scene) join images into groups (union-find). A group takes one
 side: if a source gives any member as ``val``, the group is val, and members given as train are
 dropped (or, with ``leak_policy="move"``, moved to val) so a source's own validation set stays what it
-was; a group with a given ``train`` member is train; other groups are held out deterministically
-(a hash of the group's first key against the source's ``val_fraction``), so rebuilding gives the
-same split.
+was; a group with a given ``train`` member is train; other groups are held out deterministically and
+stratified by their rarest class (``val_fraction`` of each source's images, groups taken in the order
+of a hash of their first key), so rebuilding gives the same split.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -19,10 +20,15 @@ from datasets.dedup import UnionFind
 from datasets.samples import Sample
 
 
+def _rank(key: str, seed: int) -> float:
+    """A deterministic pseudo-random number in [0, 1) for ``key``."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def held_out(key: str, fraction: float, seed: int = 0) -> bool:
     """Deterministic coin for ``key``: True for about ``fraction`` of all keys."""
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    return _rank(key, seed) < fraction
 
 
 def assign_splits(
@@ -39,6 +45,7 @@ def assign_splits(
     uf = UnionFind(len(samples))
     for p in pairs:
         uf.union(p.a, p.b)
+    free: list[list[Sample]] = []
     partner: dict[int, DuplicatePair] = {}
     for p in pairs:
         partner.setdefault(p.a, p)
@@ -66,9 +73,32 @@ def assign_splits(
             for s in members:
                 s.split = "train"
         else:
-            first = min(members, key=lambda s: s.key)
-            side = "val" if held_out(first.key, val_fraction.get(first.source, 0.0), seed) else "train"
-            for s in members:
-                s.split = side
+            free.append(members)
+    _hold_out(free, val_fraction, seed)
     kept = [s for i, s in enumerate(samples) if i not in drop]
     return kept, dropped
+
+
+def _hold_out(groups: list[list[Sample]], val_fraction: Mapping[str, float], seed: int) -> None:
+    """Hold out groups without a given split, stratified: per source, groups are binned by the rarest class
+    they contain (so a rare class such as the facades' window ads gets its share of val), and in each bin
+    the groups whose key hashes lowest make up the source's ``val_fraction``."""
+    by_source: dict[str, list[list[Sample]]] = {}
+    for g in groups:
+        by_source.setdefault(min(g, key=lambda s: s.key).source, []).append(g)
+    for source, source_groups in by_source.items():
+        counts = Counter(int(c) for g in source_groups for s in g for c in s.boxes[:, 0])
+        strata: dict[int, list[list[Sample]]] = {}
+        for g in source_groups:
+            present = {int(c) for s in g for c in s.boxes[:, 0]}
+            strata.setdefault(min(present, key=lambda c: (counts[c], c)) if present else -1, []).append(g)
+        fraction = val_fraction.get(source, 0.0)
+        for stratum in strata.values():
+            stratum.sort(key=lambda g: _rank(min(s.key for s in g), seed))
+            n_val = round(fraction * sum(len(g) for g in stratum))
+            taken = 0
+            for g in stratum:
+                side = "val" if taken < n_val else "train"
+                taken += len(g) if side == "val" else 0
+                for s in g:
+                    s.split = side

@@ -48,7 +48,7 @@ SURFACE_CLASSES = {CLASS_IDS["garbage_bin"], CLASS_IDS["overflowing_bin"]}
 #: Source classes dropped by mappings that are still good surfaces (facade doors, windows, arches).
 CONTEXT_SURFACES = {"door": "door", "window": "window", "arch": "wall"}
 #: Smallest visible ad side (pixels) that gets a box; smaller placements are retried.
-MIN_AD_PIXELS = 10
+MIN_AD_PIXELS = 14
 
 # (R, G, B) paper colours: mostly white and pale tints, some strong
 PAPERS = [
@@ -682,7 +682,7 @@ def synthesize(
                 sw, sh = sx2 - sx1, sy2 - sy1
                 # size as the side of a square of the ad's area, so long slips are not giant
                 if surf.kind == "wall":
-                    side = short * float(np.exp(rng.uniform(np.log(0.035), np.log(0.2))))
+                    side = short * float(np.exp(rng.uniform(np.log(0.05), np.log(0.22))))
                 else:
                     side = sw * rng.uniform(0.18, 0.5)
                 width = side / np.sqrt(ad.paper.shape[0] / ad.paper.shape[1])

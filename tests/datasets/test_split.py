@@ -59,3 +59,15 @@ def test_unsplit_images_join_the_given_split_of_their_group():
     assign_splits(items, [DuplicatePair(0, 2, "near", 4)], {"facades": 0.99})
     assert items[2].split == "train"  # would be val by its fraction, but its duplicate is given as train
     assert items[3].split == "val"
+
+
+def test_held_out_split_gives_a_rare_class_its_share():
+    import numpy as np
+
+    items = samples("facades", 200)
+    for i, s in enumerate(items):  # every image has shop signs; one in ten also a window ad (class 1)
+        s.boxes = np.array([[2, 0.5, 0.5, 0.1, 0.1]] + ([[1, 0.3, 0.3, 0.1, 0.1]] if i % 10 == 0 else []), np.float32)
+    assign_splits(items, [], {"facades": 0.15})
+    rare = [s for s in items if 1 in s.boxes[:, 0]]
+    assert sum(s.split == "val" for s in rare) == 3  # 15 % of 20
+    assert sum(s.split == "val" for s in items) == 30
