@@ -47,11 +47,12 @@ def tool_version() -> dict[str, str]:
 
 
 def hash_files(root: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[str, str]:
-    """SHA-256 of every file under ``root`` (posix relative paths, sorted), except ``exclude`` and report/."""
+    """SHA-256 of every file under ``root`` (posix relative paths, sorted), except ``exclude``, report/, work/
+    and the ``*.cache`` label caches ultralytics writes beside the labels when it loads a dataset."""
     out = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if p.is_file() and rel not in exclude and not rel.startswith(("report/", "work/")):
+        if p.is_file() and rel not in exclude and not rel.startswith(("report/", "work/")) and p.suffix != ".cache":
             out[rel] = file_sha256(p)
     return out
 

@@ -61,7 +61,8 @@ def test_ads_are_pasted_inside_the_image_with_their_boxes(background):
             assert changed.mean() > 0.15  # the ad's pixels really are there
         outside = np.ones((h, w), bool)
         for x1, y1, x2, y2 in xywhn_to_xyxy(ads, w, h):
-            outside[max(int(y1) - 12, 0) : int(y2) + 12, max(int(x1) - 12, 0) : int(x2) + 12] = False
+            m = int(6 + 0.25 * max(x2 - x1, y2 - y1))  # tape reaching past the paper, shadow, blur
+            outside[max(int(y1) - m, 0) : int(y2) + m, max(int(x1) - m, 0) : int(x2) + m] = False
         assert np.array_equal(result.image[outside], image[outside])  # nothing else changed
 
 
