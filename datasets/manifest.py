@@ -130,4 +130,5 @@ def dataset_manifest_summary(manifest: dict[str, Any] | str | Path) -> dict[str,
         "pseudo_labels": {k: v for k, v in (m.get("pseudo") or {}).items() if k != "thresholds"} or None,
         "synthetic": m.get("synthetic"),
         "dropped_near_duplicates": len((m.get("dedup") or {}).get("dropped", [])),
+        "skipped_sources": m.get("skipped_sources") or [],
     }

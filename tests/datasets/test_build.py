@@ -114,6 +114,7 @@ def test_build_merges_sources_into_the_product_layout(tmp_path: Path, garbage_li
         "mapping": "product",
         "images": {"train": 3, "val": 2},
     }
+    assert "source later skipped" in summary["skipped_sources"][0]
     json.dumps(summary)  # embeddable in a model card
 
     # a changed file is caught; a rebuild into the same folder replaces the old build
