@@ -70,8 +70,15 @@ def patrol_like(tmp_path: Path) -> tuple[Path, Path]:
             rows = "" if i in (2, 4) else "3 0.5 0.6 0.3 0.2\n4 0.2 0.5 0.1 0.3\n"
             (labels / f"{stem}.txt").write_text(rows)
     (labels / "split.yaml").write_text(
-        yaml.safe_dump({"train": stems[:3], "eval": stems[3:5], "clean": [stems[2], stems[4]],
-                        "night_or_blur": [stems[2], stems[3]], "notes": {stems[0]: "dark; one bag left unlabelled"}})
+        yaml.safe_dump(
+            {
+                "train": stems[:3],
+                "eval": stems[3:5],
+                "clean": [stems[2], stems[4]],
+                "night_or_blur": [stems[2], stems[3]],
+                "notes": {stems[0]: "dark; one bag left unlabelled"},
+            }
+        )
     )
     return images, labels
 

@@ -143,3 +143,29 @@ def test_shipped_recipe_is_valid_and_a_bad_one_names_its_file(tmp_path: Path):
     bad.write_text("name: x\nsources: [{name: a, path: p, mapping: m}]\nsynth_ads: {backgrounds: {b: 3}}\n")
     with pytest.raises(ValueError, match="background 'b' is not a source"):
         load_recipe(bad)
+
+
+def test_recipe_with_teacher_and_synthetic_ads(tmp_path: Path, garbage_like: Path):
+    from datasets.recipe import SynthAdsConfig
+
+    recipe = Recipe(
+        name="full",
+        sources=[SourceSpec(name="garbage", path=str(garbage_like), mapping="garbage")],
+        pseudo=PseudoConfig(teacher="yolo11n-coco-interim", conf=0.5),
+        synth_ads=SynthAdsConfig(backgrounds={"garbage": 4}, val_backgrounds={"garbage": 2}, seed=3),
+    )
+    out = tmp_path / "full"
+    result = build(recipe, Path("."), out, sheets=True)
+    train = (out / "train-synth-ads.txt").read_text().split()
+    val = (out / "val-synth-ads.txt").read_text().split()
+    assert len(train) == 4 and len(val) == 2 and (out / "val-synth-ads.yaml").is_file()
+    for rel in train:
+        rows, _ = read_label_file(out / "labels" / "train" / f"{Path(rel).stem}.txt", len(CLASS_NAMES))
+        assert (rows[:, 0] == CLASS_IDS["small_ad"]).sum() >= 1
+    m = load_manifest(out)
+    assert m["synthetic"]["images"] == {"train": 4, "val": 2} and m["synthetic"]["ads"] >= 6
+    assert m["pseudo"]["teacher"] == "yolo11n-coco-interim" and m["pseudo"]["conf"] == 0.5
+    assert m["pseudo"]["images"] == 6 + 4  # the training images, real and synthetic
+    assert [s["name"] for s in m["sources"]] == ["garbage", "synth-ads"]
+    assert result.report.leaks() == [] and (out / "report" / "synth-ads.jpg").is_file()
+    assert (out / "work" / "cache").is_dir()  # the teacher's detections are cached for the next build

@@ -29,8 +29,9 @@ def test_mappings_lists_the_shipped_mappings(capsys):
 def test_check_prints_a_table_and_writes_the_report(garbage_like: Path, tmp_path: Path, capsys):
     (garbage_like / "train" / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     (garbage_like / "train" / "labels" / "train001.txt").write_text("4 0.5 0.5 0.2 0.2\n")
-    code, out, _ = run(["data", "check", str(garbage_like), "--map", "garbage", "--report", str(tmp_path / "r"),
-                        "--strict"], capsys)
+    code, out, _ = run(
+        ["data", "check", str(garbage_like), "--map", "garbage", "--report", str(tmp_path / "r"), "--strict"], capsys
+    )
     assert code == 1  # --strict: errors found
     assert "garbage  train" in out and "corrupt_image" in out and "unknown_class" in out
     assert "broken.jpg" in out and (tmp_path / "r" / "report.html").is_file()
@@ -49,8 +50,10 @@ def test_bad_inputs_are_cli_errors_naming_the_file(tmp_path: Path, capsys):
 
 def test_import_show_pack_verify(garbage_like: Path, tmp_path: Path, capsys):
     out = tmp_path / "ds"
-    code, text, _ = run(["data", "import", str(garbage_like), "--map", "garbage", "--name", "g", "--out", str(out),
-                         "--no-sheets"], capsys)
+    code, text, _ = run(
+        ["data", "import", str(garbage_like), "--map", "garbage", "--name", "g", "--out", str(out), "--no-sheets"],
+        capsys,
+    )
     assert code == 0 and "dataset:" in text and (out / "val-g.yaml").is_file()
     code, text, _ = run(["data", "show", str(out), "--split", "val", "--out", str(tmp_path / "sheet.png")], capsys)
     assert code == 0 and (tmp_path / "sheet.png").stat().st_size > 1000
@@ -65,8 +68,19 @@ def test_import_show_pack_verify(garbage_like: Path, tmp_path: Path, capsys):
 
 def test_synth_preview_on_the_bundled_photos(tmp_path: Path, capsys):
     photos = REPO / "pipeline" / "samples" / "photos"
-    code, text, _ = run(["data", "synth-ads", str(photos / "garbage-bins-roadside.jpg"),
-                         str(photos / "patrol-dumped-bags.jpg"), "--n", "3", "--out", str(tmp_path / "s")], capsys)
+    code, text, _ = run(
+        [
+            "data",
+            "synth-ads",
+            str(photos / "garbage-bins-roadside.jpg"),
+            str(photos / "patrol-dumped-bags.jpg"),
+            "--n",
+            "3",
+            "--out",
+            str(tmp_path / "s"),
+        ],
+        capsys,
+    )
     assert code == 0 and "3 synthetic images" in text and (tmp_path / "s" / "synth-ads.jpg").is_file()
 
 

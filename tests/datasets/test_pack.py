@@ -21,8 +21,11 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("pack")
     src = write_yolo_source(root / "src", ["garbage", "garbage_bin", "overflow"], 14, 6, seed=3, size=(300, 400))
     out = root / "built"
-    recipe = Recipe(name="p", sources=[SourceSpec(name="garbage", path=str(src), mapping="garbage")],
-                    pseudo=PseudoConfig(enabled=False))
+    recipe = Recipe(
+        name="p",
+        sources=[SourceSpec(name="garbage", path=str(src), mapping="garbage")],
+        pseudo=PseudoConfig(enabled=False),
+    )
     build(recipe, Path("."), out, sheets=False)
     return out
 
