@@ -150,6 +150,13 @@ class DetectionCache:
             self.file.write_text(json.dumps(self.data))
 
 
+def rounded(dets: Detections) -> Detections:
+    """Detections rounded as :class:`DetectionCache` stores them (boxes 0.01 px, scores 1e-4)."""
+    return Detections(
+        np.round(dets.xyxy.astype(np.float64), 2), np.round(dets.confidence.astype(np.float64), 4), dets.class_id
+    )
+
+
 def teacher_detections(
     samples: Sequence[Sample],
     teacher: Teacher,
@@ -184,9 +191,9 @@ def teacher_detections(
             images = list(pool.map(load, idx))
             ok = [(i, im) for i, im in zip(idx, images, strict=True) if im is not None]
             for (i, _), dets in zip(ok, teacher.detect([im for _, im in ok]) if ok else [], strict=True):
-                results[i] = dets
+                results[i] = rounded(dets)  # as the cache keeps them: a rebuild from cache gives the same labels
                 if cache:
-                    cache.put(samples[i].sha256, dets)
+                    cache.put(samples[i].sha256, results[i])
             bar.update(len(idx))
             if cache and (start // batch) % 25 == 24:  # keep what is done if the run is stopped
                 cache.save()

@@ -52,7 +52,8 @@ def test_teacher_adds_people_and_vehicles_without_touching_own_labels(found, tmp
     assert sum(stats.by_threshold[0.25].values()) >= sum(stats.by_threshold[0.5].values()) == len(s.pseudo)
     # the cache answers a second time without the model
     again = DetectionCache(tmp_path, teacher).get(s.sha256)
-    assert again is not None and len(again) == len(got[0])
+    assert again is not None and np.array_equal(again.xyxy, got[0].xyxy)  # cached = fresh, to the bit
+    assert np.array_equal(again.confidence, got[0].confidence)
 
 
 def test_classes_the_source_labels_are_never_added(found):
