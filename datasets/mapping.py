@@ -42,6 +42,15 @@ class ClassMapping(BaseModel):
         """Source class id -> product class id, for the source classes that are kept."""
         return {i: CLASS_IDS[p] for i, p in enumerate(self.class_map(names)) if p is not None}
 
+    def targets(self) -> list[str]:
+        """The product classes this mapping produces, in product order."""
+        kept = set(v for v in self.map.values() if v is not None)
+        return [c for c in CLASS_NAMES if c in kept]
+
+    def unknown_names(self, names: list[str]) -> list[str]:
+        """Mapping keys the source does not have (usually a typo in the mapping file)."""
+        return [k for k in self.map if k not in names]
+
 
 def identity_mapping() -> ClassMapping:
     """The mapping for data already labelled with product class names."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
-COMMAND_MODULES = ("pipeline.cli", "models.cli", "training.cli", "serve.cli")
+COMMAND_MODULES = ("pipeline.cli", "models.cli", "datasets.cli", "training.cli", "serve.cli")
 
 
 class CLIError(Exception):

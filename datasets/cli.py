@@ -1,0 +1,284 @@
+"""``streetwatch data ...``: import, check, build, pack and look at training data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _error(exc: Exception):
+    from pipeline.cli import CLIError
+
+    return CLIError(str(exc))
+
+
+def _spec_from_args(args: argparse.Namespace, name: str):
+    from datasets.sources import SourceSpec
+
+    kind = "folder" if args.labels else "yolo"
+    return SourceSpec(
+        name=name,
+        kind=kind,
+        path=str(Path(args.source).resolve()),
+        labels=str(Path(args.labels).resolve()) if args.labels else None,
+        split_file=str(Path(args.split_file).resolve()) if args.split_file else None,
+        mapping=args.map,
+        val_fraction=args.val_fraction,
+    )
+
+
+def _source_name(path: str) -> str:
+    import re
+
+    p = Path(path).resolve()
+    base = p.parent.name if p.is_file() else p.name
+    return re.sub(r"[^a-z0-9_-]+", "-", base.lower()).strip("-") or "source"
+
+
+def cmd_mappings(args: argparse.Namespace) -> int:
+    """List the shipped class mappings."""
+    from datasets.mapping import load_mapping, shipped_mappings
+
+    for name in ["product", *shipped_mappings()]:
+        m = load_mapping(name)
+        kept = ", ".join(f"{k}->{v}" for k, v in m.map.items() if v is not None and (name != "product" or k != v))
+        dropped = [k for k, v in m.map.items() if v is None]
+        print(f"{name:10} {m.description}")
+        if kept:
+            print(f"{'':10} {kept}" + (f"; dropped: {', '.join(dropped)}" if dropped else ""))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Check a source: unreadable images, bad label lines, degenerate boxes, duplicates, counts, box sizes."""
+    from datasets.checks import CheckReport, check_box_sizes, find_duplicates, scan_samples
+    from datasets.sources import SourceMissing, load_source
+
+    name = args.name or _source_name(args.source)
+    try:
+        spec = _spec_from_args(args, name)
+        data = load_source(spec, Path("."))
+    except (FileNotFoundError, SourceMissing, ValueError) as exc:
+        raise _error(exc) from None
+    samples = data.samples
+    features, issues = scan_samples(samples, features=not args.no_scene)
+    issues = data.issues + issues + check_box_sizes(samples)
+    pairs = find_duplicates(samples, None if args.no_scene else features)
+    report = CheckReport(f"Check of {args.source} (mapping {args.map})", samples, issues, pairs)
+    out = Path(args.report or f"check-{name}")
+    files = report.write(out)
+    if args.json:
+        print(json.dumps(report.to_json(), ensure_ascii=False))
+    else:
+        print(report.to_text())
+        others = ", ".join(p.name for k, p in files.items() if k != "html")
+        print(f"\nreport: {files['html']} ({others})")
+    errors = sum(i.severity == "error" for i in issues)
+    return 1 if args.strict and (errors or report.leaks()) else 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import one source with a mapping into a product-class dataset (no pseudo-labels, no synthesis)."""
+    from datasets.recipe import PseudoConfig, Recipe, build
+
+    name = args.name or _source_name(args.source)
+    try:
+        recipe = Recipe(
+            name=name,
+            description=f"import of {args.source}",
+            sources=[_spec_from_args(args, name)],
+            pseudo=PseudoConfig(enabled=False),
+        )
+        result = build(recipe, Path("."), Path(args.out), sheets=not args.no_sheets)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        raise _error(exc) from None
+    print(result.report.to_text())
+    print(f"\ndataset: {result.out}/data.yaml; report: {result.out}/report/report.html")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """Build a training dataset from a recipe."""
+    from datasets.recipe import build, default_shared, load_recipe
+    from datasets.sources import SourceMissing
+
+    shared = Path(args.shared) if args.shared else default_shared()
+    try:
+        recipe = load_recipe(args.recipe)
+        if not shared.is_dir():
+            raise FileNotFoundError(f"{shared}: shared data folder not found (give --shared or set STREETWATCH_SHARED)")
+        result = build(recipe, shared, Path(args.out), workers=args.workers, sheets=not args.no_sheets)
+    except (FileNotFoundError, FileExistsError, ValueError, SourceMissing) as exc:
+        raise _error(exc) from None
+    print(result.report.to_text())
+    print("\ntimings (s): " + ", ".join(f"{k} {v}" for k, v in result.timings.items()))
+    print(f"dataset: {result.out}/data.yaml; report: {result.out}/report/report.html; manifest: {result.manifest}")
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    """Write a size-bounded copy of a dataset."""
+    from datasets.pack import pack
+
+    subset = [s.strip() for s in args.subset.split(",") if s.strip()]
+    sources = [s.strip() for s in args.sources.split(",")] if args.sources else None
+    try:
+        result = pack(
+            Path(args.dataset),
+            Path(args.out),
+            args.max_side,
+            args.format,
+            args.quality,
+            subset,
+            sources,
+            args.budget_mb,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        raise _error(exc) from None
+    for t in result.tried:
+        est = f"estimated {t['estimated_mb']} MB" if "estimated_mb" in t else f"wrote {t['actual_mb']} MB"
+        print(f"  {t['max_side']} px, quality {t['quality']}: {est}")
+    print(result.summary())
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """A contact sheet of random images with their labels drawn."""
+    import numpy as np
+
+    from datasets.preview import label_sheet
+
+    path = label_sheet(
+        Path(args.dataset), args.split, Path(args.out), args.n, np.random.default_rng(args.seed), args.source
+    )
+    if path is None:
+        raise _error(
+            FileNotFoundError(f"{args.dataset}: no {args.split} images" + (f" of {args.source}" if args.source else ""))
+        )
+    print(f"contact sheet: {path}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Paste synthetic small ads onto given photos (a preview of what the build generates)."""
+    import numpy as np
+
+    from datasets.checks import scan_samples
+    from datasets.preview import label_sheet
+    from datasets.samples import Sample
+    from datasets.synth_ads import generate
+    from pipeline.cli import resolve_inputs
+
+    backgrounds = [Sample("photo", p) for p in resolve_inputs(args.paths)]
+    scan_samples(backgrounds, features=False)
+    out = Path(args.out)
+    made = generate(backgrounds, args.n, out / "work", "synth-ads", seed=args.seed, split="train")
+    if not made:
+        raise _error(ValueError("no readable background photos"))
+    from datasets.merge import write_dataset
+
+    write_dataset(made, out)
+    sheet = label_sheet(out, "train", out / "synth-ads.jpg", n=min(args.n, 24), rng=np.random.default_rng(0))
+    print(f"{len(made)} synthetic images with {sum(len(s.boxes) for s in made)} boxes in {out}; contact sheet: {sheet}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check a built dataset against its manifest's file hashes."""
+    from datasets.manifest import verify_manifest
+
+    try:
+        problems = verify_manifest(Path(args.dataset))
+    except (FileNotFoundError, ValueError) as exc:
+        raise _error(exc) from None
+    for p in problems:
+        print(p)
+    print(f"{args.dataset}: " + ("intact" if not problems else f"{len(problems)} files differ from the manifest"))
+    return 1 if problems else 0
+
+
+def _source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="YOLO dataset folder or data.yaml; with --labels: the images folder")
+    p.add_argument("--map", required=True, help="class mapping: shipped name (see `data mappings`), file, or product")
+    p.add_argument("--labels", help="labels folder (images folder + labels folder source)")
+    p.add_argument("--split-file", help="yaml with train/eval/clean image stems (default: LABELS/split.yaml)")
+    p.add_argument("--name", help="source name (default: from the folder name)")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="held-out share for images without a split")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """``streetwatch data`` and its subcommands."""
+    data = sub.add_parser(
+        "data",
+        help="training data: import, check, build, pack, preview",
+        description="Assemble, check and pack training datasets.",
+    )
+    dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+
+    p = dsub.add_parser("mappings", help="list the shipped class mappings")
+    p.set_defaults(func=cmd_mappings)
+
+    p = dsub.add_parser("check", help="check a source and write a report (terminal table, HTML/markdown, plots)")
+    _source_args(p)
+    p.add_argument("--report", help="report folder (default: check-NAME)")
+    p.add_argument("--no-scene", action="store_true", help="pHash duplicates only (skip same-scene matching)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--strict", action="store_true", help="exit 1 when there are errors or train/val leaks")
+    p.set_defaults(func=cmd_check)
+
+    p = dsub.add_parser("import", help="import one YOLO source with a class mapping into a product dataset")
+    _source_args(p)
+    p.add_argument("--out", required=True, help="output dataset folder")
+    p.add_argument("--no-sheets", action="store_true", help="skip the contact sheets")
+    p.set_defaults(func=cmd_import)
+
+    p = dsub.add_parser(
+        "build",
+        help="build a training dataset from a recipe (import, dedup, pseudo-labels, "
+        "synthetic ads, merge, check, manifest)",
+    )
+    p.add_argument("recipe", help="recipe file or shipped recipe name (datasets/recipes/)")
+    p.add_argument("--shared", help="shared data folder (default: $STREETWATCH_SHARED or ../shared)")
+    p.add_argument("--out", required=True, help="output dataset folder")
+    p.add_argument("--workers", type=int, default=2, help="decode/encode threads")
+    p.add_argument("--no-sheets", action="store_true", help="skip the contact sheets")
+    p.set_defaults(func=cmd_build)
+
+    p = dsub.add_parser("pack", help="size-bounded copy of a dataset for a remote GPU machine")
+    p.add_argument("dataset", help="built dataset folder")
+    p.add_argument("--out", required=True, help="folder for the packed copy")
+    p.add_argument("--max-side", type=int, default=512, help="longest image side in pixels (default: %(default)s)")
+    p.add_argument("--format", choices=("webp", "jpeg"), default="webp")
+    p.add_argument("--quality", type=int, default=72, help="starting encoder quality (default: %(default)s)")
+    p.add_argument("--subset", default="train,val", help="splits to pack (default: %(default)s)")
+    p.add_argument("--sources", help="only these sources, comma-separated")
+    p.add_argument("--budget-mb", type=float, default=40.0, help="byte budget in MB; 0: none (default: %(default)s)")
+    p.set_defaults(func=cmd_pack)
+
+    p = dsub.add_parser("show", help="contact sheet of random images with their labels drawn")
+    p.add_argument("dataset", help="built dataset folder")
+    p.add_argument("--out", required=True, help="image file to write (.jpg or .png)")
+    p.add_argument("--split", choices=("train", "val"), default="train")
+    p.add_argument("--source", help="only this source")
+    p.add_argument("--n", type=int, default=24, help="images on the sheet")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_show)
+
+    p = dsub.add_parser("synth-ads", help="paste synthetic small ads onto photos (preview)")
+    p.add_argument("paths", nargs="+", help="background photos, folders or globs")
+    p.add_argument("--out", required=True, help="output folder (images, labels, contact sheet)")
+    p.add_argument("--n", type=int, default=16, help="images to make")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = dsub.add_parser("verify", help="check a built dataset against its manifest")
+    p.add_argument("dataset", help="built dataset folder")
+    p.set_defaults(func=cmd_verify)
+
+
+if __name__ == "__main__":
+    from pipeline.cli import main
+
+    sys.exit(main(["data", *sys.argv[1:]]))

@@ -1,0 +1,89 @@
+"""Writing a merged dataset in the ultralytics layout, with per-source lists.
+
+Layout of ``OUT``::
+
+    data.yaml                 names = the product classes, train: images/train, val: images/val
+    images/{train,val}/       <source>__<stem>.<ext> (source bytes copied unchanged)
+    labels/{train,val}/       own labels followed by pseudo-labels, product class ids
+    pseudo.json               label file -> how many of its last lines are pseudo-labels
+    train-<source>.txt        image lists per source (./images/... relative to OUT)
+    val-<source>.txt/.yaml    per-source validation sets for the evaluator
+    val-<source>-<tag>.txt    tagged subsets (e.g. patrol photos tagged clean)
+    manifest.json, report/    provenance and the check report; work/ holds caches and generated sources
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from datasets.manifest import MANIFEST
+from datasets.samples import SPLITS, Sample
+from datasets.yolo import write_label_file
+from models.classes import CLASS_NAMES
+
+GENERATED = ("images", "labels", "data.yaml", "pseudo.json", MANIFEST)
+
+
+def data_yaml(train: str, val: str) -> dict:
+    """A data yaml without ``path`` (ultralytics then resolves entries against the yaml's folder)."""
+    return {"train": train, "val": val, "nc": len(CLASS_NAMES), "names": dict(enumerate(CLASS_NAMES))}
+
+
+def prepare_output(out: Path) -> None:
+    """Make ``out`` ready for a (re)build: refuse a non-empty folder that is not a dataset built here;
+    remove the previous build's images, labels and lists (caches under ``work/`` stay)."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file() and not (out / "work").is_dir():
+        raise FileExistsError(f"{out}: folder is not empty and holds no dataset manifest; choose a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in GENERATED:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    for p in [*out.glob("train-*.txt"), *out.glob("val-*.txt"), *out.glob("val-*.yaml")]:
+        p.unlink()
+    if (out / "report").is_dir():
+        shutil.rmtree(out / "report")
+
+
+def write_dataset(samples: Sequence[Sample], out: Path, image_bytes: dict[str, bytes] | None = None) -> dict[str, int]:
+    """Copy images, write labels, data.yaml and per-source lists; returns images written per split.
+
+    ``image_bytes`` may give encoded bytes for a sample key instead of copying its file.
+    """
+    lists: dict[str, list[str]] = {}
+    written = dict.fromkeys(SPLITS, 0)
+    for split in SPLITS:
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        (out / "labels" / split).mkdir(parents=True, exist_ok=True)
+    for s in samples:
+        if s.split not in SPLITS:
+            raise ValueError(f"{s.key}: no split assigned")
+        name = f"{s.out_stem}{s.image.suffix.lower()}"
+        dest = out / "images" / s.split / name
+        if image_bytes and s.key in image_bytes:
+            dest.write_bytes(image_bytes[s.key])
+        else:
+            shutil.copyfile(s.image, dest)
+        write_label_file(out / "labels" / s.split / f"{s.out_stem}.txt", s.all_boxes())
+        rel = f"./images/{s.split}/{name}"
+        lists.setdefault(f"{s.split}-{s.source}", []).append(rel)
+        for tag in sorted(s.tags):
+            lists.setdefault(f"{s.split}-{s.source}-{tag}", []).append(rel)
+        written[s.split] += 1
+    pseudo = {f"labels/{s.split}/{s.out_stem}.txt": len(s.pseudo) for s in samples if len(s.pseudo)}
+    (out / "pseudo.json").write_text(json.dumps(pseudo, indent=0, sort_keys=True))
+    for name, items in sorted(lists.items()):
+        (out / f"{name}.txt").write_text("\n".join(sorted(items)) + "\n")
+        if name.startswith("val-"):
+            (out / f"{name}.yaml").write_text(yaml.safe_dump(data_yaml(f"{name}.txt", f"{name}.txt"), sort_keys=False))
+    (out / "data.yaml").write_text(yaml.safe_dump(data_yaml("images/train", "images/val"), sort_keys=False))
+    return written

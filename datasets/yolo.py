@@ -1,0 +1,198 @@
+"""YOLO-format files: label lines (validated, with findings), data.yaml, image/label path pairing."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from datasets.samples import Issue, empty_boxes
+from pipeline.decode import IMAGE_SUFFIXES
+
+#: Coordinates this far outside [0, 1] are clipped with a warning; further out, the line is dropped.
+CLIP_TOLERANCE = 0.02
+
+
+def label_path_for(image: Path) -> Path:
+    """The label file of an image by the YOLO convention (last ``/images/`` -> ``/labels/``, ``.txt``)."""
+    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    text = str(image)
+    if sa in text:
+        text = sb.join(text.rsplit(sa, 1))
+    return Path(text).with_suffix(".txt")
+
+
+def parse_label_lines(text: str, nc: int, file: str = "<labels>", source: str = "") -> tuple[np.ndarray, list[Issue]]:
+    """Parse YOLO label text into ``(N, 5)`` rows ``class, cx, cy, w, h`` (source class ids).
+
+    Every problem is an :class:`Issue`: wrong arity, non-numbers and unknown class ids, boxes far outside
+    the image (dropped: ``error``); boxes slightly outside (clipped), polygon lines (converted to their
+    bounding box) and repeated lines (dropped once) are ``warning``. Degenerate boxes (no width or
+    height) are dropped.
+    """
+    rows: list[list[float]] = []
+    issues: list[Issue] = []
+    seen: set[tuple[float, ...]] = set()
+
+    def issue(severity: str, kind: str, msg: str, n: int) -> None:
+        issues.append(Issue(severity, kind, file, msg, n, source))  # type: ignore[arg-type]
+
+    for n, raw in enumerate(text.splitlines(), 1):
+        parts = raw.split()
+        if not parts:
+            continue
+        try:
+            values = [float(v) for v in parts]
+        except ValueError:
+            issue("error", "not_a_number", f"not a number in {raw.strip()[:60]!r}", n)
+            continue
+        if not all(math.isfinite(v) for v in values):
+            issue("error", "not_a_number", f"non-finite value in {raw.strip()[:60]!r}", n)
+            continue
+        cls = values[0]
+        if cls != int(cls) or not 0 <= cls < nc:
+            issue("error", "unknown_class", f"class id {parts[0]} is not one of the {nc} classes (0..{nc - 1})", n)
+            continue
+        if len(values) == 5:
+            cx, cy, w, h = values[1:]
+            x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+        elif len(values) >= 7 and len(values) % 2 == 1:
+            xs, ys = values[1::2], values[2::2]
+            x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
+            w, h = x2 - x1, y2 - y1
+            issue("warning", "polygon", f"segment polygon of {len(xs)} points converted to its bounding box", n)
+        else:
+            issue("error", "wrong_arity", f"{len(values)} values; expected 5 (class cx cy w h)", n)
+            continue
+        if w <= 0 or h <= 0:
+            issue("error", "degenerate_box", f"box has no area (w={w:g}, h={h:g})", n)
+            continue
+        if min(x1, y1) < -CLIP_TOLERANCE or max(x2, y2) > 1 + CLIP_TOLERANCE:
+            issue(
+                "error",
+                "out_of_range",
+                f"box ({x1:.3f},{y1:.3f})-({x2:.3f},{y2:.3f}) lies outside the image; coordinates must be "
+                "normalised to 0..1",
+                n,
+            )
+            continue
+        if min(x1, y1) < 0 or max(x2, y2) > 1:
+            issue("warning", "clipped", "box slightly outside the image: clipped", n)
+            x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, 1.0), min(y2, 1.0)
+            if x2 <= x1 or y2 <= y1:
+                issue("error", "degenerate_box", "box has no area after clipping", n)
+                continue
+        row = (cls, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1)
+        key = tuple(round(v, 5) for v in row)
+        if key in seen:
+            issue("warning", "duplicate_line", "same box repeated: dropped", n)
+            continue
+        seen.add(key)
+        rows.append(list(row))
+    return (np.array(rows, np.float32).reshape(-1, 5) if rows else empty_boxes()), issues
+
+
+def read_label_file(path: Path, nc: int, source: str = "") -> tuple[np.ndarray, list[Issue]]:
+    """Parse a label file; a missing file means no objects (reported as ``info``)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return empty_boxes(), [
+            Issue("info", "no_label_file", str(path), "no label file: image has no objects", None, source)
+        ]
+    except (OSError, UnicodeDecodeError) as exc:
+        return empty_boxes(), [
+            Issue("error", "unreadable_labels", str(path), f"cannot read label file: {exc}", None, source)
+        ]
+    return parse_label_lines(text, nc, str(path), source)
+
+
+def format_label_lines(boxes: np.ndarray) -> str:
+    """``(N, 5)`` rows as YOLO label text (empty string for no boxes)."""
+    return "".join(f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in np.asarray(boxes).reshape(-1, 5))
+
+
+def write_label_file(path: Path, boxes: np.ndarray) -> None:
+    """Write a YOLO label file (an empty file for an image without objects)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(format_label_lines(boxes))
+
+
+# ------------------------------------------------------------------------------------------ data.yaml
+
+
+def find_data_yaml(path: Path) -> Path:
+    """``path`` itself if it is a file, else ``data.yaml`` (or the only ``*.yaml``) in the folder."""
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such dataset folder or data.yaml")
+    for name in ("data.yaml", "data.yml", "dataset.yaml"):
+        if (path / name).is_file():
+            return path / name
+    found = sorted(path.glob("*.yaml"))
+    if len(found) == 1:
+        return found[0]
+    raise FileNotFoundError(f"{path}: no data.yaml in the folder")
+
+
+def parse_names(names: object, file: Path) -> list[str]:
+    """``names`` as a list (YOLO allows a list or an ``{id: name}`` dict with ids 0..n-1)."""
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        return names
+    if isinstance(names, dict):
+        try:
+            ids = sorted(int(k) for k in names)
+        except (TypeError, ValueError):
+            ids = []
+        if ids == list(range(len(names))):
+            return [str(names[k] if k in names else names[str(k)]) for k in ids]
+    raise ValueError(f"{file}: 'names' must be a list of class names or a {{0: name, ...}} mapping")
+
+
+def read_data_yaml(path: Path) -> tuple[list[str], dict[str, list[Path]]]:
+    """Class names and image files per split of a YOLO dataset (``test`` counts as held out: ``val``).
+
+    Split entries may be image folders, ``.txt`` lists of image paths, or lists of either; relative paths
+    are resolved against ``path:`` (itself relative to the yaml's folder), as ultralytics does.
+    """
+    file = find_data_yaml(Path(path))
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{file}: cannot read data yaml: {exc}") from None
+    if not isinstance(data, dict) or "names" not in data:
+        raise ValueError(f"{file}: not a YOLO data yaml (needs 'names' and split entries)")
+    names = parse_names(data["names"], file)
+    root = Path(data.get("path") or ".")
+    if not root.is_absolute():
+        root = (file.parent / root).resolve()
+    splits: dict[str, list[Path]] = {}
+    for key, split in (("train", "train"), ("val", "val"), ("test", "val")):
+        entry = data.get(key)
+        if not entry:
+            continue
+        for item in entry if isinstance(entry, list) else [entry]:
+            splits.setdefault(split, []).extend(_split_images(root, str(item), file))
+    if not splits:
+        raise ValueError(f"{file}: no train/val/test entries")
+    return names, {k: sorted(dict.fromkeys(v)) for k, v in splits.items()}
+
+
+def _split_images(root: Path, item: str, file: Path) -> list[Path]:
+    p = Path(item)
+    p = p if p.is_absolute() else root / p
+    if p.is_dir():
+        return sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if p.is_file() and p.suffix == ".txt":
+        out = []
+        for line in p.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line:
+                q = Path(line[2:]) if line.startswith("./") else Path(line)
+                out.append(q if q.is_absolute() else (p.parent if line.startswith("./") else root) / q)
+        return out
+    raise FileNotFoundError(f"{file}: split entry {item!r} is neither an image folder nor a .txt list ({p})")

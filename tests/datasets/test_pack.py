@@ -1,0 +1,76 @@
+"""Packing a built dataset under a byte budget."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from datasets.pack import pack, settings_ladder
+from datasets.recipe import PseudoConfig, Recipe, build
+from datasets.sources import SourceSpec
+from datasets.yolo import read_label_file
+from models.classes import CLASS_NAMES
+from pipeline.decode import read_image
+
+from .conftest import write_yolo_source
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pack")
+    src = write_yolo_source(root / "src", ["garbage", "garbage_bin", "overflow"], 14, 6, seed=3, size=(300, 400))
+    out = root / "built"
+    recipe = Recipe(
+        name="p",
+        sources=[SourceSpec(name="garbage", path=str(src), mapping="garbage")],
+        pseudo=PseudoConfig(enabled=False),
+    )
+    build(recipe, Path("."), out, sheets=False)
+    return out
+
+
+def size_of(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_ladder_lowers_quality_before_size():
+    ladder = settings_ladder(512, 72)
+    assert ladder[0] == (512, 72) and ladder[1][0] == 512 and ladder[1][1] < 72
+    assert [s for s, _ in ladder] == sorted((s for s, _ in ladder), reverse=True)
+
+
+def test_pack_fits_the_budget_and_keeps_labels(dataset: Path, tmp_path: Path):
+    unbounded = pack(dataset, tmp_path / "free", max_side=512, quality=90, budget_mb=None, workers=1)
+    budget = unbounded.bytes_total * 0.6 / 1e6
+    result = pack(dataset, tmp_path / "packed", max_side=512, quality=90, budget_mb=budget, workers=1)
+    out = tmp_path / "packed"
+    assert size_of(out) <= budget * 1e6 and result.bytes_total == size_of(out)
+    assert (result.quality, result.max_side) < (90, 512) or result.max_side < 512  # it had to give something up
+    for split, n in (("train", 14), ("val", 6)):
+        images = sorted((out / "images" / split).glob("*.webp"))
+        assert len(images) == n
+        for im in images:
+            assert max(read_image(im).shape[:2]) <= result.max_side
+            a, _ = read_label_file(out / "labels" / split / f"{im.stem}.txt", len(CLASS_NAMES))
+            b, _ = read_label_file(dataset / "labels" / split / f"{im.stem}.txt", len(CLASS_NAMES))
+            np.testing.assert_array_equal(a, b)
+    data = yaml.safe_load((out / "data.yaml").read_text())
+    assert data["names"] == dict(enumerate(CLASS_NAMES))
+    lst = (out / "val-garbage.txt").read_text().split()
+    assert len(lst) == 6 and all((out / x).is_file() and x.endswith(".webp") for x in lst)
+    assert (out / "source-manifest.json").is_file() and (out / "pack.json").is_file()
+
+
+def test_pack_a_subset_as_jpeg(dataset: Path, tmp_path: Path):
+    result = pack(dataset, tmp_path / "val", fmt="jpeg", subset=["val"], budget_mb=None, max_side=256, workers=1)
+    assert result.images == {"val": 6}
+    assert len(list((tmp_path / "val" / "images" / "val").glob("*.jpg"))) == 6
+    assert not (tmp_path / "val" / "images" / "train").exists()
+    data = yaml.safe_load((tmp_path / "val" / "data.yaml").read_text())
+    assert (tmp_path / "val" / data["train"]).is_dir()  # still loadable without a train split
+
+
+def test_impossible_budget_is_a_clear_error(dataset: Path, tmp_path: Path):
+    with pytest.raises(ValueError, match=r"cannot fit 20 images into 0\.01 MB"):
+        pack(dataset, tmp_path / "tiny", budget_mb=0.01, workers=1)
