@@ -53,11 +53,24 @@ def head_decode_nodes(model: onnx.ModelProto) -> list[str]:
     ]
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: Sequence[Path], imgsz: int, max_images: int = 200) -> Path:
-    """Write a static QDQ int8 model (per-channel int8 weights, uint8 activations) to ``out``."""
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+def quantize_int8(
+    fp32: Path,
+    out: Path,
+    calibration: Sequence[Path],
+    imgsz: int,
+    max_images: int = 200,
+    method: str = "minmax",
+) -> Path:
+    """Write a static QDQ int8 model (per-channel int8 weights, uint8 activations) to ``out``; activation
+    ranges from ``method``: minmax, percentile (99.999th) or entropy (KL) over the calibration images."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; known: {', '.join(CALIBRATION_METHODS)}")
     images = list(calibration)[:max_images]
     if not images:
         raise ValueError("int8 quantisation needs calibration images")
@@ -74,7 +87,11 @@ def quantize_int8(fp32: Path, out: Path, calibration: Sequence[Path], imgsz: int
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method={
+                "minmax": CalibrationMethod.MinMax,
+                "percentile": CalibrationMethod.Percentile,
+                "entropy": CalibrationMethod.Entropy,
+            }[method],
             nodes_to_exclude=head_decode_nodes(model),
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
