@@ -223,15 +223,17 @@ def split_images(spec: dict[str, Any], split: str, data: Path) -> list[Path]:
     root: Path = spec["root"]
     if split in spec and split not in ("names", "path", "root"):
         entries = spec[split] if isinstance(spec[split], list) else [spec[split]]
-    elif Path(split).is_file() or (root / split).is_file():
+    elif (root / split).is_file():
         entries = [split]
+    elif Path(split).is_file():  # a list file named on the command line, relative to the working dir
+        entries = [str(Path(split).resolve())]
     else:
         keys = [k for k in ("train", "val", "test") if spec.get(k)]
         raise DatasetError(f"{data}: no split {split!r} (splits: {', '.join(keys)}; or give a list file)")
     images: list[Path] = []
     for entry in entries:
         path = Path(entry)
-        path = path if path.is_absolute() or path.exists() else root / path
+        path = path if path.is_absolute() else root / path
         if path.is_dir():
             images += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         elif path.is_file() and path.suffix == ".txt":

@@ -144,7 +144,8 @@ def gate_int8(
     else:
         message = (
             f"int8 accepted: mAP50 {results['int8'].map50:.4f} vs fp32 {results['fp32'].map50:.4f} "
-            f"({drop:+.2f} points lost, allowed {max_drop_points:.2f})"
+            f"({f'{drop:.2f} points lower' if drop > 0 else f'{-drop:.2f} points higher'}; "
+            f"allowed: {max_drop_points:.2f} lower)"
         )
     card.metrics["int8_gate"] = {
         "data": key,
