@@ -13,8 +13,9 @@ EXIT_INT8_REFUSED = 3
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a detector from a config file (with key=value overrides)."""
+    from models.classes import CLASS_NAMES
     from pipeline.cli import CLIError
-    from training.train import PREVIEW_NAME, ConfigError, load_config, train
+    from training.train import PREVIEW_NAME, ConfigError, dataset_names, load_config, train
 
     try:
         cfg = load_config(args.config, args.set)
@@ -24,8 +25,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     best = run / "weights" / "best.pt"
     print(f"trained: {best}")
     print(f"run folder {run}: config used, run record, augmentation preview ({PREVIEW_NAME}), plots")
-    print(f"next: streetwatch evaluate --data {cfg.data} --model {best}")
-    print(f"      streetwatch export {best} --name NAME --calib IMAGES... --data {cfg.data}")
+    other = dataset_names(Path(cfg.data)) != list(CLASS_NAMES)  # then a class mapping must name the classes
+    eval_maps = " --map MAPPING --model-map MAPPING" if other else ""
+    export_maps = " --map MAPPING --data-map MAPPING" if other else ""
+    print(f"next: streetwatch evaluate --data {cfg.data} --model {best}{eval_maps}")
+    print(f"      streetwatch export {best} --name NAME --imgsz {cfg.imgsz} --calib IMAGES...", end="")
+    print(f" --data {cfg.data}{export_maps}")
     return 0
 
 

@@ -162,7 +162,9 @@ def test_smoke_training_through_the_cli(shapes_data: Path, tmp_path: Path, capsy
     assert preview is not None and preview.shape[0] >= 640
 
     from training import ultra
+    from training.train import run_record
 
+    assert run_record(best)["config"] == cfg.model_dump(mode="json")  # what export puts into the model card
     model = ultra.yolo(best)
     assert model.names == {0: "litter", 1: "car"}
     args = yaml.safe_load((run / "args.yaml").read_text())  # ultralytics' own record of the run
