@@ -31,20 +31,22 @@ from training.export import FP32_NAME, INT8_NAME, build_model_folder  # noqa: E4
 from training.quantize import quantize_int8  # noqa: E402
 
 
-def speed_ms(folder: Path, variant: str, images: list, runs: int = 3) -> float:
-    """Median ms per image of the product detector on ``images`` (after one warm-up pass)."""
+def speed_ms(variants: list[tuple[Path, str]], images: list, rounds: int = 3) -> list[float]:
+    """Median ms per image of the product detector for each (model folder, variant), measured round-robin
+    so that a change in machine load hits every variant alike."""
     from pipeline.detect import Detector
 
-    det = Detector(model=str(folder), variant=variant, conf=0.25)
-    for img in images[:2]:
-        det.detect(img)
-    times = []
-    for _ in range(runs):
-        for img in images:
-            t = time.perf_counter()
-            det.detect(img)
-            times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+    detectors = [Detector(model=str(folder), variant=variant, conf=0.25) for folder, variant in variants]
+    for det in detectors:
+        det.detect(images[0])
+    times: list[list[float]] = [[] for _ in detectors]
+    for _ in range(rounds):
+        for det, acc in zip(detectors, times, strict=True):
+            for img in images:
+                t = time.perf_counter()
+                det.detect(img)
+                acc.append((time.perf_counter() - t) * 1000)
+    return [statistics.median(t) for t in times]
 
 
 def main() -> int:
@@ -76,7 +78,8 @@ def main() -> int:
             imgsz=args.imgsz,
         )
         fp32 = evaluate(make_predictor(str(base)), split, args.data, progress=False)
-        rows.append(("fp32", fp32.map50, fp32.map50_95, 0.0, speed_ms(base, "fp32", speed_images)))
+        rows.append(["fp32", fp32.map50, fp32.map50_95, 0.0])
+        variants = [(base, "fp32")]
         for method in args.methods:
             for float_out in (False, True):
                 name = f"int8 {method}" + (" + float output convs" if float_out else "")
@@ -97,11 +100,14 @@ def main() -> int:
                 write_card(folder, card)
                 r = evaluate(make_predictor(str(folder), variant="int8"), split, args.data, progress=False)
                 drop = round((fp32.map50 - r.map50) * 100, 2)
-                rows.append((name, r.map50, r.map50_95, drop, speed_ms(folder, "int8", speed_images)))
+                rows.append([name, r.map50, r.map50_95, drop])
+                variants.append((folder, "int8"))
                 print(
                     f"{name}: mAP50 {r.map50:.4f} (drop {drop:.2f} points), calibrated in {seconds:.0f} s",
                     file=sys.stderr,
                 )
+        for row, ms in zip(rows, speed_ms(variants, speed_images), strict=True):
+            row.append(round(ms, 1))
     if args.json:
         print(
             json.dumps([dict(zip(("variant", "map50", "map50_95", "drop_points", "ms"), r, strict=True)) for r in rows])

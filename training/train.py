@@ -126,16 +126,12 @@ def resolve_device(device: str) -> str:
 
 def dataset_names(data: Path) -> list[str]:
     """Class names of a data.yaml, in id order; a clear error when it is missing or malformed."""
+    from training.evaluate import DatasetError, read_data_yaml
+
     try:
-        spec = yaml.safe_load(data.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{data}: no such dataset file") from None
-    names = spec.get("names")
-    if isinstance(names, dict):
-        return [str(names[k]) for k in sorted(names)]
-    if isinstance(names, list):
-        return [str(n) for n in names]
-    raise ConfigError(f"{data}: no class 'names' in the dataset file")
+        return read_data_yaml(data)["names"]
+    except DatasetError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def ultralytics_args(cfg: TrainConfig) -> dict[str, Any]:
@@ -320,10 +316,11 @@ def absolute_data_yaml(data: Path, tmp: Path) -> Path:
     """``data`` itself when its ``path`` is absolute, else a copy in ``tmp`` with ``path`` resolved against
     the data.yaml's folder (ultralytics resolves a relative ``path`` against the working directory)."""
     spec = yaml.safe_load(data.read_text()) or {}
-    root = Path(spec.get("path") or ".")
-    if root.is_absolute():
+    if Path(spec.get("path") or ".").is_absolute():
         return data
-    spec["path"] = str((data.parent / root).resolve())
+    from training.evaluate import read_data_yaml
+
+    spec["path"] = str(read_data_yaml(data)["root"])
     copy = tmp / data.name
     copy.write_text(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False))
     return copy
