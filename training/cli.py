@@ -110,6 +110,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         notes=args.notes,
         int8_calibration=calib,
         calibration_method=args.calib_method,
+        float_output_convs=args.float_head_convs,
     )
     print(
         f"exported {ref.card.name}@{ref.card.version} to {folder}: {', '.join(ref.card.files)}; "
@@ -194,6 +195,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("minmax", "percentile", "entropy"),
         default="minmax",
         help="activation range calibration (default: %(default)s)",
+    )
+    p.add_argument(
+        "--float-head-convs", action="store_true", help="int8: keep the head's output convolutions in float too"
     )
     p.add_argument("--data", help="validation data.yaml: evaluate fp32 and int8, gate int8, record metrics")
     p.add_argument("--split", default="val", help="split of --data (default: val)")

@@ -48,6 +48,7 @@ def build_model_folder(
     notes: str = "",
     int8_calibration: Sequence[Path] | None = None,
     calibration_method: str = "minmax",
+    float_output_convs: bool = False,
 ) -> ModelRef:
     """Copy the checkpoint into ``folder``, export ONNX fp32 (and int8 when calibration images are given)
     and write the card. The class map comes from ``mapping`` (identity: names are product classes)."""
@@ -70,7 +71,14 @@ def build_model_folder(
     if int8_calibration:
         from training.quantize import quantize_int8
 
-        quantize_int8(folder / FP32_NAME, folder / INT8_NAME, list(int8_calibration), imgsz, method=calibration_method)
+        quantize_int8(
+            folder / FP32_NAME,
+            folder / INT8_NAME,
+            list(int8_calibration),
+            imgsz,
+            method=calibration_method,
+            float_output_convs=float_output_convs,
+        )
         files["int8"] = describe_file(folder, INT8_NAME)
     card = ModelCard(
         name=name,
