@@ -55,7 +55,7 @@ class CameraFlash(A.ImageOnlyTransform):
 
     def __init__(
         self,
-        darkness: tuple[float, float] = (0.2, 0.45),
+        darkness: tuple[float, float] = (0.1, 0.35),
         strength: tuple[float, float] = (0.3, 0.7),
         sigma: tuple[float, float] = (0.25, 0.5),
         p: float = 0.5,
@@ -126,9 +126,9 @@ def build_augmentations(cfg: AugmentConfig) -> list[A.BasicTransform]:
         ),
         A.Sequential(
             [
-                A.RandomBrightnessContrast(brightness_limit=(-0.55, -0.3), contrast_limit=(-0.3, 0.0), p=1.0),
+                A.RandomBrightnessContrast(brightness_limit=(-0.45, -0.2), contrast_limit=(-0.3, 0.0), p=1.0),
                 StreetLightCast(p=1.0),
-                A.ISONoise(color_shift=(0.02, 0.06), intensity=(0.3, 0.7), p=1.0),
+                A.ISONoise(color_shift=(0.02, 0.05), intensity=(0.2, 0.5), p=1.0),
             ],
             p=cfg.night,
         ),
