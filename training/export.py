@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datasets.mapping import ClassMapping, identity_mapping
 from models.registry import ModelCard, ModelRef, describe_file, now_iso, write_card
 from training import ultra
+
+if TYPE_CHECKING:
+    from training.evaluate import EvalResult, Split
 
 PT_NAME = "model.pt"
 FP32_NAME = "model.onnx"
@@ -43,6 +47,8 @@ def build_model_folder(
     metrics: dict[str, Any] | None = None,
     notes: str = "",
     int8_calibration: Sequence[Path] | None = None,
+    calibration_method: str = "minmax",
+    float_output_convs: bool = False,
 ) -> ModelRef:
     """Copy the checkpoint into ``folder``, export ONNX fp32 (and int8 when calibration images are given)
     and write the card. The class map comes from ``mapping`` (identity: names are product classes)."""
@@ -61,10 +67,18 @@ def build_model_folder(
     if not any(class_map):
         raise ValueError(f"{pt_path}: none of the model's classes map onto a product class")
     files = {"fp32": describe_file(folder, FP32_NAME), "pt": describe_file(folder, PT_NAME)}
+    (folder / INT8_NAME).unlink(missing_ok=True)  # never leave an int8 file of an earlier export behind
     if int8_calibration:
         from training.quantize import quantize_int8
 
-        quantize_int8(folder / FP32_NAME, folder / INT8_NAME, list(int8_calibration), imgsz)
+        quantize_int8(
+            folder / FP32_NAME,
+            folder / INT8_NAME,
+            list(int8_calibration),
+            imgsz,
+            method=calibration_method,
+            float_output_convs=float_output_convs,
+        )
         files["int8"] = describe_file(folder, INT8_NAME)
     card = ModelCard(
         name=name,
@@ -92,3 +106,64 @@ def _architecture(pt: Path) -> str:
     stem = Path(yaml_file).stem
     scale = getattr(model, "yaml", {}).get("scale", "")
     return stem if stem.endswith(scale) else f"{stem}{scale}"
+
+
+@dataclass
+class Int8Gate:
+    """The outcome of comparing a model folder's int8 model with its fp32 model on validation data."""
+
+    results: dict[str, EvalResult]
+    drop_points: float | None
+    max_drop_points: float
+    refused: bool
+    message: str
+
+
+def gate_int8(
+    ref: ModelRef, split: Split, *, data_name: str, max_drop_points: float = 1.0, progress: bool = True
+) -> Int8Gate:
+    """Evaluate fp32 (and int8, when the folder has one) on ``split``; record both in the card; delete the
+    int8 file and drop it from the card when its mAP50 is more than ``max_drop_points`` below fp32."""
+    from training.evaluate import evaluate, make_predictor
+
+    folder, card = ref.folder, ref.card
+    results = {
+        variant: evaluate(make_predictor(str(folder), variant=variant), split, data_name, progress=progress)
+        for variant in ("fp32", "int8")
+        if variant in card.files
+    }
+    drop = None
+    refused = False
+    if "int8" in results:
+        drop = round((results["fp32"].map50 - results["int8"].map50) * 100, 2)
+        refused = drop > max_drop_points
+    key = f"{data_name} [{split.name}]"
+    card.metrics[key] = {
+        "images": results["fp32"].images,
+        **{variant: r.to_json() for variant, r in results.items()},
+    }
+    if drop is None:
+        message = "no int8 model to check (no calibration images given)"
+    elif refused:
+        message = (
+            f"int8 REFUSED: mAP50 {results['int8'].map50:.4f} is {drop:.2f} points below fp32 "
+            f"{results['fp32'].map50:.4f} (allowed: {max_drop_points:.2f}); {INT8_NAME} not written"
+        )
+    else:
+        message = (
+            f"int8 accepted: mAP50 {results['int8'].map50:.4f} vs fp32 {results['fp32'].map50:.4f} "
+            f"({f'{drop:.2f} points lower' if drop > 0 else f'{-drop:.2f} points higher'}; "
+            f"allowed: {max_drop_points:.2f} lower)"
+        )
+    card.metrics["int8_gate"] = {
+        "data": key,
+        "max_drop_points": max_drop_points,
+        "drop_points": drop,
+        "accepted": drop is not None and not refused,
+    }
+    if refused:
+        (folder / INT8_NAME).unlink(missing_ok=True)
+        card.files.pop("int8", None)
+        card.notes = (card.notes + " " if card.notes else "") + f"No int8 model: {message}."
+    write_card(folder, card)
+    return Int8Gate(results, drop, max_drop_points, refused, message)

@@ -53,11 +53,38 @@ def head_decode_nodes(model: onnx.ModelProto) -> list[str]:
     ]
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: Sequence[Path], imgsz: int, max_images: int = 200) -> Path:
-    """Write a static QDQ int8 model (per-channel int8 weights, uint8 activations) to ``out``."""
+def head_output_convs(model: onnx.ModelProto) -> list[str]:
+    """Names of the head's output convolutions (the plain 1x1 convs that produce box distributions and class
+    logits at each scale; the head's conv *blocks* are named ``.../conv/Conv``)."""
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    prefix = "/" + convs[-1].name.split("/")[1] + "/"
+    return [
+        n.name
+        for n in convs
+        if n.name.startswith(prefix) and ("/cv2." in n.name or "/cv3." in n.name) and not n.name.endswith("/conv/Conv")
+    ]
+
+
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+def quantize_int8(
+    fp32: Path,
+    out: Path,
+    calibration: Sequence[Path],
+    imgsz: int,
+    max_images: int = 200,
+    method: str = "minmax",
+    float_output_convs: bool = False,
+) -> Path:
+    """Write a static QDQ int8 model (per-channel int8 weights, uint8 activations) to ``out``; activation
+    ranges from ``method``: minmax, percentile (99.999th) or entropy (KL) over the calibration images.
+    ``float_output_convs`` also keeps the head's output convolutions in float."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; known: {', '.join(CALIBRATION_METHODS)}")
     images = list(calibration)[:max_images]
     if not images:
         raise ValueError("int8 quantisation needs calibration images")
@@ -74,8 +101,12 @@ def quantize_int8(fp32: Path, out: Path, calibration: Sequence[Path], imgsz: int
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
-            calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=head_decode_nodes(model),
+            calibrate_method={
+                "minmax": CalibrationMethod.MinMax,
+                "percentile": CalibrationMethod.Percentile,
+                "entropy": CalibrationMethod.Entropy,
+            }[method],
+            nodes_to_exclude=head_decode_nodes(model) + (head_output_convs(model) if float_output_convs else []),
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
     return out

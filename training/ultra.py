@@ -39,6 +39,35 @@ def setup() -> None:
             sys.modules["polars"] = types.ModuleType("polars")
 
 
+def offline_amp_check() -> None:
+    """Make ultralytics' mixed-precision check offline: it downloads yolo26n.pt to compare fp32 with AMP
+    outputs; ours compares them on the model being trained (same tolerance), with nothing downloaded."""
+    setup()
+    import torch
+    from ultralytics.engine import trainer as trainer_module
+
+    def check_amp(model: Any) -> bool:
+        device = next(model.parameters()).device
+        if device.type != "cuda":
+            return False
+        x = torch.rand(2, 3, 256, 256, device=device)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                a = model(x)[0].float()
+                with torch.autocast("cuda"):
+                    b = model(x)[0].float()
+        finally:
+            model.train(was_training)
+        ok = bool(torch.isfinite(b).all() and torch.allclose(a, b, atol=0.5))
+        if not ok:
+            print("AMP check failed: training in fp32", file=sys.stderr)
+        return ok
+
+    trainer_module.check_amp = check_amp
+
+
 def yolo(weights: str | os.PathLike[str]) -> Any:
     """An ultralytics ``YOLO`` model from a local file path (never by bare name: that downloads)."""
     path = Path(weights)

@@ -1,13 +1,17 @@
 import json
+from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 
-from models.registry import resolve
+from models.registry import read_registry, resolve
 from pipeline.decode import read_image
 from pipeline.detect import Detector
 from pipeline.detections import box_iou
+from training.evaluate import evaluate, load_split, make_predictor
 
 
 def test_export_writes_card_onnx_and_int8(tiny_registry):
@@ -40,3 +44,57 @@ def test_tiny_model_detects_through_the_pipeline(use_tiny_registry, tiny_pt):
         top = a[np.argsort(-a.confidence)[:3]]
         if len(b):
             assert box_iou(top.xyxy, b.xyxy).max() > 0.5
+
+
+def _export(args: list[str]) -> int:
+    from pipeline.cli import main
+
+    return main(["export", *args])
+
+
+def test_export_refuses_an_int8_model_that_loses_accuracy(
+    tiny_pt: Path, shapes_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    """int8 calibrated on black images clips every real activation: its mAP50 falls far below fp32, so the
+    export writes the fp32 model, no int8 file, records both metrics, exits 3 and promotes nothing."""
+    from training.cli import EXIT_INT8_REFUSED
+
+    monkeypatch.setenv("STREETWATCH_MODELS_DIR", str(tmp_path / "registry"))
+    black = tmp_path / "black"
+    black.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(black / f"{i}.png"), np.zeros((160, 160, 3), np.uint8))
+    args = [str(tiny_pt), "--name", "tq", "--imgsz", "160", "--calib", str(black), "--data", str(shapes_data)]
+    assert _export([*args, "--default"]) == EXIT_INT8_REFUSED
+    captured = capsys.readouterr()
+    assert "int8 REFUSED" in captured.out and "NOT made the default" in captured.err
+    ref = resolve("tq")
+    assert set(ref.card.files) == {"fp32", "pt"} and not (ref.folder / "model.int8.onnx").exists()
+    gate = ref.card.metrics["int8_gate"]
+    assert gate["accepted"] is False and gate["drop_points"] > 1.0
+    measured = ref.card.metrics[gate["data"]]
+    assert measured["fp32"]["map50"] - measured["int8"]["map50"] > 0.01
+    assert set(measured["fp32"]["per_class"]) == {"litter", "car"}
+    assert "No int8 model" in ref.card.notes
+    assert read_registry().get("default") is None
+    Detector(model="tq")  # the fp32 model that was written runs
+
+
+def test_export_accepts_a_well_calibrated_int8_model(
+    tiny_pt: Path, shapes_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    monkeypatch.setenv("STREETWATCH_MODELS_DIR", str(tmp_path / "registry"))
+    calib = tiny_pt.parents[3] / "shapes" / "train" / "images"
+    args = [str(tiny_pt), "--name", "tq", "--imgsz", "160", "--calib", str(calib), "--data", str(shapes_data)]
+    assert _export([*args, "--default"]) == 0
+    assert "int8 accepted" in capsys.readouterr().out
+    ref = resolve("default")
+    assert ref.card.name == "tq" and set(ref.card.files) == {"fp32", "int8", "pt"}
+    ref.file("int8")  # listed with the right hash
+    gate = ref.card.metrics["int8_gate"]
+    assert gate["accepted"] is True and gate["drop_points"] <= 1.0
+    measured = ref.card.metrics[gate["data"]]
+    assert measured["images"] == 8 and measured["int8"]["map50"] > 0.5
+    # the card's numbers are what `streetwatch evaluate` reports for the same model and data
+    fp32 = evaluate(make_predictor("tq"), load_split(shapes_data), progress=False)
+    assert measured["fp32"] == fp32.to_json() | {"model": measured["fp32"]["model"]}
