@@ -29,7 +29,7 @@ from models.classes import CLASS_NAMES
 GENERATED = ("images", "labels", "data.yaml", "pseudo.json", MANIFEST)
 
 
-def data_yaml(train: str, val: str) -> dict:
+def data_yaml(train: str | list[str], val: str) -> dict:
     """A data yaml without ``path`` (ultralytics then resolves entries against the yaml's folder)."""
     return {"train": train, "val": val, "nc": len(CLASS_NAMES), "names": dict(enumerate(CLASS_NAMES))}
 
@@ -54,10 +54,16 @@ def prepare_output(out: Path) -> None:
         shutil.rmtree(out / "report")
 
 
-def write_dataset(samples: Sequence[Sample], out: Path, image_bytes: dict[str, bytes] | None = None) -> dict[str, int]:
+def write_dataset(
+    samples: Sequence[Sample],
+    out: Path,
+    image_bytes: dict[str, bytes] | None = None,
+    repeat: dict[str, int] | None = None,
+) -> dict[str, int]:
     """Copy images, write labels, data.yaml and per-source lists; returns images written per split.
 
-    ``image_bytes`` may give encoded bytes for a sample key instead of copying its file.
+    ``image_bytes`` may give encoded bytes for a sample key instead of copying its file. ``repeat`` maps a
+    source name to how often its training images are listed in data.yaml's train entry (oversampling).
     """
     lists: dict[str, list[str]] = {}
     written = dict.fromkeys(SPLITS, 0)
@@ -85,5 +91,11 @@ def write_dataset(samples: Sequence[Sample], out: Path, image_bytes: dict[str, b
         (out / f"{name}.txt").write_text("\n".join(sorted(items)) + "\n")
         if name.startswith("val-"):
             (out / f"{name}.yaml").write_text(yaml.safe_dump(data_yaml(f"{name}.txt", f"{name}.txt"), sort_keys=False))
-    (out / "data.yaml").write_text(yaml.safe_dump(data_yaml("images/train", "images/val"), sort_keys=False))
+    train: str | list[str] = "images/train"
+    extra = [
+        f"train-{src}.txt" for src, n in sorted((repeat or {}).items()) if f"train-{src}" in lists for _ in range(n - 1)
+    ]
+    if extra:
+        train = ["images/train", *extra]
+    (out / "data.yaml").write_text(yaml.safe_dump(data_yaml(train, "images/val"), sort_keys=False))
     return written

@@ -326,7 +326,7 @@ def build(
             )
 
     with timer.step("write dataset"):
-        write_dataset(samples, out)
+        write_dataset(samples, out, repeat={spec.name: spec.repeat for spec in recipe.sources})
 
     with timer.step("check report"):
         index = {s.key: i for i, s in enumerate(samples)}

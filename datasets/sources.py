@@ -57,6 +57,13 @@ class SourceSpec(BaseModel):
     pseudo: bool = Field(
         True, description="Pseudo-label this source's images (off for views the teacher does not know, e.g. aerial)"
     )
+    repeat: int = Field(
+        1,
+        ge=1,
+        le=20,
+        description="Oversampling: the source's training images are listed this many times in data.yaml's train "
+        "entry (for small sources that matter more than their size, e.g. real patrol photos)",
+    )
 
 
 class SourceMissing(FileNotFoundError):
