@@ -41,9 +41,11 @@ from pipeline.cases import EvidenceImage, GeoPoint, Violation, ViolationSink
 from pipeline.decode import ImageMetadata, ImageReadError, decode_image, probe_image, read_file, read_metadata, tz_name
 from pipeline.detect import Detector, rect_shape
 from pipeline.detections import Detections, box_ios
+from pipeline.report import detections_csv, render_html, violations_geojson
 
 MANIFEST = "manifest.jsonl"
 SETTINGS = "audit.json"
+CSV_NAME, GEOJSON_NAME, HTML_NAME = "detections.csv", "violations.geojson", "report.html"
 PHOTOS_DIR, THUMBS_DIR, ANNOTATED_DIR, CROPS_DIR = "photos", "thumbs", "annotated", "crops"
 PARKING = "illegal_parking"
 #: Photos in a row whose cases could not be filed, after retries, before the target is taken as down.
@@ -212,16 +214,26 @@ class Manifest:
     """
 
     def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.by_path: dict[str, dict[str, Any]] = {}
         self.by_hash: dict[str, dict[str, Any]] = {}
         self.filed: dict[str, set[str]] = {}
         self.failed: dict[str, dict[str, str]] = {}
+        self.last_target: str | None = None  # where cases were last filed to
         self.skipped_lines = 0
         self._lock = threading.Lock()
-        if path.is_file():
-            self._load()
         self._fh = open(path, "a+b")  # noqa: SIM115 - held for the audit's life
+        try:  # one audit at a time per folder; the lock goes with the process, however it ends
+            import fcntl
+
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - Windows: no advisory locks, run one audit at a time
+            pass
+        except BlockingIOError:
+            self._fh.close()
+            raise AuditError(f"another audit is writing to {path.parent}; wait for it or use another --out") from None
+        self._load()
         self._fh.seek(0, os.SEEK_END)
         if self._fh.tell():
             self._fh.seek(-1, os.SEEK_END)
@@ -246,11 +258,13 @@ class Manifest:
             if event.get("sha256") and "alias_of" not in event:
                 self.by_hash[event["sha256"]] = event
         elif kind == "filed":
+            self.last_target = event["target"]
             self.filed.setdefault(event["target"], set()).update(event["keys"])
             failed = self.failed.get(event["target"], {})
             for key in event["keys"]:
                 failed.pop(key, None)
         elif kind == "filing_failed":
+            self.last_target = event["target"]
             failed = self.failed.setdefault(event["target"], {})
             for key in event["keys"]:
                 failed[key] = event["error"]
@@ -342,6 +356,19 @@ class AuditResult:
     by_type: dict[str, int] = field(default_factory=dict)  # violations in the audit folder, all runs
 
 
+@dataclass
+class AuditData:
+    """What the audit folder holds: processed photos (one per content hash), unreadable files, copies,
+    and the filing state of the case target (this run's, else the last one used)."""
+
+    photos: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    copies: list[dict[str, Any]] = field(default_factory=list)
+    target: str | None = None
+    filed: set[str] = field(default_factory=set)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
 # ---------------------------------------------------------------------------------------------- audit
 
 
@@ -373,8 +400,14 @@ class Audit:
             "parking_anywhere": config.parking_anywhere,
             "timezone": tz_name(self.tz),
         }
-        self._check_settings()
-        self.manifest = Manifest(self.out / MANIFEST)
+        self.manifest = Manifest(self.out / MANIFEST)  # takes the folder's lock
+        try:
+            self._check_settings()
+        except AuditError:
+            self.manifest.close()
+            raise
+        for stale in self.out.rglob(".*.tmp"):  # writes a crash cut short (we hold the folder's lock)
+            stale.unlink(missing_ok=True)
         self._lock = threading.Lock()
         self._bar: tqdm | None = None
         self._result = AuditResult(self.out)
@@ -394,7 +427,6 @@ class Audit:
                     "use another --out folder for this one"
                 )
         else:
-            self.out.mkdir(parents=True, exist_ok=True)
             atomic_write(
                 path,
                 json.dumps(
@@ -434,9 +466,7 @@ class Audit:
         finally:
             if self._bar is not None:
                 self._bar.close()
-            from pipeline.report import write_reports
-
-            res.reports, data = write_reports(self)
+            res.reports, data = self.write_reports()
             res.total_photos = len(data.photos)
             res.by_type = {kind: 0 for kind in VIOLATIONS}
             for photo in data.photos:
@@ -444,6 +474,39 @@ class Audit:
                     res.by_type[v["type"]] += 1
             res.seconds = time.perf_counter() - start
         return res
+
+    def collect(self) -> AuditData:
+        """Fold the manifest into the audit folder's current state, reading each photo's result file."""
+        data = AuditData()
+        seen: set[str] = set()
+        for event in sorted(self.manifest.current(), key=lambda e: e["path"]):
+            if event.get("status") == "error":
+                data.errors.append(event)
+            elif "alias_of" in event:
+                data.copies.append(event)
+            elif event.get("status") == "ok" and event["sha256"] not in seen:
+                path = self.out / event["result"]
+                try:
+                    record = json.loads(path.read_text())
+                except (OSError, json.JSONDecodeError) as exc:
+                    data.errors.append({**event, "error": f"result file {path.name} unreadable: {exc}"})
+                    continue
+                seen.add(event["sha256"])
+                data.photos.append(record)
+        data.target = self.target if self.sink is not None else self.manifest.last_target
+        if data.target is not None:
+            data.filed = set(self.manifest.filed.get(data.target, set()))
+            data.failed = dict(self.manifest.failed.get(data.target, {}))
+        return data
+
+    def write_reports(self) -> tuple[dict[str, Path], AuditData]:
+        """Rebuild the CSV, GeoJSON and HTML report from the per-photo results; paths and the data."""
+        data = self.collect()
+        paths = {"csv": self.out / CSV_NAME, "geojson": self.out / GEOJSON_NAME, "html": self.out / HTML_NAME}
+        atomic_write(paths["csv"], detections_csv(data))
+        atomic_write(paths["geojson"], json.dumps(violations_geojson(data), ensure_ascii=False, indent=1))
+        atomic_write(paths["html"], render_html(self, data))
+        return paths, data
 
     def _process(self, todo: list[Path]) -> None:
         cfg = self.config

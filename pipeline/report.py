@@ -12,9 +12,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
-import json
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,10 +23,9 @@ from models.classes import CLASS_IDS, CLASS_NAMES, DETECTOR_CLASSES, VIOLATIONS
 from pipeline.annotate import PALETTE
 
 if TYPE_CHECKING:
-    from pipeline.audit import Audit
+    from pipeline.audit import Audit, AuditData
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-CSV_NAME, GEOJSON_NAME, HTML_NAME = "detections.csv", "violations.geojson", "report.html"
 CSV_COLUMNS = (
     "file",
     "sha256",
@@ -52,53 +49,6 @@ CSV_COLUMNS = (
     "case_key",
 )
 CLASS_ZH = {c.name: c.zh for c in DETECTOR_CLASSES}
-
-
-@dataclass
-class AuditData:
-    """What the output folder holds: processed photos (one per content hash), unreadable files, copies."""
-
-    photos: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    copies: list[dict[str, Any]] = field(default_factory=list)
-    filed: set[str] = field(default_factory=set)
-    failed: dict[str, str] = field(default_factory=dict)
-
-
-def collect(audit: Audit) -> AuditData:
-    """Fold the manifest into the current state of the audit, reading each photo's result file."""
-    data = AuditData()
-    seen: set[str] = set()
-    for event in sorted(audit.manifest.current(), key=lambda e: e["path"]):
-        if event.get("status") == "error":
-            data.errors.append(event)
-        elif "alias_of" in event:
-            data.copies.append(event)
-        elif event.get("status") == "ok" and event["sha256"] not in seen:
-            path = audit.out / event["result"]
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                data.errors.append({**event, "error": f"result file {path.name} unreadable: {exc}"})
-                continue
-            seen.add(event["sha256"])
-            data.photos.append(record)
-    data.filed = set(audit.manifest.filed.get(audit.target, set()))
-    data.failed = dict(audit.manifest.failed.get(audit.target, {}))
-    return data
-
-
-def write_reports(audit: Audit) -> tuple[dict[str, Path], AuditData]:
-    """Rebuild the CSV, GeoJSON and HTML report of an audit folder; returns their paths and the data."""
-    from pipeline.audit import atomic_write
-
-    data = collect(audit)
-    out = audit.out
-    paths = {"csv": out / CSV_NAME, "geojson": out / GEOJSON_NAME, "html": out / HTML_NAME}
-    atomic_write(paths["csv"], detections_csv(data))
-    atomic_write(paths["geojson"], json.dumps(violations_geojson(data), ensure_ascii=False, indent=1))
-    atomic_write(paths["html"], render_html(audit, data))
-    return paths, data
 
 
 # ---------------------------------------------------------------------------------------- CSV, GeoJSON
@@ -329,7 +279,7 @@ def render_html(audit: Audit, data: AuditData) -> str:
         "copies": data.copies,
         "clean": clean,
         "filing": {
-            "target": audit.target if audit.sink is not None or data.filed or data.failed else None,
+            "target": data.target,
             "filed": sum(1 for r in rows if r["status"] == "filed"),
             "failed": sum(1 for r in rows if r["status"] == "failed"),
         },

@@ -21,7 +21,7 @@ import pytest
 from PIL import ExifTags, Image
 
 from models.classes import VIOLATIONS
-from pipeline.audit import Audit, AuditConfig, violation_key, violation_types
+from pipeline.audit import Audit, AuditConfig, AuditError, violation_key, violation_types
 from pipeline.cases import JsonlSink
 from pipeline.cli import main
 from pipeline.decode import HEIF_SUPPORT
@@ -335,41 +335,71 @@ def test_violation_types_follow_the_class_list_without_zones():
     assert a == f"photo:{'ab' * 32}:small_ad:10,21,30,40" and b == a + "#2"
 
 
-def test_interrupted_run_resumes_and_processes_each_photo_once(sample_photos, tmp_path):
+def run_until(cmd: list[str], manifest: Path, photos_done: int, sig: int) -> subprocess.CompletedProcess:
+    """Run the audit in a subprocess and send it ``sig`` once the manifest records ``photos_done`` photos."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if manifest.exists() and manifest.read_bytes().count(b'"event": "photo"') >= photos_done:
+            break
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def test_interrupted_runs_resume_and_process_each_photo_once(sample_photos, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
-    for p in sample_photos:  # 16 distinct real photos
+    for p in sample_photos:  # 24 distinct real photos
         img = cv2.imread(str(p))
         cv2.imwrite(str(folder / f"{p.stem}.jpg"), img)
         cv2.imwrite(str(folder / f"{p.stem}-mirrored.jpg"), cv2.flip(img, 1))
+        cv2.imwrite(str(folder / f"{p.stem}-small.jpg"), cv2.resize(img, None, fx=0.75, fy=0.75))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pipeline.cli", "audit", str(folder), "--out", str(out), "--workers", "1"]
-    proc = subprocess.Popen([*cmd, "--parking-anywhere"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     manifest = out / "manifest.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if manifest.exists() and manifest.read_bytes().count(b'"event": "photo"') >= 3:
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)  # a crash: no clean-up of any kind
-    proc.communicate(timeout=30)
+    cmd = [sys.executable, "-m", "pipeline.cli", "audit", str(folder), "--out", str(out), "--parking-anywhere"]
+    # stopped (Ctrl-C / SIGTERM): finishes the photos in hand, writes the report of what is done, exit 130
+    stopped = run_until([*cmd, "--workers", "1"], manifest, 3, signal.SIGTERM)
+    assert stopped.returncode == 130, stopped.stderr
+    assert "interrupted" in stopped.stdout and "rerun the same command" in stopped.stdout
+    done = [e for e in manifest_events(out) if e["event"] == "photo"]
+    assert 3 <= len(done) < 24, "the run was not stopped in the middle"
+    assert parse_report(out / "report.html").text_of("kpi-photos") == str(len(done))
+    # killed (a crash): no clean-up of any kind
+    killed = run_until([*cmd, "--workers", "1"], manifest, len(done) + 3, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
     first = [e for e in manifest_events(out) if e["event"] == "photo"]
-    assert 3 <= len(first) < 16, "the run was not killed in the middle"
+    assert len(done) + 3 <= len(first) < 24, "the run was not killed in the middle"
+    assert first[: len(done)] == done
     with open(manifest, "ab") as fh:  # and a half-written line, as a crash during a write leaves
         fh.write(b'{"event": "photo", "path": "/nowhere/x.jpg", "sta')
+    (out / "photos" / ".left-behind.json.1234.5678.tmp").write_text("{")  # a write the crash cut short
     assert main(["audit", str(folder), "--out", str(out), "--parking-anywhere"]) == 0
     events = [e for e in manifest_events(out) if e["event"] == "photo"]
     paths = [e["path"] for e in events]
     assert sorted(paths) == sorted(str(p) for p in folder.iterdir())  # each photo exactly once
-    assert paths[: len(first)] == [e["path"] for e in first]  # the killed run's work was kept, not redone
+    assert paths[: len(first)] == [e["path"] for e in first]  # the stopped runs' work was kept, not redone
     records = [json.loads((out / e["result"]).read_text()) for e in events]
-    assert len(list((out / "photos").glob("*.json"))) == 16 == len({r["sha256"] for r in records})
+    assert len(list((out / "photos").glob("*.json"))) == 24 == len({r["sha256"] for r in records})
     rows = list(csv.DictReader(io.StringIO((out / "detections.csv").read_text(encoding="utf-8-sig"))))
     assert len(rows) == sum(len(r["detections"]) for r in records)
     page = parse_report(out / "report.html")
-    assert page.text_of("kpi-photos") == "16"
+    assert page.text_of("kpi-photos") == "24"
     assert page.text_of("kpi-violations") == str(sum(len(r["violations"]) for r in records))
-    assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporary files behind
+    assert not list(out.rglob("*.tmp"))  # temporary files of the crashed run are swept away
+
+
+def test_two_audits_cannot_write_one_folder_at_once(sample_photos, tmp_path):
+    detector = Detector(threads=1)
+    config = AuditConfig(out=tmp_path / "out")
+    first = Audit(detector, config)
+    try:
+        with pytest.raises(AuditError, match="another audit is writing to"):
+            Audit(detector, config)
+    finally:
+        first.close()
+    Audit(detector, config).close()  # free again once the first is done
 
 
 class FlakySink(JsonlSink):
@@ -474,3 +504,12 @@ def test_real_patrol_photos_end_to_end(tmp_path):
     page = parse_report(out / "report.html")
     assert page.text_of("kpi-photos") == "6" and page.text_of("kpi-unreadable") == "0"
     assert os.path.getsize(out / "report.html") < 5_000_000
+
+
+def test_audit_help_names_every_option(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["audit", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--out", "--model", "--tile", "--tile-above", "--file-cases", "--workers", "--parking-anywhere"):
+        assert option in text
