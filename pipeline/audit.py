@@ -616,6 +616,9 @@ class Audit:
 
     def _record_error(self, photo: Photo) -> None:
         self.manifest.append({"event": "photo", **self._stat_fields(photo), "status": "error", "error": photo.error})
+        (self._bar.write if self._bar is not None else print)(
+            f"{photo.path}: unreadable: {photo.error}", file=sys.stderr
+        )
         self._tick(unreadable=1)
 
     def _record_duplicate(self, photo: Photo) -> None:

@@ -513,3 +513,13 @@ def test_audit_help_names_every_option(capsys):
     text = capsys.readouterr().out
     for option in ("--out", "--model", "--tile", "--tile-above", "--file-cases", "--workers", "--parking-anywhere"):
         assert option in text
+
+
+def test_unreadable_files_are_named_with_their_reason_as_they_happen(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    assert main(["audit", str(folder), "--out", str(tmp_path / "out")]) == 1  # nothing could be read
+    captured = capsys.readouterr()
+    assert f"{folder / 'broken.jpg'}: unreadable: " in captured.err
+    assert "0 new photos audited, 0 already done, 1 unreadable" in captured.out
