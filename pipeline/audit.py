@@ -255,7 +255,7 @@ class Manifest:
         kind = event.get("event")
         if kind == "photo":
             self.by_path[event["path"]] = event
-            if event.get("sha256") and "alias_of" not in event:
+            if event.get("status") == "ok" and "alias_of" not in event:
                 self.by_hash[event["sha256"]] = event
         elif kind == "filed":
             self.last_target = event["target"]
@@ -280,9 +280,15 @@ class Manifest:
             self._fold(event)
 
     def is_current(self, path: Path, stat: os.stat_result) -> bool:
-        """Whether ``path`` was processed with exactly this size and modification time."""
+        """Whether ``path`` was processed, with exactly this size and modification time. Files that could
+        not be read are tried again (the cause may be gone: a HEIC reader installed, a disk remounted)."""
         event = self.by_path.get(str(path))
-        return bool(event and event.get("bytes") == stat.st_size and event.get("mtime_ns") == stat.st_mtime_ns)
+        return bool(
+            event
+            and event.get("status") == "ok"
+            and event.get("bytes") == stat.st_size
+            and event.get("mtime_ns") == stat.st_mtime_ns
+        )
 
     def current(self) -> list[dict[str, Any]]:
         """The latest ``photo`` event of each path, in the order paths were first seen."""
@@ -615,7 +621,10 @@ class Audit:
         return {"path": str(photo.path), "bytes": photo.bytes, "mtime_ns": photo.mtime_ns, "sha256": photo.sha256}
 
     def _record_error(self, photo: Photo) -> None:
-        self.manifest.append({"event": "photo", **self._stat_fields(photo), "status": "error", "error": photo.error})
+        event = {"event": "photo", **self._stat_fields(photo), "status": "error", "error": photo.error}
+        last = self.manifest.by_path.get(str(photo.path))
+        if last is None or any(last.get(k) != v for k, v in event.items()):  # the same failure again: no news
+            self.manifest.append(event)
         (self._bar.write if self._bar is not None else print)(
             f"{photo.path}: unreadable: {photo.error}", file=sys.stderr
         )
