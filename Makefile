@@ -32,6 +32,7 @@ lint: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/latency.py
+	$(PY) benchmarks/audit.py
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

@@ -523,3 +523,36 @@ def test_unreadable_files_are_named_with_their_reason_as_they_happen(tmp_path, c
     captured = capsys.readouterr()
     assert f"{folder / 'broken.jpg'}: unreadable: " in captured.err
     assert "0 new photos audited, 0 already done, 1 unreadable" in captured.out
+
+
+def chromium() -> str | None:
+    """A headless-capable Chromium on this machine, if any."""
+    return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+@pytest.mark.slow
+def test_report_sorts_photos_in_a_real_browser(audited):
+    browser = chromium()
+    if browser is None:
+        pytest.skip("no Chromium on this machine")
+    url = (audited["out"] / "report.html").as_uri()
+
+    def cards(fragment: str = "") -> list[dict]:
+        out = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", url + fragment],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        page = Page()
+        page.feed(out.stdout)
+        assert page.cards, out.stderr[-2000:]
+        return page.cards
+
+    default = cards()
+    confs = [float(c["data-conf"]) for c in default]
+    assert confs == sorted(confs, reverse=True)
+    by_file = [c["data-file"] for c in cards("#sort=file")]  # the page's script reorders the cards
+    assert by_file == sorted(by_file, key=str.lower) and by_file != [c["data-file"] for c in default]
+    counts = [int(c["data-count"]) for c in cards("#sort=count")]
+    assert counts == sorted(counts, reverse=True)
