@@ -125,6 +125,14 @@ def scaled(dets: Detections, scale: float) -> Detections:
     return out
 
 
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def local_timezone() -> tzinfo:
     """This machine's timezone, as an IANA zone when it can be named (``TZ``, /etc/localtime)."""
     from zoneinfo import ZoneInfo
@@ -590,7 +598,7 @@ class Audit:
         on_cpu = self.detector.session.get_providers()[0] == "CPUExecutionProvider"
         batch_size = self.config.batch or (1 if on_cpu else 8)
         single = self.detector.config.threads == 1
-        return batch_size, (os.cpu_count() or 1) if on_cpu and single else 1
+        return batch_size, usable_cpus() if on_cpu and single else 1
 
     def _detect(self, photos: list[Photo]) -> None:
         """Detect on photos in one call per letterbox shape (no padding wasted), then write each out."""

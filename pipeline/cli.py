@@ -215,7 +215,9 @@ def audit_summary(result) -> str:  # AuditResult
     if r.unreadable:
         done += f", {r.unreadable} unreadable"
     lines = [("interrupted: " if r.interrupted else "") + f"{done} ({r.seconds:.1f} s)"]
-    by_type = ", ".join(f"{kind} {n}" for kind, n in r.by_type.items() if n)
+    from models.classes import VIOLATIONS
+
+    by_type = ", ".join(f"{VIOLATIONS[kind].zh} {kind} {n}" for kind, n in r.by_type.items() if n)
     total = f"audit folder: {r.total_photos} photos, {sum(r.by_type.values())} violations"
     lines.append(total + (f" ({by_type})" if by_type else ""))
     if r.filed or r.filing_failed:

@@ -30,6 +30,7 @@ from pipeline.detections import Detections
 
 REPO = Path(__file__).resolve().parents[2]
 GPS = (31.2304, 121.4737)  # People's Square, Shanghai
+NOTES = "notes <img src=x onerror=alert(1)>.jpg"
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
 
@@ -77,7 +78,7 @@ def photo_folder(tmp_path_factory, sample_photos) -> Path:
     mosaic(street, root / "day2" / "large-4000px.jpg")
     data = street[1].read_bytes()
     (root / "broken.jpg").write_bytes(data[: len(data) // 3])
-    (root / "notes.jpg").write_text("inspection notes, not a photo\n")
+    (root / NOTES).write_text("inspection notes, not a photo\n")  # its name must not become markup
     return root
 
 
@@ -174,8 +175,8 @@ def test_audit_processes_every_photo_and_lists_unreadable_ones(audited, photo_fo
     inputs = sorted(str(p) for p in photo_folder.rglob("*") if p.is_file())
     assert sorted(e["path"] for e in events) == inputs  # every file exactly once
     errors = {Path(e["path"]).name: e["error"] for e in events if e["status"] == "error"}
-    assert set(errors) == {"broken.jpg", "notes.jpg"}
-    assert "corrupt or truncated" in errors["broken.jpg"] and "not an image" in errors["notes.jpg"]
+    assert set(errors) == {"broken.jpg", NOTES}
+    assert "corrupt or truncated" in errors["broken.jpg"] and "not an image" in errors[NOTES]
     results = {Path(e["path"]).name: json.loads((out / e["result"]).read_text()) for e in events if "result" in e}
     assert len(results) == len(inputs) - 2
     formats = {r["format"] for r in results.values()}
@@ -247,7 +248,7 @@ def test_html_report_is_self_contained_and_counts_right(audited):
     assert scores == sorted(scores, reverse=True)  # most confident first
     assert all(r["cells"][-1] == "filed" for r in rows)
     unreadable = {Path(r["cells"][0]).name: r["cells"][1] for r in page.rows["unreadable"]}
-    assert set(unreadable) == {"broken.jpg", "notes.jpg"} and "not an image" in unreadable["notes.jpg"]
+    assert set(unreadable) == {"broken.jpg", NOTES} and "not an image" in unreadable[NOTES]
     assert len(page.cards) == sum(1 for r in records if r["violations"])
     assert page.images and all(src.startswith("data:image/jpeg;base64,") for src in page.images)
     assert page.external == []  # opens offline: no CDN, no remote image
