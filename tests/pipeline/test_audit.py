@@ -557,3 +557,22 @@ def test_report_sorts_photos_in_a_real_browser(audited):
     assert by_file == sorted(by_file, key=str.lower) and by_file != [c["data-file"] for c in default]
     counts = [int(c["data-count"]) for c in cards("#sort=count")]
     assert counts == sorted(counts, reverse=True)
+
+
+def test_batched_detection_finds_what_single_photo_calls_find(sample_photos, tmp_path):
+    photos = [p for p in sample_photos if p.stem.startswith("patrol-")]  # two share a letterbox shape
+    detector = Detector(threads=1, tile=TileConfig(enabled=True, min_side=1920))
+    found = {}
+    for batch in (1, 4):
+        audit = Audit(detector, AuditConfig(out=tmp_path / f"b{batch}", batch=batch), progress=False)
+        assert audit.parallelism()[0] == batch
+        assert audit.run(photos).processed == len(photos)
+        audit.close()
+        records = [json.loads(p.read_text()) for p in (tmp_path / f"b{batch}" / "photos").glob("*.json")]
+        found[batch] = {r["name"]: r["detections"] for r in records}
+    assert found[1].keys() == found[4].keys() and sum(map(len, found[1].values())) > 0
+    for name, dets in found[1].items():
+        assert [d["class"] for d in dets] == [d["class"] for d in found[4][name]], name
+        for a, b in zip(dets, found[4][name], strict=True):
+            assert a["score"] == pytest.approx(b["score"], abs=1e-3)
+            assert a["box"] == pytest.approx(b["box"], abs=0.5)
