@@ -5,8 +5,9 @@ event log keyed by each photo's content hash: a rerun (or a run after a crash) s
 only processes new or changed photos. Every result is written as soon as the photo is processed
 (atomically: temporary file, then rename), so killing a run loses nothing already done.
 
-Decoding runs in threads (OpenCV and libheif release the GIL), detection in batches of photos with
-the same letterbox shape, and large photos get sliced inference. Violations (in photos there are no
+Decoding runs in threads (OpenCV's decoders release the GIL); detection runs one single-threaded
+onnxruntime call per core on CPU, or batches of photos with the same letterbox shape (a GPU, or
+``batch``); large photos get sliced inference. Violations (in photos there are no
 zones: vehicles only with ``parking_anywhere``) are filed through a :class:`~pipeline.cases.ViolationSink`
 with a deterministic key per object, so re-auditing files nothing twice; a sink failure is retried,
 then recorded in the manifest and retried by the next run.
