@@ -655,7 +655,7 @@ class Audit:
         kinds = violation_types(dets, cfg.parking_anywhere)
         taken_at, time_source = photo.meta.capture_time(self.tz)
         if taken_at is None:
-            taken_at = datetime.fromtimestamp(photo.mtime_ns / 1e9, self.tz)
+            taken_at = datetime.fromtimestamp(photo.mtime_ns // 1_000_000_000, self.tz)
             time_source = f"file modified time (no EXIF time), {tz_name(self.tz)}"
         keys: set[str] = set()
         violations = []
