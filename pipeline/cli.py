@@ -155,6 +155,7 @@ def resolve_inputs(paths: list[str]) -> list[Path]:
 def cmd_audit(args: argparse.Namespace) -> int:
     """Audit patrol photos: per-photo JSON, CSV, GeoJSON, an HTML report and (optionally) cases."""
     import signal
+    import threading
 
     from pipeline.audit import Audit, AuditConfig, AuditError
     from pipeline.detect import TileConfig
@@ -189,12 +190,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
     try:
         audit = Audit(detector, config, sink=sink, target=args.file_cases)
     except AuditError as exc:
+        if sink is not None:
+            sink.close()
         raise CLIError(str(exc)) from None
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stopped job stops cleanly
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:  # a stopped job (SIGTERM) stops like Ctrl-C: photos in hand finished, report written
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         result = audit.run(files)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         audit.close()
         if sink is not None:
             sink.close()
@@ -208,6 +214,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def audit_summary(result) -> str:  # AuditResult
     """The few lines an inspector reads at the end of a run."""
+    from models.classes import VIOLATIONS
+
     r = result
     done = f"{r.processed} new photos audited, {r.skipped} already done"
     if r.duplicates:
@@ -215,8 +223,6 @@ def audit_summary(result) -> str:  # AuditResult
     if r.unreadable:
         done += f", {r.unreadable} unreadable"
     lines = [("interrupted: " if r.interrupted else "") + f"{done} ({r.seconds:.1f} s)"]
-    from models.classes import VIOLATIONS
-
     by_type = ", ".join(f"{VIOLATIONS[kind].zh} {kind} {n}" for kind, n in r.by_type.items() if n)
     total = f"audit folder: {r.total_photos} photos, {sum(r.by_type.values())} violations"
     lines.append(total + (f" ({by_type})" if by_type else ""))
