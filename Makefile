@@ -45,6 +45,7 @@ bench: $(VENV)/.installed-test
 	$(PY) benchmarks/latency.py
 	$(PY) benchmarks/serve_batching.py
 	$(PY) benchmarks/streams.py
+	$(PY) benchmarks/audit.py
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,23 +35,22 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
 
 
-def detector_from_args(args: argparse.Namespace):  # -> Detector, imported lazily for fast --help
-    """Build the detector the shared options describe; model errors become CLI errors."""
+def detector_from_args(args: argparse.Namespace, **overrides: object):  # -> Detector, imported lazily
+    """Build the detector the shared options describe (``overrides``: other DetectorConfig fields)."""
     from models.registry import ModelError
     from pipeline.detect import Detector, DetectorConfig, TileConfig
 
+    fields = dict(
+        model=args.model,
+        variant=args.variant,
+        conf=args.conf,
+        imgsz=args.imgsz,
+        provider=args.provider,
+        threads=args.threads,
+        tile=TileConfig(enabled=args.tile),
+    )
     try:
-        return Detector(
-            DetectorConfig(
-                model=args.model,
-                variant=args.variant,
-                conf=args.conf,
-                imgsz=args.imgsz,
-                provider=args.provider,
-                threads=args.threads,
-                tile=TileConfig(enabled=args.tile),
-            )
-        )
+        return Detector(DetectorConfig(**{**fields, **overrides}))
     except ModelError as exc:
         raise CLIError(str(exc)) from None
 
@@ -149,6 +149,92 @@ def resolve_inputs(paths: list[str]) -> list[Path]:
     return files
 
 
+# -------------------------------------------------------------------------------------------- audit
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Audit patrol photos: per-photo JSON, CSV, GeoJSON, an HTML report and (optionally) cases."""
+    import signal
+    import threading
+
+    from pipeline.audit import Audit, AuditConfig, AuditError
+    from pipeline.detect import TileConfig
+
+    files = resolve_inputs(args.paths)
+    if args.tile_above < 0:
+        raise CLIError("--tile-above must be 0 (off) or a number of pixels")
+    tile = TileConfig(enabled=args.tile or args.tile_above > 0, min_side=0 if args.tile else args.tile_above)
+    # one single-threaded onnxruntime call per core at once: the audit's fastest setting on CPU
+    threads = args.threads or (1 if args.provider == "cpu" else None)
+    detector = detector_from_args(args, tile=tile, threads=threads)
+    try:
+        config = AuditConfig(
+            out=Path(args.out),
+            workers=args.workers,
+            batch=args.batch,
+            parking_anywhere=args.parking_anywhere,
+            timezone=args.timezone,
+        )
+    except ValueError as exc:  # pydantic's ValidationError: --workers 0 and the like
+        raise CLIError(f"invalid audit option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
+    sink = None
+    if args.file_cases:
+        from pipeline.cases import open_sink
+
+        if args.file_cases.endswith(".jsonl"):  # a JSON-lines file may go in a folder not made yet
+            Path(args.file_cases).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            sink = open_sink(args.file_cases)
+        except Exception as exc:  # an unreachable queue or bad URL: say so before any work
+            raise CLIError(f"--file-cases {args.file_cases}: {exc}") from None
+    try:
+        audit = Audit(detector, config, sink=sink, target=args.file_cases)
+    except AuditError as exc:
+        if sink is not None:
+            sink.close()
+        raise CLIError(str(exc)) from None
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:  # a stopped job (SIGTERM) stops like Ctrl-C: photos in hand finished, report written
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        result = audit.run(files)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        audit.close()
+        if sink is not None:
+            sink.close()
+    print(audit_summary(result))
+    if result.interrupted:
+        return 130
+    if result.filing_failed or (result.unreadable and result.unreadable == result.inputs):
+        return 1
+    return 0
+
+
+def audit_summary(result) -> str:  # AuditResult
+    """The few lines an inspector reads at the end of a run."""
+    from models.classes import VIOLATIONS
+
+    r = result
+    done = f"{r.processed} new photos audited, {r.skipped} already done"
+    if r.duplicates:
+        done += f", {r.duplicates} copies of audited photos"
+    if r.unreadable:
+        done += f", {r.unreadable} unreadable"
+    lines = [("interrupted: " if r.interrupted else "") + f"{done} ({r.seconds:.1f} s)"]
+    by_type = ", ".join(f"{VIOLATIONS[kind].zh} {kind} {n}" for kind, n in r.by_type.items() if n)
+    total = f"audit folder: {r.total_photos} photos, {sum(r.by_type.values())} violations"
+    lines.append(total + (f" ({by_type})" if by_type else ""))
+    if r.filed or r.filing_failed:
+        failed = f", {r.filing_failed} NOT filed (rerun to retry)" if r.filing_failed else ""
+        lines.append(f"cases: {r.filed} filed{failed}")
+    lines.append(f"report: {r.reports['html']}")
+    if r.interrupted:
+        lines.append("rerun the same command to finish: photos already done are skipped")
+    return "\n".join(lines)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """The pipeline's subcommands."""
     p = sub.add_parser(
@@ -181,6 +267,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speed", type=float, default=None, help="play video files this many times faster")
     add_detector_args(p)
     p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser(
+        "audit",
+        help="audit patrol photos: HTML report, CSV, GeoJSON and optionally cases",
+        description="Audit a batch of patrol photos into an output folder: a JSON per photo, detections.csv, "
+        "violations.geojson and report.html. Resumable: rerun the same command to process only new or "
+        "changed photos (an interrupted run continues where it stopped).",
+    )
+    p.add_argument("paths", nargs="+", help="photo files, folders (recursive) or glob patterns")
+    p.add_argument("--out", required=True, help="audit folder (created; reused and extended by reruns)")
+    add_detector_args(p)
+    p.add_argument(
+        "--tile-above",
+        type=int,
+        default=1920,
+        metavar="PX",
+        help="sliced inference for photos whose long side exceeds PX (default: %(default)s; 0: only with --tile)",
+    )
+    p.add_argument(
+        "--file-cases",
+        metavar="TARGET",
+        help="file violations as cases: case-queue URL (http://...), database URL (sqlite:///..., "
+        "postgresql://...) or a .jsonl file; idempotent across reruns",
+    )
+    p.add_argument(
+        "--workers", type=int, default=min(4, os.cpu_count() or 1), help="photo decoding threads (default: %(default)s)"
+    )
+    p.add_argument("--batch", type=int, default=None, help="photos per detector call (default: 1 on CPU, 8 on GPU)")
+    p.add_argument(
+        "--parking-anywhere",
+        action="store_true",
+        help="judge every parked vehicle as illegal parking (photos have no zones; default: vehicles are detections)",
+    )
+    p.add_argument(
+        "--timezone",
+        metavar="TZ",
+        help="IANA timezone of EXIF times without a UTC offset, e.g. Asia/Shanghai (default: this machine's)",
+    )
+    p.set_defaults(func=cmd_audit)
 
 
 # -------------------------------------------------------------------------------------------- watch

@@ -1,7 +1,9 @@
-"""Reading images safely: format sniffing, size limits before decoding, EXIF orientation.
+"""Reading images safely: format sniffing, size limits before decoding, EXIF orientation, metadata.
 
 Every failure is an :class:`ImageReadError` whose message names the file and the reason, so a
-batch job can report it and go on.
+batch job can report it and go on. :func:`read_metadata` is the one place that reads what a photo
+says about itself (capture time, GPS position, camera). HEIC/HEIF photos (iPhones) are read when
+``pillow-heif`` is installed, through the same checks as every other format.
 """
 
 from __future__ import annotations
@@ -9,17 +11,32 @@ from __future__ import annotations
 import glob
 import io
 import os
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image
 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # we report corrupt files ourselves
 
+try:  # HEIC/HEIF (iPhone photos): optional, decoded by libheif through Pillow
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    HEIF_SUPPORT = True
+except ImportError:  # pragma: no cover - pillow-heif is a base dependency, but a build may lack a wheel
+    HEIF_SUPPORT = False
+
 SUPPORTED_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "BMP": "bmp"}
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+if HEIF_SUPPORT:
+    SUPPORTED_FORMATS["HEIF"] = "heic"
+#: Suffixes picked up from folders and globs (HEIC always: without support it is reported, not skipped).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".heic", ".heif")
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
 #: Refuse images with more pixels than this before decoding them (a 30000x30000 PNG is 2.7 GB decoded).
 MAX_PIXELS = 120_000_000
 #: Refuse files larger than this before reading them.
@@ -45,9 +62,14 @@ def probe_image(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIXE
         with Image.open(io.BytesIO(data)) as im:
             fmt, (width, height) = im.format or "", im.size
     except Exception:
+        if not HEIF_SUPPORT and data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+            raise ImageReadError(
+                source, "HEIC/HEIF photo, but HEIC support is not installed (pip install pillow-heif)"
+            ) from None
         raise ImageReadError(source, "not an image (unrecognised format or corrupt header)") from None
     if fmt not in SUPPORTED_FORMATS:
-        raise ImageReadError(source, f"unsupported image format {fmt}; use JPEG, PNG, WebP or BMP")
+        names = "JPEG, PNG, WebP, BMP" + (" or HEIC" if HEIF_SUPPORT else "")
+        raise ImageReadError(source, f"unsupported image format {fmt}; use {names}")
     if width <= 0 or height <= 0:
         raise ImageReadError(source, f"invalid image size {width}x{height}")
     if width * height > max_pixels:
@@ -57,7 +79,14 @@ def probe_image(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIXE
 
 def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode encoded image bytes to a BGR uint8 array with EXIF orientation applied."""
-    probe_image(data, source, max_pixels)
+    kind, _, _ = probe_image(data, source, max_pixels)
+    if kind == "heic":  # libheif applies the HEIF rotation/mirror itself
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                rgb = np.asarray(im.convert("RGB"))
+        except Exception:
+            raise ImageReadError(source, "corrupt or truncated image data") from None
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # applies EXIF orientation
     if image is None:
         raise ImageReadError(source, "corrupt or truncated image data")
@@ -66,6 +95,11 @@ def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIX
 
 def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an image file to BGR with EXIF orientation applied; :class:`ImageReadError` on any failure."""
+    return decode_image(read_file(path), str(path), max_pixels)
+
+
+def read_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an image file, refusing folders, missing and oversized files with a clear reason."""
     source = str(path)
     try:
         size = os.path.getsize(path)
@@ -80,7 +114,127 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
         raise ImageReadError(source, "no such file") from None
     except OSError as exc:
         raise ImageReadError(source, f"cannot read file ({exc.strerror or exc})") from None
-    return decode_image(data, source, max_pixels)
+    return data
+
+
+# ------------------------------------------------------------------------------------------- metadata
+
+
+@dataclass(frozen=True)
+class ImageMetadata:
+    """What a photo's EXIF says about where, when and with what it was taken (all optional)."""
+
+    taken_at: datetime | None = None  # DateTimeOriginal; aware when the EXIF gives an offset, else naive
+    gps_time: datetime | None = None  # GPS date + time stamp, always UTC
+    location: tuple[float, float] | None = None  # (lat, lon) WGS-84
+    camera: str | None = None  # "Make Model"
+
+    def capture_time(self, assume_tz: tzinfo) -> tuple[datetime | None, str]:
+        """Timezone-aware capture time and how it was obtained (for people: the report states it).
+
+        EXIF local time with its UTC offset when the camera wrote one; else with the offset implied by
+        the GPS clock (UTC) when the two agree to a plausible offset; else taken as local time in
+        ``assume_tz``; else GPS time alone. ``(None, "")`` when the photo says nothing.
+        """
+        local = self.taken_at
+        if local is not None and local.tzinfo is not None:
+            return local, "EXIF"
+        if local is not None and self.gps_time is not None:
+            offset = local - self.gps_time.replace(tzinfo=None)
+            quarters = round(offset / timedelta(minutes=15))
+            if abs(offset - quarters * timedelta(minutes=15)) <= timedelta(minutes=2) and abs(quarters) <= 14 * 4:
+                return local.replace(tzinfo=timezone(quarters * timedelta(minutes=15))), "EXIF, offset from GPS clock"
+        if local is not None:
+            return local.replace(tzinfo=assume_tz), f"EXIF, no UTC offset: assumed {tz_name(assume_tz)}"
+        if self.gps_time is not None:
+            return self.gps_time, "GPS clock (UTC)"
+        return None, ""
+
+
+def tz_name(tz: tzinfo) -> str:
+    """A readable name for a timezone (IANA key when it has one, else its UTC offset)."""
+    key = getattr(tz, "key", None)
+    if key:
+        return key
+    offset = datetime.now(tz).utcoffset() or timedelta(0)
+    minutes = int(offset.total_seconds() // 60)
+    return f"UTC{'+' if minutes >= 0 else '-'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def read_metadata(data: bytes) -> ImageMetadata:
+    """Capture time, GPS position and camera from a photo's EXIF (JPEG, PNG, WebP, HEIC).
+
+    Metadata is a bonus, never a reason to refuse a photo: malformed or missing EXIF gives empty fields.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            exif = im.getexif()
+            sub = exif.get_ifd(ExifTags.IFD.Exif)
+            gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+    except Exception:
+        return ImageMetadata()
+    taken = _exif_datetime(
+        sub.get(ExifTags.Base.DateTimeOriginal) or exif.get(ExifTags.Base.DateTime),
+        sub.get(ExifTags.Base.OffsetTimeOriginal) or sub.get(ExifTags.Base.OffsetTime),
+    )
+    make, model = (str(exif.get(t) or "").strip("\x00 ") for t in (ExifTags.Base.Make, ExifTags.Base.Model))
+    camera = model if model.startswith(make) else f"{make} {model}".strip()
+    return ImageMetadata(taken, _gps_time(gps), _gps_position(gps), camera or None)
+
+
+def _exif_datetime(value: object, offset: object) -> datetime | None:
+    """EXIF 'YYYY:MM:DD HH:MM:SS' (+ optional '+08:00') -> datetime; None when absent or malformed."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.strptime(value.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
+    match = re.fullmatch(r"([+-])(\d{2}):(\d{2})", str(offset or "").strip("\x00 "))
+    if match:
+        sign = 1 if match[1] == "+" else -1
+        moment = moment.replace(tzinfo=timezone(sign * timedelta(hours=int(match[2]), minutes=int(match[3]))))
+    return moment
+
+
+def _dms(value: object) -> float | None:
+    """EXIF degrees/minutes/seconds rationals -> decimal degrees."""
+    try:
+        d, m, s = (float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    if any(v != v for v in (d, m, s)):  # NaN from a 0/0 rational
+        return None
+    return d + m / 60 + s / 3600
+
+
+def _gps_position(gps: dict) -> tuple[float, float] | None:
+    """(lat, lon) from a GPS IFD; None when absent, void, out of range or the (0, 0) 'no fix' value."""
+    if str(gps.get(ExifTags.GPS.GPSStatus, "A")).strip("\x00 ") == "V":  # receiver said: measurement void
+        return None
+    lat, lon = _dms(gps.get(ExifTags.GPS.GPSLatitude)), _dms(gps.get(ExifTags.GPS.GPSLongitude))
+    if lat is None or lon is None:
+        return None
+    if str(gps.get(ExifTags.GPS.GPSLatitudeRef, "N")).strip("\x00 ").upper() == "S":
+        lat = -lat
+    if str(gps.get(ExifTags.GPS.GPSLongitudeRef, "E")).strip("\x00 ").upper() == "W":
+        lon = -lon
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180) or (lat == 0 and lon == 0):
+        return None
+    return round(lat, 7), round(lon, 7)
+
+
+def _gps_time(gps: dict) -> datetime | None:
+    """UTC time from the GPS date and time stamps; None when either is absent or malformed."""
+    date, hms = gps.get(ExifTags.GPS.GPSDateStamp), gps.get(ExifTags.GPS.GPSTimeStamp)
+    if not isinstance(date, str) or hms is None:
+        return None
+    try:
+        day = datetime.strptime(date.strip("\x00 ")[:10], "%Y:%m:%d")
+        h, m, s = (float(v) for v in hms)
+        return day.replace(tzinfo=timezone.utc) + timedelta(hours=h, minutes=m, seconds=s)
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return None
 
 
 def iter_image_paths(inputs: Iterable[str | os.PathLike[str]], recursive: bool = True) -> list[Path]:
