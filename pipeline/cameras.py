@@ -99,6 +99,8 @@ class _ZoneBase(BaseModel):
 
 
 class _RuleZone(_ZoneBase):
+    """Fields shared by the zones that carry a rule: schedule, inertia and when a violation ends."""
+
     schedule: list[ScheduleWindow] = Field(
         default_factory=list, description="When the rule applies (local time); empty: always"
     )
