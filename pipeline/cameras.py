@@ -78,6 +78,8 @@ Point = Annotated[list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_lengt
 
 
 class _ZoneBase(BaseModel):
+    """Fields every zone has: its name and polygon."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=80, description="Zone name, unique within the camera")
