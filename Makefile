@@ -20,7 +20,8 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 	$(PIP) install -e '.[train,dev]'
 	touch $@ $(VENV)/.installed-run
 
-# the case queue, API and review page on 127.0.0.1:8000 with the default model and a SQLite store in data/
+# the case queue, API and review page on 127.0.0.1:8000 with the default model, a SQLite store in data/
+# and the demo cameras (pipeline/samples/cameras-demo.yaml) feeding it
 run: $(VENV)/.installed-run
 	$(VENV)/bin/streetwatch serve --demo --data-dir data
 

@@ -25,15 +25,10 @@ from training.train import dataset_names, load_config, train  # noqa: E402
 
 
 def list_images(data_yaml: Path, split: str) -> list[str]:
-    """Image paths of a split of an ultralytics data.yaml given as a folder."""
-    import yaml
+    """Image paths of a split of an ultralytics data.yaml."""
+    from training.evaluate import dataset_yaml, split_images
 
-    spec = yaml.safe_load(data_yaml.read_text())
-    root = Path(spec.get("path") or ".")
-    if not root.is_absolute():
-        root = (data_yaml.parent / root).resolve()
-    folder = root / spec[split]
-    return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    return [str(p) for p in split_images(dataset_yaml(data_yaml), split)]
 
 
 def main() -> int:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
 from datasets.samples import Issue, empty_boxes
-from pipeline.decode import IMAGE_SUFFIXES
+from pipeline.decode import IMAGE_SUFFIXES, iter_image_paths
 
 #: Coordinates this far outside [0, 1] are clipped with a warning; further out, the line is dropped.
 CLIP_TOLERANCE = 0.02
@@ -153,16 +155,39 @@ def parse_names(names: object, file: Path) -> list[str]:
     raise ValueError(f"{file}: 'names' must be a list of class names or a {{0: name, ...}} mapping")
 
 
-def read_data_yaml(path: Path) -> tuple[list[str], dict[str, list[Path]]]:
-    """Class names and image files per split of a YOLO dataset (``test`` counts as held out: ``val``).
+@dataclass(frozen=True)
+class DataYaml:
+    """A YOLO data.yaml as written: its file, class names, the dataset root its relative paths start from
+    (``path:``, itself relative to the yaml's folder, as ultralytics resolves it) and the raw mapping."""
 
-    Split entries may be image folders, ``.txt`` lists of image paths, or lists of either; relative paths
-    are resolved against ``path:`` (itself relative to the yaml's folder), as ultralytics does.
-    """
+    file: Path
+    names: list[str]
+    root: Path
+    spec: dict[str, Any]
+
+    def has_split(self, key: str) -> bool:
+        """Whether ``key`` (train, val, test, ...) names image entries in the file."""
+        return key not in NOT_SPLITS and isinstance(self.spec.get(key), (str, list)) and bool(self.spec[key])
+
+    def split_images(self, key: str) -> list[Path]:
+        """Image files of one split key: folders (recursive), ``.txt`` lists of image paths, image files."""
+        entry = self.spec[key]
+        images: list[Path] = []
+        for item in entry if isinstance(entry, list) else [entry]:
+            images += entry_images(self.root, str(item), self.file)
+        return images
+
+
+#: data.yaml keys that are not splits.
+NOT_SPLITS = ("names", "nc", "path", "download")
+
+
+def load_data_yaml(path: Path) -> DataYaml:
+    """Read a data.yaml (or the one in a dataset folder); errors name the file."""
     file = find_data_yaml(Path(path))
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ValueError(f"{file}: cannot read data yaml: {exc}") from None
     if not isinstance(data, dict) or "names" not in data:
         raise ValueError(f"{file}: not a YOLO data yaml (needs 'names' and split entries)")
@@ -170,23 +195,32 @@ def read_data_yaml(path: Path) -> tuple[list[str], dict[str, list[Path]]]:
     root = Path(data.get("path") or ".")
     if not root.is_absolute():
         root = (file.parent / root).resolve()
+    return DataYaml(file, names, root, data)
+
+
+def read_data_yaml(path: Path) -> tuple[list[str], dict[str, list[Path]]]:
+    """Class names and image files per split of a YOLO dataset (``test`` counts as held out: ``val``).
+
+    Split entries may be image folders, ``.txt`` lists of image paths, or lists of either; relative paths
+    are resolved against ``path:`` (itself relative to the yaml's folder), as ultralytics does.
+    """
+    spec = load_data_yaml(path)
     splits: dict[str, list[Path]] = {}
     for key, split in (("train", "train"), ("val", "val"), ("test", "val")):
-        entry = data.get(key)
-        if not entry:
-            continue
-        for item in entry if isinstance(entry, list) else [entry]:
-            splits.setdefault(split, []).extend(_split_images(root, str(item), file))
+        if spec.has_split(key):
+            splits.setdefault(split, []).extend(spec.split_images(key))
     if not splits:
-        raise ValueError(f"{file}: no train/val/test entries")
-    return names, {k: sorted(dict.fromkeys(v)) for k, v in splits.items()}
+        raise ValueError(f"{spec.file}: no train/val/test entries")
+    return spec.names, {k: sorted(dict.fromkeys(v)) for k, v in splits.items()}
 
 
-def _split_images(root: Path, item: str, file: Path) -> list[Path]:
+def entry_images(root: Path, item: str, file: Path) -> list[Path]:
+    """The images one split entry names: a folder (recursive), a ``.txt`` list (``./x`` relative to the list,
+    other relative lines to ``root``) or an image file; relative entries start from ``root``."""
     p = Path(item)
     p = p if p.is_absolute() else root / p
     if p.is_dir():
-        return sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        return iter_image_paths([p])
     if p.is_file() and p.suffix == ".txt":
         out = []
         for line in p.read_text(encoding="utf-8").splitlines():
@@ -195,4 +229,6 @@ def _split_images(root: Path, item: str, file: Path) -> list[Path]:
                 q = Path(line[2:]) if line.startswith("./") else Path(line)
                 out.append(q if q.is_absolute() else (p.parent if line.startswith("./") else root) / q)
         return out
+    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+        return [p]
     raise FileNotFoundError(f"{file}: split entry {item!r} is neither an image folder nor a .txt list ({p})")

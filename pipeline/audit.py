@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
@@ -31,24 +31,25 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from models.classes import CLASS_IDS, VIOLATIONS, violation_for_class
+from models.classes import VIOLATIONS
 from pipeline.annotate import blur_boxes, draw_detections
-from pipeline.cases import EvidenceImage, GeoPoint, Violation, ViolationSink
+from pipeline.cases import GeoPoint, Violation, ViolationSink
 from pipeline.decode import ImageMetadata, ImageReadError, decode_image, probe_image, read_file, read_metadata, tz_name
 from pipeline.detect import Detector, rect_shape
-from pipeline.detections import Detections, box_ios
+from pipeline.detections import Detections
+from pipeline.evidence import bystanders, crop_box, encode_jpeg, fit
+from pipeline.files import atomic_write
+from pipeline.photos import Finding, find_violations, photo_violations
 from pipeline.report import detections_csv, render_html, violations_geojson
 
 MANIFEST = "manifest.jsonl"
 SETTINGS = "audit.json"
 CSV_NAME, GEOJSON_NAME, HTML_NAME = "detections.csv", "violations.geojson", "report.html"
 PHOTOS_DIR, THUMBS_DIR, ANNOTATED_DIR, CROPS_DIR = "photos", "thumbs", "annotated", "crops"
-PARKING = "illegal_parking"
 #: Photos in a row whose cases could not be filed, after retries, before the target is taken as down.
 SINK_DOWN_AFTER = 3
 
@@ -88,35 +89,6 @@ class AuditConfig(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write a file so that readers (and a crash) only ever see the old or the complete new content."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def encode_jpeg(image: np.ndarray, quality: int = 85) -> bytes:
-    """JPEG bytes of a BGR image."""
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return buf.tobytes()
-
-
-def fit(image: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
-    """``image`` shrunk so its long side is at most ``long_side``, and the scale applied."""
-    h, w = image.shape[:2]
-    scale = min(1.0, long_side / max(h, w))
-    if scale >= 1.0:
-        return image, 1.0
-    size = (max(round(w * scale), 1), max(round(h * scale), 1))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
 
 
 def scaled(dets: Detections, scale: float) -> Detections:
@@ -170,44 +142,6 @@ def target_label(target: str) -> str:
         netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
         return urlunsplit(parts._replace(netloc=netloc))
     return target
-
-
-def violation_types(dets: Detections, parking_anywhere: bool) -> list[str | None]:
-    """The violation each detection evidences in a photo (no zones: vehicles only when parking is judged)."""
-    parking_sources = VIOLATIONS[PARKING].sources
-    out = []
-    for name in dets.class_names:
-        kind = violation_for_class(name)
-        if kind is None and parking_anywhere and name in parking_sources:
-            kind = PARKING
-        out.append(kind)
-    return out
-
-
-def violation_key(sha256: str, kind: str, box: Sequence[float], taken: set[str] | None = None) -> str:
-    """Deterministic idempotency key: photo hash + violation type + the box rounded to whole pixels."""
-    base = f"photo:{sha256}:{kind}:" + ",".join(str(round(float(v))) for v in box)
-    key, n = base, 1
-    while taken is not None and key in taken:  # two boxes of one type rounding alike: number them
-        n += 1
-        key = f"{base}#{n}"
-    if taken is not None:
-        taken.add(key)
-    return key
-
-
-def bystanders(dets: Detections, subjects: np.ndarray, ios: float) -> np.ndarray:
-    """Boxes of people who are not part of a subject (a person mostly inside a vending stall's box is
-    the vendor); these are blurred in every picture the audit writes."""
-    people = dets.xyxy[dets.class_id == CLASS_IDS["person"]]
-    if not len(people) or not len(subjects):
-        return people
-    inside = box_ios(people, subjects)  # intersection over the smaller box: the person, usually
-    person_area = np.prod(np.clip(people[:, 2:] - people[:, :2], 0, None), axis=1)
-    subject_area = np.prod(np.clip(subjects[:, 2:] - subjects[:, :2], 0, None), axis=1)
-    person_is_smaller = person_area[:, None] <= subject_area[None, :]
-    part_of = ((inside > ios) & person_is_smaller).any(axis=1)
-    return people[~part_of]
 
 
 # ----------------------------------------------------------------------------------------- manifest
@@ -652,22 +586,23 @@ class Audit:
         assert photo.image is not None
         image, cfg = photo.image, self.config
         h, w = image.shape[:2]
-        kinds = violation_types(dets, cfg.parking_anywhere)
+        findings = find_violations(dets, photo.sha256, cfg.parking_anywhere)
+        kinds: list[str | None] = [None] * len(dets)
         taken_at, time_source = photo.meta.capture_time(self.tz)
         if taken_at is None:
             taken_at = datetime.fromtimestamp(photo.mtime_ns // 1_000_000_000, self.tz)
             time_source = f"file modified time (no EXIF time), {tz_name(self.tz)}"
-        keys: set[str] = set()
-        violations = []
         records = dets.to_records()
-        for i, (rec, kind) in enumerate(zip(records, kinds, strict=True)):
-            rec["violation"] = kind
-            if kind is not None:
-                key = violation_key(photo.sha256, kind, dets.xyxy[i], keys)
-                violations.append({"key": key, "type": kind, "class": rec["class"], "score": rec["score"]})
-                violations[-1].update(box=rec["box"], detection=i)
-        vio_idx = np.array([v["detection"] for v in violations], np.int64)
-        hidden = bystanders(dets, dets.xyxy[vio_idx], cfg.bystander_ios)
+        for rec in records:
+            rec["violation"] = None
+        violations = []
+        for f in findings:
+            kinds[f.index] = records[f.index]["violation"] = f.type
+            rec = records[f.index]
+            violations.append({"key": f.key, "type": f.type, "class": rec["class"], "score": rec["score"]})
+            violations[-1].update(box=rec["box"], detection=f.index)
+        vio_idx = np.array([f.index for f in findings], np.int64)
+        hidden = bystanders(dets, dets.xyxy[vio_idx], dets.class_id[vio_idx], cfg.bystander_ios)
         big, big_scale = fit(image, cfg.annotated_size)  # shrink first: blurring 12 MP costs
         big = blur_boxes(big, hidden * big_scale)
         name = photo.name
@@ -698,13 +633,19 @@ class Audit:
             annotated = self._draw(big, scaled(dets, big_scale), kinds)
             atomic_write(self.out / record["annotated"], encode_jpeg(annotated, 85))
             for k, v in enumerate(violations):
-                crop = crop_box(image, dets.xyxy[v["detection"]], 200, hidden)
+                crop = fit(crop_box(image, dets.xyxy[v["detection"]], hidden), 200)[0]
                 v["crop"] = f"{CROPS_DIR}/{name}-{k}.jpg"
                 atomic_write(self.out / v["crop"], encode_jpeg(crop, 80))
         result = f"{PHOTOS_DIR}/{name}.json"
         atomic_write(self.out / result, json.dumps(record, ensure_ascii=False, indent=1))
         self.manifest.append(
-            {"event": "photo", **self._stat_fields(photo), "status": "ok", "result": result, "violations": len(keys)}
+            {
+                "event": "photo",
+                **self._stat_fields(photo),
+                "status": "ok",
+                "result": result,
+                "violations": len(findings),
+            }
         )
         filed = failed = 0
         if self.sink is not None and violations:
@@ -724,47 +665,21 @@ class Audit:
     # ---- filing
     def violations_of(self, record: dict[str, Any], image: np.ndarray) -> list[Violation]:
         """The case-queue violations of one processed photo, with evidence (bystanders blurred)."""
-        dets = Detections.from_records(record["detections"])
         cfg = self.config
-        taken_at = datetime.fromisoformat(record["taken_at"])
-        location = GeoPoint(**record["location"]) if record.get("location") else None
-        out = []
-        small, scale = fit(image, cfg.annotated_size)  # once per photo, not per violation
-        for v in record["violations"]:
-            i = v["detection"]
-            box = dets.xyxy[i]
-            hidden = bystanders(dets, box[None], cfg.bystander_ios)
-            one = scaled(dets[[i]], scale)
-            frame = draw_detections(blur_boxes(small, hidden * scale), one, labels=[f"{v['type']} {v['score']:.2f}"])
-            out.append(
-                Violation(
-                    key=v["key"],
-                    type=v["type"],
-                    source="photo",
-                    source_id=record["sha256"],
-                    source_name=record["name"],
-                    first_seen=taken_at,
-                    last_seen=taken_at,
-                    detector_class=v["class"],
-                    score=v["score"],
-                    box=tuple(float(x) for x in one.xyxy[0]),
-                    frame_size=(frame.shape[1], frame.shape[0]),
-                    model_version=record["model_version"],
-                    location=location,
-                    evidence=[
-                        EvidenceImage(kind="frame", jpeg=encode_jpeg(frame, 85)),
-                        EvidenceImage(kind="crop", jpeg=encode_jpeg(crop_box(image, box, cfg.crop_size, hidden), 90)),
-                    ],
-                    extra={
-                        "file": record["file"],
-                        "time_source": record["time_source"],
-                        "photo_box": v["box"],
-                        "photo_size": [record["width"], record["height"]],
-                        "tiled": record["tiled"],
-                    },
-                )
-            )
-        return out
+        return photo_violations(
+            image,
+            Detections.from_records(record["detections"]),
+            [Finding(v["detection"], v["type"], v["key"]) for v in record["violations"]],
+            sha256=record["sha256"],
+            model_version=record["model_version"],
+            taken_at=datetime.fromisoformat(record["taken_at"]),
+            source_name=record["name"],
+            location=GeoPoint(**record["location"]) if record.get("location") else None,
+            extra={"file": record["file"], "time_source": record["time_source"], "tiled": record["tiled"]},
+            evidence_side=cfg.annotated_size,
+            crop_side=cfg.crop_size,
+            bystander_ios=cfg.bystander_ios,
+        )
 
     def _file(self, record: dict[str, Any], image: np.ndarray) -> tuple[int, int]:
         """Emit a photo's violations not yet accepted by this target; retry, then record what failed.
@@ -850,19 +765,3 @@ class Audit:
     def close(self) -> None:
         """Release the manifest (the sink belongs to the caller)."""
         self.manifest.close()
-
-
-def crop_box(
-    image: np.ndarray, box: Sequence[float], long_side: int, blur: np.ndarray | None = None, margin: float = 0.25
-) -> np.ndarray:
-    """The box with some context around it (``margin`` of its size each side), shrunk to ``long_side``;
-    ``blur``: xyxy boxes (image pixels) blurred in the crop."""
-    h, w = image.shape[:2]
-    x1, y1, x2, y2 = (float(v) for v in box)
-    mx, my = max((x2 - x1) * margin, 8), max((y2 - y1) * margin, 8)
-    xa, ya = int(max(x1 - mx, 0)), int(max(y1 - my, 0))
-    xb, yb = int(min(x2 + mx, w)), int(min(y2 + my, h))
-    crop = image[ya : max(yb, ya + 1), xa : max(xb, xa + 1)]
-    if blur is not None and len(blur):
-        crop = blur_boxes(crop, np.asarray(blur, np.float32) - np.array([xa, ya, xa, ya], np.float32))
-    return fit(crop, long_side)[0]

@@ -20,6 +20,7 @@ from typing import IO, Any, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.classes import CLASS_NAMES, VIOLATION_TYPES
+from pipeline.files import atomic_write
 
 
 class EvidenceImage(BaseModel):
@@ -123,7 +124,7 @@ class JsonlSink:
             for image in violation.evidence:
                 target = self.evidence_dir / f"{image.sha256}.jpg"
                 if not target.exists():
-                    target.write_bytes(image.jpeg)
+                    atomic_write(target, image.jpeg)
                 files.append({"kind": image.kind, "path": str(target)})
         record["evidence_files"] = files
         line = json.dumps(record, ensure_ascii=False)

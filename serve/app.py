@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,6 +26,9 @@ from serve.metrics import Metrics
 from serve.outbox import WebhookDispatcher
 from serve.store import CaseNotFound, CaseStore, InvalidRequest
 
+if TYPE_CHECKING:
+    from pipeline.streams import CameraStatus
+
 log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
@@ -36,7 +39,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 @runtime_checkable
 class CameraRunner(Protocol):
-    """What the service needs of a camera runner (e.g. the stream pipeline's ``StreamProcessor``)."""
+    """What the service needs of a camera runner: the stream pipeline's ``StreamProcessor``."""
 
     def start(self) -> None:
         """Start processing the cameras (returns at once; work runs in the background)."""
@@ -44,8 +47,8 @@ class CameraRunner(Protocol):
     def stop(self) -> None:
         """Stop all cameras, flushing what they found."""
 
-    def status(self) -> Any:
-        """Per-camera state: a mapping camera -> state (or -> dict with 'state'), or a list of such dicts."""
+    def status(self) -> list[CameraStatus]:
+        """The state of every camera."""
 
 
 class GuardMiddleware:
@@ -232,7 +235,7 @@ def create_app(
     metrics.watch_state(
         store.counts_by_status,
         store.outbox_counts,
-        lambda: app_state["app"].state.cameras.status() if app_state["app"].state.cameras is not None else {},
+        lambda: app_state["app"].state.cameras.status() if app_state["app"].state.cameras is not None else [],
         lambda: holder.detector.version if holder.loaded else None,
     )
 

@@ -9,7 +9,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.cli import SAMPLES_DIR, CLIError
+from pipeline.cli import CLIError
 
 
 def service_config(args: argparse.Namespace):  # -> ServiceConfig
@@ -48,31 +48,20 @@ def open_store(args: argparse.Namespace):  # -> CaseStore
         raise CLIError(f"cannot open the case store {config.database_url}: {exc}") from None
 
 
-def demo_cameras(config, detector, sink):  # -> CameraRunner | None
-    """The demo camera (the bundled video) as a camera runner for ``serve --demo``.
+def demo_cameras(app, speed: float | None = None):  # -> StreamProcessor
+    """The demo cameras (``pipeline.cameras.DEMO_CAMERAS``, the bundled videos) feeding the service's own
+    case store, to run with the app (``serve.app.attach_cameras``); ``speed``: play the videos faster."""
+    from pipeline.cameras import DEMO_CAMERAS, load_cameras
+    from pipeline.streams import StreamProcessor
+    from serve.sinks import StoreSink
 
-    Attach point for the stream pipeline's ``StreamProcessor(config, detector, sink)``: it returns None
-    while this build has no stream pipeline, and the service then runs without cameras.
-    """
-    return None
-
-
-def file_sample_photos(app, detector) -> tuple[int, int]:
-    """Demo: audit the bundled sample photos into the queue, exactly as ``POST /v1/detect?file=true`` does."""
-    from pipeline.decode import read_image
-    from serve.photos import photo_violations
-    from serve.store import Actor
-
-    store, actor, photos, filed = app.state.store, Actor("demo-audit", "ingest"), 0, 0
-    for path in sorted((SAMPLES_DIR / "photos").glob("*.jpg")):
-        data = path.read_bytes()
-        image = read_image(path)
-        dets = detector.detect(image)
-        taken = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
-        for violation in photo_violations(image, data, dets, detector.version, taken, path.name):
-            filed += store.ingest(violation, actor).created
-        photos += 1
-    return photos, filed
+    config = load_cameras(DEMO_CAMERAS)
+    for cam in config.active:
+        if speed is not None and not cam.is_stream:
+            cam.speed = speed
+    ingested = app.state.metrics.ingested
+    sink = StoreSink(app.state.store, "demo-camera", on_ingest=lambda r: ingested.labels(r.outcome).inc())
+    return StreamProcessor(config, app.state.detector.detector, sink)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -86,6 +75,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     config = service_config(args)
+    if args.speed is not None and (not args.demo or args.speed <= 0):
+        raise CLIError("--speed is a positive playback factor for the demo videos (with --demo)")
     try:
         app = create_app(config)
     except ModelError as exc:
@@ -97,23 +88,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"streetwatch: case store {config.database_url}", flush=True)
     print(f"streetwatch: model {holder.detector.version if holder.loaded else '(none)'}", flush=True)
     if args.demo:
-        from serve.sinks import StoreSink
+        from serve.app import attach_cameras
 
-        sink = StoreSink(config.database_url, config.data_dir, "demo-camera")
-        cameras = demo_cameras(config, holder.detector, sink)
-        if cameras is None:
-            sink.close()
-            print("streetwatch: demo camera: the stream pipeline is not installed in this build; no camera runs")
-        else:
-            from serve.app import attach_cameras
-
-            attach_cameras(app, cameras)
-        photos, filed = file_sample_photos(app, holder.detector)
-        print(
-            f"streetwatch: demo: audited {photos} sample photos, {filed} new case(s) "
-            f"(the model in force reports {'no ' if not filed else ''}violations there)",
-            flush=True,
-        )
+        if not holder.loaded:
+            raise CLIError("--demo runs the demo cameras, which need a model (load_detector is off)")
+        cameras = demo_cameras(app, args.speed)
+        attach_cameras(app, cameras)
+        names = ", ".join(f"{s.camera_id} ({s.name})" for s in cameras.status())
+        print(f"streetwatch: demo cameras: {names}; their violations become cases here", flush=True)
         key, _ = store.create_key("reviewer", f"demo-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
         print(f"streetwatch: demo reviewer key (shown once): {key}", flush=True)
     elif not any(k.revoked_at is None for k in store.list_keys()):
@@ -191,8 +173,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--demo",
         action="store_true",
-        help="also run the demo: the demo camera, the sample photos, and a fresh reviewer key",
+        help="also run the demo cameras (bundled videos) into the case queue, and print a fresh reviewer key",
     )
+    p.add_argument("--speed", type=float, default=None, help="with --demo: play the demo videos this many times faster")
     p.set_defaults(func=cmd_serve)
 
     k = sub.add_parser("keys", help="manage API keys", description="Create, list and revoke API keys.")

@@ -9,6 +9,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.cameras import check_timezone
 from pipeline.detect import DetectorConfig
 
 #: Lifecycle events a webhook can be told about.
@@ -117,13 +118,7 @@ class ServiceConfig(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Asia/Shanghai)") from None
-        return value
+        return check_timezone(value)
 
     @property
     def tz(self):  # -> ZoneInfo

@@ -4,32 +4,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from pipeline.streams import CameraStatus
 
 log = logging.getLogger(__name__)
 disable_created_metrics()  # the *_created series only add noise to every scrape
 
 
-def camera_states(status: Any) -> list[tuple[str, str]]:
-    """(camera, state) pairs from a camera runner's ``status()``: a mapping camera -> state (or -> a dict
-    with ``state``), a list of dicts with ``camera``/``id``/``name`` and ``state``, or either under ``cameras``."""
-    if isinstance(status, Mapping) and "cameras" in status:
-        status = status["cameras"]
-    if isinstance(status, Mapping):
-        items = list(status.items())
-    elif isinstance(status, (list, tuple)):
-        items = [(s.get("camera") or s.get("id") or s.get("name") or i, s) for i, s in enumerate(status)]
-    else:
-        return []
-    out = []
-    for camera, value in items:
-        state = value.get("state") if isinstance(value, Mapping) else value
-        out.append((str(camera), str(getattr(state, "value", state))))
-    return out
+def camera_states(status: Iterable[CameraStatus]) -> list[tuple[str, str]]:
+    """(camera id, state) pairs of a camera runner's ``status()``."""
+    return [(s.camera_id, s.state) for s in status]
 
 
 class _StateCollector(Collector):
@@ -39,7 +29,7 @@ class _StateCollector(Collector):
         self,
         cases: Callable[[], Mapping[str, int]],
         outbox: Callable[[], Mapping[str, int]],
-        cameras: Callable[[], Any] | None,
+        cameras: Callable[[], Iterable[CameraStatus]] | None,
         model: Callable[[], str | None],
     ):
         self.cases, self.outbox, self.cameras, self.model = cases, outbox, cameras, model
@@ -57,20 +47,58 @@ class _StateCollector(Collector):
         except Exception:  # a scrape must not fail because the database is briefly unavailable
             log.exception("metrics: cannot read the store")
         if self.cameras is not None:
-            g = GaugeMetricFamily(
-                "streetwatch_camera_state", "1 for each camera's current state", labels=["camera", "state"]
-            )
-            try:
-                for camera, state in camera_states(self.cameras()):
-                    g.add_metric([camera, state], 1)
-            except Exception:
-                log.exception("metrics: camera runner status failed")
-            yield g
+            yield from self._cameras()
         version = self.model()
         g = GaugeMetricFamily("streetwatch_model_info", "The model in force", labels=["version"])
         if version:
             g.add_metric([version], 1)
         yield g
+
+    def _cameras(self) -> Iterable[Metric]:
+        """Per camera: its state, frames processed, reconnects, lag, newest frame time, open violations."""
+        try:
+            statuses = list(self.cameras()) if self.cameras is not None else []
+        except Exception:
+            log.exception("metrics: camera runner status failed")
+            statuses = []
+        state = GaugeMetricFamily(
+            "streetwatch_camera_state", "1 for each camera's current state", labels=["camera", "state"]
+        )
+        frames = CounterMetricFamily(
+            "streetwatch_camera_frames_processed", "Sampled frames the detector and rules processed", labels=["camera"]
+        )
+        dropped = CounterMetricFamily(
+            "streetwatch_camera_frames_dropped",
+            "Sampled frames replaced by a newer one before processing",
+            labels=["camera"],
+        )
+        reconnects = CounterMetricFamily(
+            "streetwatch_camera_reconnects", "Connection attempts after the first", labels=["camera"]
+        )
+        lag = GaugeMetricFamily(
+            "streetwatch_camera_lag_seconds",
+            "Seconds from a frame being live to the end of its processing (last frame)",
+            labels=["camera"],
+        )
+        last = GaugeMetricFamily(
+            "streetwatch_camera_last_frame_timestamp_seconds",
+            "Unix time of the newest decoded frame",
+            labels=["camera"],
+        )
+        open_ = GaugeMetricFamily(
+            "streetwatch_camera_open_violations", "Violations open on the camera now", labels=["camera"]
+        )
+        for s in statuses:
+            state.add_metric([s.camera_id, s.state], 1)
+            frames.add_metric([s.camera_id], s.frames_processed)
+            dropped.add_metric([s.camera_id], s.frames_dropped)
+            reconnects.add_metric([s.camera_id], s.reconnects)
+            open_.add_metric([s.camera_id], s.open_violations)
+            if s.lag_s is not None:
+                lag.add_metric([s.camera_id], s.lag_s)
+            if s.last_frame_time is not None:
+                last.add_metric([s.camera_id], s.last_frame_time.timestamp())
+        yield from (state, frames, dropped, reconnects, lag, last, open_)
 
 
 class Metrics:
@@ -113,7 +141,7 @@ class Metrics:
         self,
         cases: Callable[[], Mapping[str, int]],
         outbox: Callable[[], Mapping[str, int]],
-        cameras: Callable[[], Any] | None,
+        cameras: Callable[[], Iterable[CameraStatus]] | None,
         model: Callable[[], str | None],
     ) -> None:
         """Register the scrape-time gauges."""

@@ -19,13 +19,19 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import httpx
 from sqlalchemy import make_url
 
 from pipeline.cases import Violation, ViolationSink
+from pipeline.files import atomic_write
+
+if TYPE_CHECKING:
+    from serve.store import CaseStore, Ingested
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +78,8 @@ class HttpSink:
     # ---- producer side
     def emit(self, violation: Violation) -> None:
         """Spool the violation durably (returns once it is on disk); it is sent in the background."""
-        data = violation.model_dump_json().encode()
         name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._counter):08d}"
-        tmp = self.spool / f".{name}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.spool / f"{name}.json")
+        atomic_write(self.spool / f"{name}.json", violation.model_dump_json())
         self._idle.clear()
         self._wake.set()
 
@@ -167,20 +167,42 @@ class HttpSink:
 
 
 class StoreSink:
-    """Writes violations straight into a case store (SQLite or PostgreSQL)."""
+    """Writes violations straight into a case store (SQLite or PostgreSQL).
 
-    def __init__(self, db_url: str, data_dir: str | os.PathLike[str], actor_name: str | None = None):
-        from serve.store import Actor, CaseStore
+    ``StoreSink.open(db_url, data_dir)`` opens a store of its own (closed with the sink); given a store
+    (the service's own, for cameras it runs), the sink borrows it. ``on_ingest`` sees each outcome.
+    """
 
-        self.store = CaseStore(db_url, data_dir)
+    def __init__(
+        self,
+        store: CaseStore,
+        actor_name: str | None = None,
+        on_ingest: Callable[[Ingested], None] | None = None,
+        own_store: bool = False,
+    ):
+        from serve.store import Actor
+
+        self.store = store
         self.actor = Actor(actor_name or f"sink@{os.uname().nodename}:{os.getpid()}", "ingest")
+        self.on_ingest = on_ingest
+        self._own = own_store
+
+    @classmethod
+    def open(cls, db_url: str, data_dir: str | os.PathLike[str], actor_name: str | None = None) -> StoreSink:
+        """A sink with a store of its own on ``db_url`` (evidence under ``data_dir``)."""
+        from serve.store import CaseStore
+
+        return cls(CaseStore(db_url, data_dir), actor_name, own_store=True)
 
     def emit(self, violation: Violation) -> None:
         """File or update the violation (idempotent per key)."""
-        self.store.ingest(violation, self.actor)
+        result = self.store.ingest(violation, self.actor)
+        if self.on_ingest is not None:
+            self.on_ingest(result)
 
     def close(self) -> None:
-        self.store.dispose()
+        if self._own:
+            self.store.dispose()
 
 
 def open_case_sink(target: str) -> ViolationSink:
@@ -202,7 +224,7 @@ def open_case_sink(target: str) -> ViolationSink:
             data_dir = Path(url.database).resolve().parent
         else:
             data_dir = Path(os.environ.get("STREETWATCH_DATA_DIR", "data"))
-        return StoreSink(target, data_dir)
+        return StoreSink.open(target, data_dir)
     if scheme and len(scheme) > 1:
         raise ValueError(
             f"{target}: unknown sink; use -, FILE.jsonl, http(s)://HOST:PORT, sqlite:///FILE, "
@@ -212,4 +234,4 @@ def open_case_sink(target: str) -> ViolationSink:
     if data_dir.exists() and not data_dir.is_dir():
         raise ValueError(f"{target}: not a folder (a data folder holds streetwatch.db and evidence/)")
     data_dir.mkdir(parents=True, exist_ok=True)
-    return StoreSink(f"sqlite:///{(data_dir / 'streetwatch.db').resolve()}", data_dir)
+    return StoreSink.open(f"sqlite:///{(data_dir / 'streetwatch.db').resolve()}", data_dir)

@@ -12,10 +12,11 @@ Building blocks, each small and testable on hand-made cases:
   mean F1 over classes (ultralytics' ``ap_per_class``), for the classes that have ground truth.
 - :func:`confusion_matrix`: class-agnostic one-to-one matching at an operating confidence.
 
-:func:`load_split` reads a dataset split (data.yaml ``val``/``train``/``test`` or a list file) with its
-classes mapped onto product classes; :func:`make_predictor` runs any model the product can run (a
-registry model, model folder or ONNX file through :class:`pipeline.detect.Detector`, or an ultralytics
-``.pt``); :func:`evaluate` puts them together into an :class:`EvalResult`.
+:func:`load_split` reads a dataset split (data.yaml ``val``/``train``/``test`` or a list file) through the
+dataset tools' YOLO reader (:mod:`datasets.yolo`), with its classes mapped onto product classes;
+:func:`make_predictor` runs any model the product can run (a registry model, model folder or ONNX file
+through :class:`pipeline.detect.Detector`, or an ultralytics ``.pt``); :func:`evaluate` puts them
+together into an :class:`EvalResult`.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from tqdm import tqdm
 
 from datasets.mapping import ClassMapping, identity_mapping
+from datasets.yolo import DataYaml, entry_images, label_path_for, load_data_yaml, read_label_file
 from models.classes import CLASS_IDS, CLASS_NAMES
-from pipeline.decode import IMAGE_SUFFIXES, ImageReadError, read_image
+from pipeline.decode import ImageReadError, read_image
 from pipeline.detections import Detections, box_iou
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -201,96 +202,56 @@ class Split:
     mapped: list[int]  # product class ids the mapping produces (ascending)
 
 
-def read_data_yaml(data: Path) -> dict[str, Any]:
-    """A data.yaml as a dict with ``root`` (the resolved dataset folder) and ``names`` as a list."""
+#: Label problems that make a split unusable for evaluation (other findings drop or fix one box, as in training).
+FATAL_LABEL_ISSUES = ("not_a_number", "unknown_class", "wrong_arity", "unreadable_labels")
+
+
+def dataset_yaml(data: Path) -> DataYaml:
+    """A dataset's data.yaml (:func:`datasets.yolo.load_data_yaml`); every problem is a :class:`DatasetError`."""
     try:
-        spec = yaml.safe_load(Path(data).read_text()) or {}
+        return load_data_yaml(data)
     except FileNotFoundError:
         raise DatasetError(f"{data}: no such dataset file") from None
-    except yaml.YAMLError as exc:
-        raise DatasetError(f"{data}: not valid YAML: {exc}") from None
-    if not isinstance(spec, dict) or "names" not in spec:
-        raise DatasetError(f"{data}: not a YOLO data.yaml (no 'names')")
-    names = spec["names"]
-    spec["names"] = [str(names[k]) for k in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
-    root = Path(spec.get("path") or ".")
-    spec["root"] = root if root.is_absolute() else (Path(data).parent / root).resolve()
-    return spec
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
 
 
-def split_images(spec: dict[str, Any], split: str, data: Path) -> list[Path]:
-    """Image paths of a split: a data.yaml key (folder, list file or a list of them) or a list file path."""
-    root: Path = spec["root"]
-    if split in spec and split not in ("names", "path", "root"):
-        entries = spec[split] if isinstance(spec[split], list) else [spec[split]]
-    elif (root / split).is_file():
-        entries = [split]
-    elif Path(split).is_file():  # a list file named on the command line, relative to the working dir
-        entries = [str(Path(split).resolve())]
-    else:
-        keys = [k for k in ("train", "val", "test") if spec.get(k)]
-        raise DatasetError(f"{data}: no split {split!r} (splits: {', '.join(keys)}; or give a list file)")
-    images: list[Path] = []
-    for entry in entries:
-        path = Path(entry)
-        path = path if path.is_absolute() else root / path
-        if path.is_dir():
-            images += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file() and path.suffix == ".txt":
-            for line in path.read_text().splitlines():
-                line = line.strip()
-                if not line:
-                    continue
-                item = Path(line[2:] if line.startswith("./") else line)
-                if not item.is_absolute():
-                    item = (path.parent / item) if line.startswith("./") else (root / item)
-                images.append(item)
-        elif path.is_file():
-            images.append(path)
+def split_images(spec: DataYaml, split: str) -> list[Path]:
+    """Image paths of a split: a data.yaml key (folder, list file or a list of them) or a list file path
+    (relative to the dataset root, or to the working directory)."""
+    try:
+        if spec.has_split(split):
+            images = spec.split_images(split)
+        elif (spec.root / split).is_file():
+            images = entry_images(spec.root, split, spec.file)
+        elif Path(split).is_file():  # a list file named on the command line, relative to the working dir
+            images = entry_images(spec.root, str(Path(split).resolve()), spec.file)
         else:
-            raise DatasetError(f"{data}: split {split!r} entry {entry}: no such folder or list file ({path})")
+            keys = [k for k in ("train", "val", "test") if spec.has_split(k)]
+            raise DatasetError(f"{spec.file}: no split {split!r} (splits: {', '.join(keys)}; or give a list file)")
+    except FileNotFoundError as exc:
+        raise DatasetError(str(exc)) from None
     if not images:
-        raise DatasetError(f"{data}: split {split!r} has no images")
+        raise DatasetError(f"{spec.file}: split {split!r} has no images")
     return images
 
 
-def label_path(image: Path) -> Path:
-    """The YOLO label file of an image: the last ``images`` folder in its path replaced by ``labels``."""
-    parts = list(image.parts)
-    for i in range(len(parts) - 2, -1, -1):
-        if parts[i] == "images":
-            parts[i] = "labels"
-            break
-    return Path(*parts).with_suffix(".txt")
-
-
 def read_labels(path: Path, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(class ids, normalised xywh) of a YOLO label file; a missing file means no objects."""
-    if not path.is_file():
-        return np.zeros(0, np.int64), np.zeros((0, 4), np.float32)
-    rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        try:
-            c, *xywh = int(parts[0]), *map(float, parts[1:5])
-        except ValueError:
-            raise DatasetError(f"{path}:{lineno}: not a YOLO box line: {line!r}") from None
-        if len(parts) < 5 or not 0 <= c < n_classes:
-            raise DatasetError(f"{path}:{lineno}: bad box (class id out of range 0..{n_classes - 1}?): {line!r}")
-        rows.append((c, *xywh))
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros((0, 4), np.float32)
-    arr = np.asarray(rows, np.float64)
-    return arr[:, 0].astype(np.int64), arr[:, 1:5].astype(np.float32)
+    """(class ids, normalised xywh) of a YOLO label file, read as the dataset tools read it (a missing file
+    means no objects); a line that is not a box of a known class is a :class:`DatasetError`."""
+    rows, issues = read_label_file(path, n_classes)
+    for issue in issues:
+        if issue.severity == "error" and issue.kind in FATAL_LABEL_ISSUES:
+            where = f"{issue.file}:{issue.line}" if issue.line else issue.file
+            raise DatasetError(f"{where}: bad box: {issue.message}")
+    return rows[:, 0].astype(np.int64), rows[:, 1:5].astype(np.float32)
 
 
 def load_split(data: Path | str, split: str = "val", mapping: ClassMapping | None = None) -> Split:
     """A dataset split with labels mapped onto product classes (classes mapped to nothing dropped)."""
     data = Path(data)
-    spec = read_data_yaml(data)
-    names = spec["names"]
+    spec = dataset_yaml(data)
+    names = spec.names
     mapping = mapping or identity_mapping()
     id_map = mapping.id_map(names)
     if not id_map:
@@ -302,8 +263,8 @@ def load_split(data: Path | str, split: str = "val", mapping: ClassMapping | Non
     for src, dst in id_map.items():
         lut[src] = dst
     images = []
-    for path in split_images(spec, split, data):
-        cls, xywh = read_labels(label_path(path), len(names))
+    for path in split_images(spec, split):
+        cls, xywh = read_labels(label_path_for(path), len(names))
         product = lut[cls]
         keep = product >= 0
         images.append(LabelledImage(path, product[keep], xywh[keep]))

@@ -126,10 +126,10 @@ def resolve_device(device: str) -> str:
 
 def dataset_names(data: Path) -> list[str]:
     """Class names of a data.yaml, in id order; a clear error when it is missing or malformed."""
-    from training.evaluate import DatasetError, read_data_yaml
+    from training.evaluate import DatasetError, dataset_yaml
 
     try:
-        return read_data_yaml(data)["names"]
+        return dataset_yaml(data).names
     except DatasetError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -318,9 +318,9 @@ def absolute_data_yaml(data: Path, tmp: Path) -> Path:
     spec = yaml.safe_load(data.read_text()) or {}
     if Path(spec.get("path") or ".").is_absolute():
         return data
-    from training.evaluate import read_data_yaml
+    from training.evaluate import dataset_yaml
 
-    spec["path"] = str(read_data_yaml(data)["root"])
+    spec["path"] = str(dataset_yaml(data).root)
     copy = tmp / data.name
     copy.write_text(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False))
     return copy

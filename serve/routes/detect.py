@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import hashlib
+from datetime import datetime, timezone, tzinfo
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from pipeline.cases import GeoPoint
-from pipeline.decode import decode_image, probe_image
+from pipeline.cases import GeoPoint, Violation
+from pipeline.decode import decode_image, probe_image, read_metadata
+from pipeline.detections import Detections
+from pipeline.photos import find_violations, photo_violations
 from serve.auth import GRANTS, require
-from serve.photos import photo_violations
 from serve.routes.cases import ERRORS
 from serve.schemas import DetectionOut, DetectOut, IngestResult
 from serve.store import Actor
@@ -53,8 +56,15 @@ async def detect(
     file: Annotated[bool, Query(description="File the violations found as cases (needs an ingest key)")] = False,
     tile: Annotated[bool, Query(description="Sliced inference for small objects in large images")] = False,
     source_name: Annotated[str | None, Query(max_length=300, description="Photo name for filed cases")] = None,
-    lat: Annotated[float | None, Query(ge=-90, le=90, description="Where the photo was taken")] = None,
-    lon: Annotated[float | None, Query(ge=-180, le=180, description="Where the photo was taken")] = None,
+    lat: Annotated[
+        float | None, Query(ge=-90, le=90, description="Where the photo was taken (default: its EXIF GPS position)")
+    ] = None,
+    lon: Annotated[
+        float | None, Query(ge=-180, le=180, description="Where the photo was taken (default: its EXIF GPS position)")
+    ] = None,
+    parking_anywhere: Annotated[
+        bool, Query(description="File every vehicle as illegal parking (a photo has no zones), as the audit's option")
+    ] = False,
 ) -> DetectOut:
     state = request.app.state
     limits = state.config.limits
@@ -84,16 +94,17 @@ async def detect(
         dets, version = (await run_in_threadpool(detector.detect_batch, [image]))[0], detector.version
     cases: list[IngestResult] = []
     if file:
-        location = GeoPoint(lat=lat, lon=lon) if lat is not None else None
         found = await run_in_threadpool(
-            photo_violations,
+            violations_in_upload,
             image,
             data,
             dets,
             version,
-            datetime.now(timezone.utc),
+            state.config.tz,
+            parking_anywhere,
             source_name or (name if name not in (FIELD, "body") else None),
-            location,
+            lat,
+            lon,
         )
         for violation in found:
             r = await run_in_threadpool(state.store.ingest, violation, actor)
@@ -105,4 +116,37 @@ async def detect(
         model_version=version,
         detections=[DetectionOut.model_validate(r) for r in dets.to_records()],
         cases=cases,
+    )
+
+
+def violations_in_upload(
+    image: np.ndarray,
+    data: bytes,
+    dets: Detections,
+    version: str,
+    tz: tzinfo,
+    parking_anywhere: bool,
+    source_name: str | None,
+    lat: float | None,
+    lon: float | None,
+) -> list[Violation]:
+    """The violations of an uploaded photo, exactly as ``streetwatch audit`` files them (same keys, so a
+    photo filed both ways is one case): taken when its EXIF says (else now), where the request or its
+    EXIF GPS says."""
+    meta = read_metadata(data)
+    taken_at = meta.capture_time(tz)[0] or datetime.now(timezone.utc)
+    if lat is not None and lon is not None:
+        location = GeoPoint(lat=lat, lon=lon)
+    else:
+        location = GeoPoint(lat=meta.location[0], lon=meta.location[1]) if meta.location else None
+    sha = hashlib.sha256(data).hexdigest()
+    return photo_violations(
+        image,
+        dets,
+        find_violations(dets, sha, parking_anywhere),
+        sha256=sha,
+        model_version=version,
+        taken_at=taken_at,
+        source_name=source_name,
+        location=location,
     )

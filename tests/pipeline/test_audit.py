@@ -21,12 +21,11 @@ import pytest
 from PIL import ExifTags, Image
 
 from models.classes import VIOLATIONS
-from pipeline.audit import Audit, AuditConfig, AuditError, violation_key, violation_types
+from pipeline.audit import Audit, AuditConfig, AuditError
 from pipeline.cases import JsonlSink
 from pipeline.cli import main
 from pipeline.decode import HEIF_SUPPORT
 from pipeline.detect import Detector, TileConfig
-from pipeline.detections import Detections
 
 REPO = Path(__file__).resolve().parents[2]
 GPS = (31.2304, 121.4737)  # People's Square, Shanghai
@@ -317,23 +316,6 @@ def test_without_parking_judged_vehicles_are_detections_not_violations(sample_ph
         main(["audit", str(photo), "--out", str(out), "--parking-anywhere"])
     assert exc.value.code == 2
     assert "other settings (parking_anywhere: False -> True)" in capsys.readouterr().err
-
-
-def test_violation_types_follow_the_class_list_without_zones():
-    dets = Detections(np.tile([[0, 0, 10, 10]], (6, 1)), np.full(6, 0.9), [0, 1, 3, 5, 6, 7])
-    assert violation_types(dets, parking_anywhere=False) == [
-        "street_vending",
-        "small_ad",
-        "exposed_garbage",
-        "overflowing_bin",
-        None,
-        None,
-    ]
-    assert violation_types(dets, parking_anywhere=True)[-2:] == [None, "illegal_parking"]
-    taken: set[str] = set()
-    a = violation_key("ab" * 32, "small_ad", [10.2, 20.7, 30.4, 40.5], taken)
-    b = violation_key("ab" * 32, "small_ad", [10.4, 20.6, 30.0, 40.1], taken)
-    assert a == f"photo:{'ab' * 32}:small_ad:10,21,30,40" and b == a + "#2"
 
 
 def run_until(cmd: list[str], manifest: Path, photos_done: int, sig: int) -> subprocess.CompletedProcess:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import subprocess
 import sys
@@ -163,7 +164,8 @@ def sample_violations(detector=None) -> list[Violation]:
     from pipeline.decode import read_image
     from pipeline.detect import Detector
     from pipeline.detections import Detections
-    from serve.photos import encode_jpeg, photo_violations
+    from pipeline.evidence import encode_jpeg
+    from pipeline.photos import find_violations, photo_violations
 
     photos = REPO / "pipeline" / "samples" / "photos"
     detector = detector or Detector()
@@ -173,8 +175,11 @@ def sample_violations(detector=None) -> list[Violation]:
         found = detector.detect(image)
         marked = Detections([box], [0.71 + 0.1 * i], [class_id(cls)])
         t = T0 + timedelta(hours=2 * i)
+        dets = Detections.merge([found, marked])
+        sha = hashlib.sha256((photos / name).read_bytes()).hexdigest()
+        findings = find_violations(dets, sha)
         out += photo_violations(
-            image, (photos / name).read_bytes(), Detections.merge([found, marked]), detector.version, t, name
+            image, dets, findings, sha256=sha, model_version=detector.version, taken_at=t, source_name=name
         )
     for i, name in enumerate(("patrol-bikes-cardboard.jpg", "patrol-containers-cyclist.jpg")):
         image = read_image(photos / name)

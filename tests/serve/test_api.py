@@ -3,6 +3,7 @@ ingest, lifecycle, evidence, detection with micro-batching, stats, keys, metrics
 
 from __future__ import annotations
 
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -13,12 +14,13 @@ from fastapi.testclient import TestClient
 from servetest import T0, make_violation
 
 from pipeline.decode import read_image
+from pipeline.streams import CameraStatus
 from serve.app import attach_cameras, batching_wanted, create_app
 from serve.config import BatchingConfig, ServiceConfig
 
 
 class RecordingCameras:
-    """A camera runner with the interface the service attaches (start/stop/status)."""
+    """A camera runner with the interface the service attaches (start/stop/status, as StreamProcessor)."""
 
     def __init__(self):
         self.events: list[str] = []
@@ -29,8 +31,30 @@ class RecordingCameras:
     def stop(self) -> None:
         self.events.append("stop")
 
-    def status(self):
-        return {"gate-east": {"state": "running", "fps": 9.8}, "market": {"state": "reconnecting"}}
+    def status(self) -> list[CameraStatus]:
+        common = dict(frames_decoded=250, frames_dropped=3, lag_s=None, error=None, retry_in_s=None)
+        return [
+            CameraStatus(
+                camera_id="gate-east",
+                name="东门 East gate",
+                state="live",
+                last_frame_time=T0,
+                frames_processed=20,
+                reconnects=0,
+                open_violations=1,
+                **{**common, "lag_s": 0.25},
+            ),
+            CameraStatus(
+                camera_id="market",
+                name="market",
+                state="failed",
+                last_frame_time=None,
+                frames_processed=0,
+                reconnects=4,
+                open_violations=0,
+                **{**common, "error": "connection refused", "retry_in_s": 8.0},
+            ),
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +91,7 @@ def test_health_ready_and_docs(env):
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and ready["checks"]["database"] is True
     assert ready["checks"]["model"].startswith("yolo11n-coco-interim@")
-    assert ready["checks"]["cameras"] == {"gate-east": "running", "market": "reconnecting"}
+    assert ready["checks"]["cameras"] == {"gate-east": "live", "market": "failed"}
     assert "/v1/cases/ingest" in client.get("/openapi.json").json()["paths"]
 
 
@@ -386,8 +410,13 @@ def test_metrics_expose_requests_batches_cases_and_cameras(env):
     )
     assert "streetwatch_detector_batch_size_bucket" in text
     assert 'streetwatch_cases{status="new"}' in text
-    assert 'streetwatch_camera_state{camera="gate-east",state="running"} 1.0' in text
-    assert 'streetwatch_camera_state{camera="market",state="reconnecting"} 1.0' in text
+    assert 'streetwatch_camera_state{camera="gate-east",state="live"} 1.0' in text
+    assert 'streetwatch_camera_state{camera="market",state="failed"} 1.0' in text
+    assert 'streetwatch_camera_frames_processed_total{camera="gate-east"} 20.0' in text
+    assert 'streetwatch_camera_reconnects_total{camera="market"} 4.0' in text
+    assert 'streetwatch_camera_lag_seconds{camera="gate-east"} 0.25' in text
+    last = re.search(r'streetwatch_camera_last_frame_timestamp_seconds\{camera="gate-east"\} (\S+)', text)
+    assert last and float(last.group(1)) == T0.timestamp()
     assert 'streetwatch_ingested_violations_total{outcome="created"}' in text
     assert "streetwatch_model_info{version=" in text
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -13,6 +16,7 @@ from servetest import REPO, free_port
 from sqlalchemy import create_engine, text
 
 from pipeline.cli import main
+from serve.store import CaseFilter, CaseStore
 
 
 def test_keys_create_prints_the_key_once_and_stores_only_its_hash(tmp_path, capsys):
@@ -47,45 +51,68 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_serve_demo_prints_the_review_page_and_a_working_key(tmp_path):
-    """What `make run` does: the service on 127.0.0.1 with the default model and a SQLite store."""
-    port = free_port()
+def test_serve_demo_runs_the_demo_cameras_into_the_review_queue(tmp_path):
+    """What `make run` does: the service on 127.0.0.1 with the default model, a SQLite store and the demo
+    cameras feeding it. The pavement camera's parked scooter and bicycle become illegal_parking cases with
+    evidence (the lot camera's cars never stop); camera states are in /metrics and /readyz; SIGTERM stops
+    the cameras and the service cleanly."""
+    port, data = free_port(), tmp_path / "data"
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "pipeline.cli", "serve", "--demo", "--speed", "2", "--data-dir", str(data)]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "serve",
-            "--demo",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--port",
-            str(port),
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        [*cmd, "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 90
         while not any("review page" in line for line in lines):
             assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
-            lines.append(proc.stdout.readline())
+            time.sleep(0.1)
         output = "".join(lines)
-        assert f"http://127.0.0.1:{port}/ui/cases" in output
-        assert "model yolo11n-coco-interim@" in output and "audited 8 sample photos" in output
-        assert (tmp_path / "data" / "streetwatch.db").exists()
+        assert f"{url}/ui/cases" in output and "model yolo11n-coco-interim@" in output
+        assert "demo cameras: lot-aisle" in output and "pavement-1" in output
         key = re.search(r"demo reviewer key \(shown once\): (\S+)", output).group(1)
-        for _ in range(100):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        r = httpx.post(f"http://127.0.0.1:{port}/ui/login", data={"key": key, "next": "/ui/cases"})
+        auth = {"Authorization": f"Bearer {key}"}
+        parked: list[dict] = []
+        while not parked:  # the scooter stands 8 s (4 s at double speed) in the no-parking zone
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+            with contextlib.suppress(httpx.HTTPError):
+                parked = httpx.get(f"{url}/v1/cases", params={"type": "illegal_parking"}, headers=auth).json()["items"]
+            time.sleep(0.5)
+        case = parked[0]
+        assert case["source"] == "camera" and case["source_id"] == "pavement-1" and case["zone"] == "pavement"
+        assert case["status"] == "new" and case["model_version"].startswith("yolo11n-coco-interim@")
+        assert {e["kind"] for e in case["evidence"]} == {"frame", "crop"}
+        picture = httpx.get(url + case["evidence"][0]["url"], headers=auth)
+        assert picture.status_code == 200 and picture.content[:2] == b"\xff\xd8"
+        history = httpx.get(f"{url}/v1/cases/{case['id']}/history", headers=auth).json()
+        assert history[0]["actor"] == "demo-camera (ingest)" and history[0]["action"] == "created"
+        ready = httpx.get(f"{url}/readyz").json()
+        assert ready["status"] == "ready" and ready["checks"]["cameras"] == {"lot-aisle": "live", "pavement-1": "live"}
+        metrics = httpx.get(f"{url}/metrics").text
+        for camera in ("lot-aisle", "pavement-1"):
+            assert f'streetwatch_camera_state{{camera="{camera}",state="live"}} 1.0' in metrics
+            processed = re.search(rf'streetwatch_camera_frames_processed_total\{{camera="{camera}"\}} (\S+)', metrics)
+            assert processed and float(processed.group(1)) > 0
+        assert re.search(r'streetwatch_ingested_violations_total\{outcome="created"\} [1-9]', metrics)
+        r = httpx.post(f"{url}/ui/login", data={"key": key, "next": "/ui/cases"})
         assert r.status_code == 303 and r.headers["location"] == "/ui/cases" and "streetwatch_key" in r.cookies
+        page = httpx.get(f"{url}/ui/cases", cookies=r.cookies)
+        assert f'data-case="{case["id"]}"' in page.text
     finally:
-        proc.terminate()
-        proc.wait(20)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+        reader.join(5)
+    output = "".join(lines)
+    # uvicorn shuts down, then re-raises the signal it caught: killed by SIGTERM after a clean shutdown
+    assert code in (0, -signal.SIGTERM) and "Application shutdown complete" in output, output[-3000:]
+    assert "Traceback" not in output and "could not be delivered" not in output
+    store = CaseStore(f"sqlite:///{data / 'streetwatch.db'}", data)
+    try:
+        cases, _ = store.list_cases(CaseFilter())
+        assert cases and {c.source_id for c in cases} == {"pavement-1"}  # the cars in the aisle never stop
+        assert {c.detector_class for c in cases} <= {"motorbike", "bicycle"}
+    finally:
+        store.dispose()

@@ -269,19 +269,19 @@ def compare_on_real_photos(
     """(ours, ultralytics val's metrics) for a checkpoint on the first ``n`` real garbage validation photos:
     ours reads the source as it is with the shipped ``garbage`` mapping; ultralytics val gets the same
     photos with labels rewritten into the model's own class ids (val has no class mapping)."""
+    from datasets.yolo import label_path_for, load_data_yaml
     from training import ultra
-    from training.evaluate import label_path, read_data_yaml
 
     source = shared_data / "garbage" / "data.yaml"
     mapping = load_mapping("garbage")
-    src_names = read_data_yaml(source)["names"]
+    src_names = load_data_yaml(source).names
     images = sorted((shared_data / "garbage" / "val" / "images").glob("*.jpg"))[:n]
     (tmp / "images").mkdir()
     (tmp / "labels").mkdir()
     for img in images:
         (tmp / "images" / img.name).symlink_to(img)
         lines = []
-        label = label_path(img)
+        label = label_path_for(img)
         for line in label.read_text().splitlines() if label.is_file() else []:
             c, *rest = line.split()
             lines.append(" ".join([str(class_map.index(mapping.map[src_names[int(c)]])), *rest]))
