@@ -735,7 +735,8 @@ class Audit:
             box = dets.xyxy[i]
             hidden = bystanders(dets, box[None], cfg.bystander_ios)
             one = scaled(dets[[i]], scale)
-            frame = draw_detections(blur_boxes(small, hidden * scale), one, labels=[f"{v['type']} {v['score']:.2f}"])
+            clean = blur_boxes(small, hidden * scale)
+            frame = draw_detections(clean, one, labels=[f"{v['type']} {v['score']:.2f}"])
             out.append(
                 Violation(
                     key=v["key"],
@@ -754,6 +755,7 @@ class Audit:
                     evidence=[
                         EvidenceImage(kind="frame", jpeg=encode_jpeg(frame, 85)),
                         EvidenceImage(kind="crop", jpeg=encode_jpeg(crop_box(image, box, cfg.crop_size, hidden), 90)),
+                        EvidenceImage(kind="clean", jpeg=encode_jpeg(clean, 90)),
                     ],
                     extra={
                         "file": record["file"],

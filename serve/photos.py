@@ -44,6 +44,12 @@ def photo_violations(
     people = dets.of_classes(["person"]).xyxy
     private = blur_boxes(image, people) if len(people) else image
     scale = min(1.0, EVIDENCE_SIDE / max(h, w))
+    clean = (
+        private
+        if scale == 1
+        else cv2.resize(private, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    )
+    clean_jpeg = None  # encoded once per photo: every violation of the photo shares the clean frame
     out = []
     for det in dets:
         name = det.class_names[0]
@@ -59,6 +65,8 @@ def photo_violations(
         evidence = [EvidenceImage(kind="frame", jpeg=encode_jpeg(frame))]
         if crop.size:
             evidence.append(EvidenceImage(kind="crop", jpeg=encode_jpeg(crop, 90)))
+        clean_jpeg = clean_jpeg or encode_jpeg(clean, 90)
+        evidence.append(EvidenceImage(kind="clean", jpeg=clean_jpeg))
         out.append(
             Violation(
                 key=f"photo:{sha[:24]}:{vtype}:{round(x1)}-{round(y1)}-{round(x2)}-{round(y2)}",
