@@ -61,8 +61,7 @@ class ModelFollower:
     # ------------------------------------------------------------------------------------- control
     def start(self) -> ModelFollower:
         """Start polling on a daemon thread; returns at once."""
-        if self._thread is None:
-            self._seen = self._signature()  # the registry as the running detector was loaded from it
+        if self._thread is None:  # the first poll compares the registry with the running detector
             self._thread = threading.Thread(target=self._loop, name="model-follower", daemon=True)
             self._thread.start()
         return self

@@ -302,8 +302,10 @@ def changes_sheet(
             cv2.putText(tile, caption, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
             halves.append(tile)
         row = np.hstack([halves[0], np.full((side + 22, 8, 3), 255, np.uint8), halves[1]])
-        cv2.putText(row, item.path.name[:60], (4, side + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (90, 90, 90), 1)
-        rows.append(row)
+        footer = np.full((20, row.shape[1], 3), 255, np.uint8)
+        text = f"{item.path.name[:60]}: " + ", ".join(c.describe() for c in item.changes)
+        cv2.putText(footer, text[:140], (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (60, 60, 60), 1, cv2.LINE_AA)
+        rows.append(np.vstack([row, footer]))
     return save_sheet(rows, out, cols=1) if rows else None
 
 
