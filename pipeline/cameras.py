@@ -78,6 +78,8 @@ Point = Annotated[list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_lengt
 
 
 class _ZoneBase(BaseModel):
+    """Fields every zone has: its name and polygon."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=80, description="Zone name, unique within the camera")
@@ -99,6 +101,8 @@ class _ZoneBase(BaseModel):
 
 
 class _RuleZone(_ZoneBase):
+    """Fields shared by the zones that carry a rule: schedule, inertia and when a violation ends."""
+
     schedule: list[ScheduleWindow] = Field(
         default_factory=list, description="When the rule applies (local time); empty: always"
     )
