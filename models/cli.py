@@ -10,7 +10,8 @@ def history_lines(events: list[dict]) -> list[str]:
     """The registry history, one line per event: when, what, who, the gate's verdict, reasons."""
     lines = []
     for e in events:
-        line = f"{e.get('at', ''):25} {e.get('action', 'promote'):8} {e.get('name')}@{e.get('version', '?')}"
+        what = f"{e.get('name')}@{e['version']}" if e.get("version") else f"{e.get('name')} (an entry without details)"
+        line = f"{e.get('at', '-'):25} {e.get('action', 'promote'):8} {what}"
         if e.get("by"):
             line += f" by {e['by']}"
         gate = e.get("gate")

@@ -134,9 +134,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
         return EXIT_INT8_REFUSED
     if args.default:
+        from models.registry import ModelError
         from training.promote import user
 
-        set_default(ref.card.name, {"action": "export", "by": user(), "note": "streetwatch export --default (no gate)"})
+        if folder.resolve() != (models_root() / ref.card.name).resolve():
+            raise CLIError(f"--default: {folder} is not in the registry; run `streetwatch promote {folder}`")
+        try:
+            set_default(ref.card.name, {"action": "export", "by": user(), "note": "export --default, no gate"})
+        except ModelError as exc:
+            raise CLIError(str(exc)) from None
         print(f"{ref.card.name} is now the default model")
     return 0
 
