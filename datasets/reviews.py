@@ -170,6 +170,12 @@ def export_reviews(
     progress: bool = True,
 ) -> ExportResult:
     """Export the cases reviewed in [since, until) (see the module docstring); returns what was written."""
+    from datasets.recipe import load_recipe
+
+    try:
+        base_name = load_recipe(base_recipe).name
+    except (FileNotFoundError, ValueError) as exc:
+        raise ExportError(f"--base-recipe: {exc}") from None
     prepare_export_folder(out)
     reviewed = store.reviewed_cases(since, until)
     result = ExportResult(out, [], cases=len(reviewed))
@@ -237,7 +243,7 @@ def export_reviews(
     _write_source_files(result)
     _write_export_json(result, store, since, until, name)
     _write_label_studio(result, image_prefix if image_prefix is not None else f"/data/local-files/?d={out.name}/")
-    _write_recipe(result, base_recipe, name)
+    _write_recipe(result, base_recipe, base_name, name)
     export_sheet(result.items, out, out / SHEET_FILE)
     return result
 
@@ -410,14 +416,14 @@ def _write_label_studio(result: ExportResult, image_prefix: str) -> None:
     (result.out / LS_CONFIG_FILE).write_text(label_studio_config())
 
 
-def _write_recipe(result: ExportResult, base_recipe: str, name: str) -> None:
+def _write_recipe(result: ExportResult, base_recipe: str, base_name: str, name: str) -> None:
     """``recipe.yaml``: the base recipe extended by this folder as a ``folder`` source (product classes)."""
     base_path = Path(base_recipe)
     base = str(base_path.resolve()) if base_path.is_file() else base_recipe
     out = result.out.resolve()
     recipe = {
-        "name": f"{Path(base).stem}+{name}",
-        "description": f"{Path(base).stem} plus {len(result.items)} reviewed field images ({name})",
+        "name": f"{base_name}+{name}",
+        "description": f"{base_name} plus {len(result.items)} reviewed field images ({name})",
         "extends": base,
         "sources": [
             {

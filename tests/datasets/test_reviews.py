@@ -190,8 +190,12 @@ def test_export_applies_corrections_keeps_hard_negatives_and_case_ids(filed, tmp
     car_sample = next(s for s in data.samples if s.image.stem == cam_item.stem)
     assert car_sample.boxes[:, 0].tolist() == [CLASS_IDS["car"]]
 
+    assert recipe.name == "product-v1+field-1"
     with pytest.raises(ExportError, match="not empty"):
         export_reviews(store, out, progress=False)
+    with pytest.raises(ExportError, match="--base-recipe: product-v9: no such recipe"):
+        export_reviews(store, tmp_path / "other", base_recipe="product-v9", progress=False)
+    assert not (tmp_path / "other").exists()
 
 
 def test_a_frame_waits_for_every_case_on_it_and_since_selects_by_review_time(filed, tmp_path: Path):
