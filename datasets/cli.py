@@ -80,9 +80,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    """Import one source with a mapping into a product-class dataset (no pseudo-labels, no synthesis)."""
+    """Import one source with a mapping into a product-class dataset (no pseudo-labels, no synthesis); with
+    --into, bring corrected annotations (YOLO or COCO) back into an export-reviews folder instead."""
     from datasets.recipe import PseudoConfig, Recipe, build
 
+    if args.into:
+        return _import_corrections(args)
+    if not args.map or not args.out:
+        raise _error(ValueError("importing a source needs --map (its class mapping) and --out (the dataset folder)"))
     name = args.name or _source_name(args.source)
     try:
         recipe = Recipe(
@@ -96,6 +101,75 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise _error(exc) from None
     print(result.report.to_text())
     print(f"\ndataset: {result.out}/data.yaml; report: {result.out}/report/report.html")
+    return 0
+
+
+def _import_corrections(args: argparse.Namespace) -> int:
+    """``data import ANNOTATIONS --into EXPORT``: corrected boxes from Label Studio or CVAT."""
+    from datasets.reviews import ExportError, import_annotations
+
+    try:
+        result = import_annotations(Path(args.source), Path(args.into), args.format, args.map or "product")
+    except (ExportError, FileNotFoundError, ValueError) as exc:
+        raise _error(exc) from None
+    print(
+        f"{len(result.corrected)} images of {result.folder} take the corrected labels ({result.boxes_before} boxes "
+        f"before, {result.boxes_after} now); {result.unchanged} keep the reviewed labels "
+        f"(kept as they were in {result.folder / 'labels.reviewed'})"
+    )
+    if result.unknown:
+        print(
+            f"not in this export, ignored: {', '.join(result.unknown[:10])}"
+            + (" ..." if len(result.unknown) > 10 else "")
+        )
+    print(f"next: streetwatch data build {result.folder / 'recipe.yaml'} --out DATASET_DIR")
+    return 0
+
+
+def _when(text: str | None, tz, end: bool = False):  # -> datetime | None
+    """A --since/--until value: an ISO date (a whole day in the service's time zone) or date-time."""
+    from datetime import datetime, timedelta
+
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise _error(ValueError(f"{text!r}: not a date (YYYY-MM-DD) or date-time (YYYY-MM-DDTHH:MM)")) from None
+    if end and len(text) == 10:
+        value += timedelta(days=1)  # --until 2026-11-30 includes that day
+    return value if value.tzinfo else value.replace(tzinfo=tz)
+
+
+def cmd_export_reviews(args: argparse.Namespace) -> int:
+    """Reviewed cases -> labelled images, hard negatives, Label Studio tasks, a recipe that merges them."""
+    from datasets.reviews import ExportError, export_reviews
+    from serve.cli import open_store, service_config
+
+    tz = service_config(args).tz
+    since, until = _when(args.since, tz), _when(args.until, tz, end=True)
+    store = open_store(args)
+    try:
+        result = export_reviews(
+            store, Path(args.out), since, until, args.base_recipe, args.name, args.image_prefix, not args.quiet
+        )
+    except ExportError as exc:
+        raise _error(exc) from None
+    finally:
+        store.dispose()
+    c = result.counts()
+    print(
+        f"{c['cases']} reviewed cases -> {c['images']} images in {result.out}: {c['confirmed']} confirmed boxes "
+        f"({c['corrected']} with the class corrected), {c['dismissed']} dismissed boxes left out, "
+        f"{c['background_images']} background images; {c['skipped']} cases skipped"
+    )
+    for s in result.skipped[:10]:
+        print(f"  skipped case {s['case_id']} ({s['verdict']}): {s['reason']}")
+    if len(result.skipped) > 10:
+        print(f"  ... {len(result.skipped) - 10} more in {result.out / 'export.json'}")
+    out = result.out
+    print(f"contact sheet: {out / 'sheet.jpg'}; Label Studio: {out / 'tasks.json'} (config {out / 'label-studio.xml'})")
+    print(f"next: streetwatch data build {out / 'recipe.yaml'} --out DATASET_DIR")
     return 0
 
 
@@ -199,9 +273,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _source_args(p: argparse.ArgumentParser) -> None:
+def _source_args(p: argparse.ArgumentParser, map_required: bool = True) -> None:
     p.add_argument("source", help="YOLO dataset folder or data.yaml; with --labels: the images folder")
-    p.add_argument("--map", required=True, help="class mapping: shipped name (see `data mappings`), file, or product")
+    p.add_argument(
+        "--map",
+        required=map_required,
+        help="class mapping: shipped name (see `data mappings`), file, or product"
+        + ("" if map_required else " (required, except with --into: default product)"),
+    )
     p.add_argument("--labels", help="labels folder (images folder + labels folder source)")
     p.add_argument("--split-file", help="yaml with train/eval/clean image stems (default: LABELS/split.yaml)")
     p.add_argument("--name", help="source name (default: from the folder name)")
@@ -228,11 +307,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true", help="exit 1 when there are errors or train/val leaks")
     p.set_defaults(func=cmd_check)
 
-    p = dsub.add_parser("import", help="import one YOLO source with a class mapping into a product dataset")
-    _source_args(p)
-    p.add_argument("--out", required=True, help="output dataset folder")
+    p = dsub.add_parser(
+        "import",
+        help="import one YOLO source with a class mapping into a product dataset, or (--into) corrected "
+        "annotations back into an export-reviews folder",
+        description="Without --into: import one source into a product-class dataset. With --into EXPORT: SOURCE is "
+        "a Label Studio / CVAT export of the export's tasks (a YOLO folder, or a COCO JSON file or folder); its "
+        "boxes replace the labels of the images it covers (matched by file name, which carries the case ids).",
+    )
+    _source_args(p, map_required=False)
+    p.add_argument("--out", help="output dataset folder (without --into)")
+    p.add_argument("--into", help="an export-reviews folder whose labels the corrected annotations replace")
+    p.add_argument("--format", choices=("yolo", "coco"), help="with --into: annotation format (default: detected)")
     p.add_argument("--no-sheets", action="store_true", help="skip the contact sheets")
     p.set_defaults(func=cmd_import)
+
+    p = dsub.add_parser(
+        "export-reviews",
+        help="reviewed cases -> labelled images (class corrections applied) and hard negatives, YOLO + Label Studio",
+        description="Export the cases reviewers confirmed (with their class corrections) or dismissed (hard "
+        "negatives) as a labelled folder source: clean frames, YOLO labels, export.json (case ids, verdicts, "
+        "skipped cases and why), Label Studio tasks with the model's boxes as pre-annotations, a contact sheet and "
+        "recipe.yaml that merges the folder into the base training set.",
+    )
+    p.add_argument("--since", help="cases reviewed on or after this date (YYYY-MM-DD, service time zone) or time")
+    p.add_argument("--until", help="cases reviewed up to this date (inclusive) or before this time")
+    p.add_argument("--out", required=True, help="new folder for the export (exports are kept as versions)")
+    p.add_argument("--base-recipe", default="product-v1", help="recipe recipe.yaml extends (default: %(default)s)")
+    p.add_argument("--name", help="source name in the recipe (default: field-YYYYMMDD-HHMMSS)")
+    p.add_argument(
+        "--image-prefix",
+        help="prefix of image URLs in tasks.json (default: /data/local-files/?d=OUT_NAME/, Label Studio local "
+        "files with LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT = OUT's parent folder)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from serve.cli import _store_args
+
+    _store_args(p)
+    p.set_defaults(func=cmd_export_reviews)
 
     p = dsub.add_parser(
         "build",

@@ -105,8 +105,13 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Dataset name (recorded in the manifest)")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", description="Dataset name (recorded in the manifest)")
     description: str = Field("", description="What the dataset is for")
+    extends: str | None = Field(
+        None,
+        description="A recipe (shipped name or file) this one builds on: its sources come first, then these; "
+        "seed, dedup, pseudo and synth_ads come from it unless set here",
+    )
     seed: int = Field(0, description="Seed of the held-out split and the duplicate matcher")
     sources: list[SourceSpec] = Field(min_length=1, description="Labelled sources and their class mappings")
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="Duplicate finding and leak handling")
@@ -128,8 +133,8 @@ class Recipe(BaseModel):
         return self
 
 
-def load_recipe(ref: str | Path) -> Recipe:
-    """A recipe file, or a shipped recipe by name; errors name the file."""
+def load_recipe(ref: str | Path, _seen: tuple[Path, ...] = ()) -> Recipe:
+    """A recipe file, or a shipped recipe by name, with the recipe it ``extends`` merged in; errors name the file."""
     path = Path(ref)
     if not path.is_file():
         shipped = RECIPES_DIR / f"{ref}.yaml"
@@ -137,12 +142,29 @@ def load_recipe(ref: str | Path) -> Recipe:
             names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
             raise FileNotFoundError(f"{ref}: no such recipe file or shipped recipe (shipped: {names})")
         path = shipped
+    if path.resolve() in _seen:
+        raise ValueError(f"{path}: recipes extend each other in a circle ({' -> '.join(str(p) for p in _seen)})")
     try:
-        return Recipe.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if isinstance(raw, dict) and raw.get("extends"):
+            base_ref = str(raw["extends"])
+            relative = path.parent / base_ref
+            base = load_recipe(relative if relative.is_file() else base_ref, (*_seen, path.resolve()))
+            raw = extend(base, raw)
+        return Recipe.model_validate(raw)
     except ValidationError as exc:
         raise ValueError(f"{path}: invalid recipe: {exc}") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: invalid YAML: {exc}") from None
+
+
+def extend(base: Recipe, raw: dict) -> dict:
+    """``raw`` (a recipe's fields) on top of ``base``: the base's sources first, then the recipe's own; the
+    other fields of the base unless the recipe sets them."""
+    merged = base.model_dump(mode="json", exclude={"extends", "name", "description"})
+    merged.update({k: v for k, v in raw.items() if k != "sources"})
+    merged["sources"] = [*merged["sources"], *(raw.get("sources") or [])]
+    return merged
 
 
 def default_shared() -> Path:

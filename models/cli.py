@@ -6,10 +6,37 @@ import argparse
 import json
 
 
+def history_lines(events: list[dict]) -> list[str]:
+    """The registry history, one line per event: when, what, who, the gate's verdict, reasons."""
+    lines = []
+    for e in events:
+        what = f"{e.get('name')}@{e['version']}" if e.get("version") else f"{e.get('name')} (an entry without details)"
+        line = f"{e.get('at', '-'):25} {e.get('action', 'promote'):8} {what}"
+        if e.get("by"):
+            line += f" by {e['by']}"
+        gate = e.get("gate")
+        if gate:
+            line += " gate " + ("passed" if gate.get("passed") else "REFUSED: " + "; ".join(gate.get("failures", [])))
+        if e.get("forced"):
+            line += f"; FORCED, reason: {e.get('reason')}"
+        elif e.get("reason"):
+            line += f"; reason: {e['reason']}"
+        if e.get("previous"):
+            line += f"; was {e['previous']}"
+        lines.append(line)
+    return lines
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     """List registered models, or show one card."""
-    from models.registry import list_models, read_registry, resolve
+    from models.registry import history_events, list_models, read_registry, resolve
 
+    if args.history:
+        if args.json:
+            print(json.dumps(history_events(read_registry()), ensure_ascii=False))
+            return 0
+        print("\n".join(history_lines(history_events(read_registry()))) or "no promotions recorded")
+        return 0
     if args.name:
         print(resolve(args.name).card.model_dump_json(indent=2))
         return 0
@@ -42,4 +69,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list registered models or show a model card")
     p.add_argument("name", nargs="?", help="show this model's card ('default' for the default)")
     p.add_argument("--json", action="store_true", help="machine-readable list")
+    p.add_argument("--history", action="store_true", help="promotions and rollbacks: who, when, gate, reasons")
     p.set_defaults(func=cmd_models)

@@ -1,16 +1,25 @@
 """The model registry: model folders with ONNX files and a JSON model card; ``default`` names one.
 
 A model folder holds ``card.json`` and the files it lists (``fp32``: ONNX float, ``int8``: ONNX
-static-quantised, ``pt``: the ultralytics checkpoint for fine-tuning). The registry root is this
-package's folder unless ``STREETWATCH_MODELS_DIR`` points elsewhere; ``registry.json`` in it names
-the default model and the order versions were promoted in.
+static-quantised, ``pt``: the ultralytics checkpoint for fine-tuning, ``manifest``: the manifest of the
+dataset it was trained on). The registry root is this package's folder unless ``STREETWATCH_MODELS_DIR``
+points elsewhere; ``registry.json`` in it names the default model and keeps the history of promotions
+and rollbacks (who, when, the promotion gate's verdict, any forced override with its reason).
+
+Every change of ``registry.json`` runs under an exclusive lock (``registry.lock``, :func:`registry_lock`)
+and replaces the file atomically, so concurrent promotions never lose one another's entries and a
+reader (a service following the default) sees the old or the new index, never half of one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import tempfile
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,6 +30,7 @@ from models.classes import CLASS_NAMES
 
 CARD_NAME = "card.json"
 REGISTRY_FILE = "registry.json"
+LOCK_FILE = "registry.lock"
 
 
 class ModelError(ValueError):
@@ -117,21 +127,146 @@ def models_root() -> Path:
 
 
 def read_registry(root: Path | None = None) -> dict[str, Any]:
-    """The registry index: ``{"default": name, "history": [names promoted, oldest first]}``."""
+    """The registry index: ``{"default": name, "history": [events, oldest first]}``.
+
+    An event is a dict (:func:`history_events` also turns the bare model names older indexes hold into
+    ``{"action": "promote", "name": ...}``)."""
     root = root or models_root()
     path = root / REGISTRY_FILE
     if not path.is_file():
         return {"default": None, "history": []}
-    return json.loads(path.read_text())
+    try:
+        index = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ModelError(f"{path}: invalid registry index: {exc}") from None
+    if not isinstance(index, dict):
+        raise ModelError(f"{path}: invalid registry index: expected an object with 'default' and 'history'")
+    index.setdefault("default", None)
+    index.setdefault("history", [])
+    return index
 
 
 def write_registry(index: dict[str, Any], root: Path | None = None) -> None:
-    """Atomically replace the registry index."""
+    """Atomically replace the registry index (a unique temporary file, fsynced, renamed over the old one).
+    Callers that read, change and write the index hold :func:`registry_lock` around all three."""
     root = root or models_root()
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / (REGISTRY_FILE + ".tmp")
-    tmp.write_text(json.dumps(index, indent=2) + "\n")
-    os.replace(tmp, root / REGISTRY_FILE)
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{REGISTRY_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(index, indent=2, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, root / REGISTRY_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself survives a crash once the folder is synced
+        dir_fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def registry_lock(root: Path | None = None) -> Iterator[Path]:
+    """Hold the registry's exclusive lock (``flock`` on ``registry.lock``; processes and threads queue)."""
+    root = root or models_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK_FILE, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield root
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def history_events(index: dict[str, Any]) -> list[dict[str, Any]]:
+    """The index's history as event dicts (a bare name, as older indexes hold, is a promotion of it)."""
+    return [e if isinstance(e, dict) else {"action": "promote", "name": str(e)} for e in index.get("history", [])]
+
+
+def default_chain(index: dict[str, Any]) -> list[str]:
+    """The defaults in force, oldest first, as promotions and rollbacks left them: a promotion pushes a
+    model, a rollback pops one; the last entry is the default in force."""
+    chain: list[str] = []
+    for event in history_events(index):
+        if event.get("action") == "rollback":
+            if chain:
+                chain.pop()
+        elif event.get("name"):
+            chain.append(event["name"])
+    default = index.get("default")
+    if default and (not chain or chain[-1] != default):
+        chain.append(default)  # an index edited by hand: its default is the one in force
+    return chain
+
+
+class RegistryConflict(ModelError):
+    """The registry changed between a decision and its write (another promotion won the race)."""
+
+
+_UNCHECKED = object()
+
+
+def set_default(
+    name: str, event: dict[str, Any], root: Path | None = None, expect_default: Any = _UNCHECKED
+) -> dict[str, Any]:
+    """Make registered model ``name`` the default and append ``event`` (plus name, version, time and the
+    previous default) to the history, under the lock. With ``expect_default``, refuse
+    (:class:`RegistryConflict`) when the default in force is no longer that one."""
+    root = root or models_root()
+    card = resolve(name, root).card
+    with registry_lock(root):
+        index = read_registry(root)
+        previous = index.get("default")
+        if expect_default is not _UNCHECKED and previous != expect_default:
+            raise RegistryConflict(
+                f"the default model changed from {expect_default!r} to {previous!r} meanwhile; run again"
+            )
+        entry = {
+            "action": "promote",
+            **event,
+            "name": card.name,
+            "version": card.version,
+            "at": now_iso(),
+            "previous": previous,
+        }
+        index["default"] = card.name
+        index["history"] = [*index.get("history", []), entry]
+        write_registry(index, root)
+    return entry
+
+
+def rollback_default(root: Path | None = None, **details: Any) -> dict[str, Any]:
+    """Go back one version: the default before the one in force becomes the default again (recorded as
+    a ``rollback`` event with ``details``, e.g. who and why)."""
+    root = root or models_root()
+    with registry_lock(root):
+        index = read_registry(root)
+        chain = default_chain(index)
+        if len(chain) < 2:
+            raise ModelError(
+                f"nothing to roll back to: {chain[-1] if chain else 'no model'} is the only default "
+                f"in the history of {root / REGISTRY_FILE}"
+            )
+        current, target = chain[-1], chain[-2]
+        card = resolve(target, root).card  # the folder must still be there and valid
+        for role in card.files:
+            resolve(target, root).file(role)
+        entry = {
+            "action": "rollback",
+            **details,
+            "name": card.name,
+            "version": card.version,
+            "at": now_iso(),
+            "previous": current,
+        }
+        index["default"] = target
+        index["history"] = [*index.get("history", []), entry]
+        write_registry(index, root)
+    return entry
 
 
 def load_card(folder: Path) -> ModelCard:

@@ -24,11 +24,18 @@ from pipeline.files import atomic_write
 
 
 class EvidenceImage(BaseModel):
-    """One evidence picture: the full frame with the box drawn, or a crop of the object."""
+    """One evidence picture: the full frame with the box drawn, a crop of the object, or the clean frame.
+
+    ``clean`` is the same frame as ``frame`` (same size, the violation's box refers to it) with nothing
+    drawn on it: what retraining needs (``streetwatch data export-reviews``); bystanders stay blurred.
+    """
 
     model_config = ConfigDict(extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
 
-    kind: Literal["frame", "crop"] = Field(description="Full annotated frame, or a crop around the object")
+    kind: Literal["frame", "crop", "clean"] = Field(
+        description="Full annotated frame, a crop around the object, or the full frame with nothing drawn "
+        "(for retraining; the box refers to it)"
+    )
     jpeg: bytes = Field(description="JPEG bytes (base64 in JSON); people who are not the subject are blurred")
 
     @property

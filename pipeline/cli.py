@@ -265,6 +265,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"URL/database (default with --demo: {DEMO_SINK})",
     )
     p.add_argument("--speed", type=float, default=None, help="play video files this many times faster")
+    p.add_argument(
+        "--no-follow",
+        action="store_true",
+        help="keep the model loaded at start (default: switch to a newly promoted default)",
+    )
     add_detector_args(p)
     p.set_defaults(func=cmd_watch)
 
@@ -407,6 +412,17 @@ def cmd_watch(args: argparse.Namespace) -> int:
         shown["at"] = time.monotonic()
 
     proc.listeners.append(show_event)
+    follower = None
+    if args.model == "default" and not args.no_follow:  # a promoted model takes over without a restart
+        from pipeline.reload import ModelFollower
+
+        def switched(new) -> None:
+            proc.detector = new
+            if not args.json:
+                clear()
+                print(f"streetwatch: model switched to {new.version} (newly promoted default)", file=sys.stderr)
+
+        follower = ModelFollower(detector.config, detector, [switched]).start()
     if not args.json:
         where = target or "stdout"
         print(
@@ -419,6 +435,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         proc.stop()
     finally:
+        if follower is not None:
+            follower.stop()
         sink.close()
     statuses = proc.status()
     if not args.json:

@@ -106,7 +106,8 @@ def render_evidence(
     caption: list[str],
     zone_polygon_px: np.ndarray | None = None,
 ) -> list[EvidenceImage]:
-    """The annotated full frame and the crop, as JPEG evidence (people other than the subject blurred)."""
+    """The annotated full frame, the crop and the clean frame (nothing drawn, for retraining), as JPEG
+    evidence; people other than the subject are blurred in all three."""
     box = np.asarray(box, np.float32)
     hidden = bystanders(dets, box, [class_id])
     clean = blur_boxes(frame, hidden) if len(hidden) else frame.copy()
@@ -139,4 +140,8 @@ def render_evidence(
     )
     full = draw_caption(annotated, caption)
     crop = crop_box(clean, box)
-    return [EvidenceImage(kind="frame", jpeg=encode_jpeg(full)), EvidenceImage(kind="crop", jpeg=encode_jpeg(crop))]
+    return [
+        EvidenceImage(kind="frame", jpeg=encode_jpeg(full)),
+        EvidenceImage(kind="crop", jpeg=encode_jpeg(crop)),
+        EvidenceImage(kind="clean", jpeg=encode_jpeg(clean)),
+    ]

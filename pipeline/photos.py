@@ -91,9 +91,10 @@ def photo_violations(
 ) -> list[Violation]:
     """A :class:`Violation` with evidence for each finding (see :func:`find_violations`).
 
-    Evidence: the photo shrunk to ``evidence_side`` with the subject's box labelled ``type score``, and a
-    crop around the subject from the full-resolution photo; people who are not the subject are blurred
-    in both. ``extra`` is recorded on every violation, with the box in photo pixels and the photo's size.
+    Evidence: the photo shrunk to ``evidence_side`` with the subject's box labelled ``type score``, a
+    crop around the subject from the full-resolution photo, and the shrunk photo with nothing drawn (the
+    clean frame, for retraining); people who are not the subject are blurred in all three. ``extra`` is
+    recorded on every violation, with the box in photo pixels and the photo's size.
     """
     if not findings:
         return []
@@ -106,7 +107,8 @@ def photo_violations(
         one = dets[[f.index]]
         one.xyxy = one.xyxy * np.float32(scale)
         score = float(dets.confidence[f.index])
-        frame = draw_detections(blur_boxes(small, hidden * scale), one, labels=[f"{f.type} {score:.2f}"])
+        clean = blur_boxes(small, hidden * scale)
+        frame = draw_detections(clean, one, labels=[f"{f.type} {score:.2f}"])
         crop = fit(crop_box(image, box, hidden), crop_side)[0]
         out.append(
             Violation(
@@ -126,6 +128,7 @@ def photo_violations(
                 evidence=[
                     EvidenceImage(kind="frame", jpeg=encode_jpeg(frame, 85)),
                     EvidenceImage(kind="crop", jpeg=encode_jpeg(crop, 90)),
+                    EvidenceImage(kind="clean", jpeg=encode_jpeg(clean, 90)),
                 ],
                 extra={
                     **(extra or {}),

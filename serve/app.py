@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.decode import ImageReadError
 from pipeline.detect import Detector
+from pipeline.reload import ModelFollower
 from serve.batching import DetectorHolder, MicroBatcher
 from serve.config import ServiceConfig
 from serve.evidence import EvidenceNotFound
@@ -252,6 +253,12 @@ def create_app(
             )
             await batcher.start()
         app.state.batcher = batcher
+        follower = None
+        if holder.loaded and config.reload.enabled and ModelFollower.wanted(holder.detector.config):
+            follower = ModelFollower(
+                holder.detector.config, holder.detector, [holder.swap, _cameras_swap(app)], config.reload.poll_s
+            ).start()
+        app.state.follower = follower
         dispatcher = WebhookDispatcher(store, config.webhook) if config.webhook.url else None
         app.state.dispatcher = dispatcher
         if dispatcher:
@@ -264,6 +271,8 @@ def create_app(
             yield
         finally:
             app.state.ready = False
+            if follower:
+                follower.stop()
             if runner is not None:
                 runner.stop()
             if batcher:
@@ -284,6 +293,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.cameras = cameras
     app.state.batcher = None
+    app.state.follower = None
     app.state.dispatcher = None
     app.state.ready = False
     install_error_handlers(app)
@@ -292,6 +302,17 @@ def create_app(
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
     app.add_middleware(GuardMiddleware, config=config, metrics=metrics)
     return app
+
+
+def _cameras_swap(app: FastAPI) -> Callable[[Detector], None]:
+    """Swap callback for the camera runner: a stream processor's ``detector`` attribute is its model."""
+
+    def swap(detector: Detector) -> None:
+        runner = app.state.cameras
+        if runner is not None and hasattr(runner, "detector"):
+            runner.detector = detector
+
+    return swap
 
 
 def attach_cameras(app: FastAPI, cameras: CameraRunner) -> None:

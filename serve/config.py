@@ -51,6 +51,19 @@ class BatchingConfig(BaseModel):
     workers: int = Field(2, ge=1, le=16, description="Batches in flight at once (the next one forms meanwhile)")
 
 
+class ReloadConfig(BaseModel):
+    """Following the registry's default model while running (hot reload after ``streetwatch promote``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        True,
+        description="When the detector's model is 'default', switch to a newly promoted default without restart "
+        "(requests in flight finish on the old model)",
+    )
+    poll_s: float = Field(2.0, gt=0, le=3600, description="How often registry.json is checked, seconds")
+
+
 class WebhookConfig(BaseModel):
     """Pushing case events to an external case system through the transactional outbox."""
 
@@ -103,6 +116,7 @@ class ServiceConfig(BaseModel):
     detector: DetectorConfig = Field(default_factory=DetectorConfig, description="The model that /v1/detect runs")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request and image limits")
     batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Micro-batching of detection")
+    reload: ReloadConfig = Field(default_factory=ReloadConfig, description="Following a newly promoted model")
     webhook: WebhookConfig = Field(default_factory=WebhookConfig, description="Outbound case events")
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="Merging repeated violations")
     departments: list[str] = Field(

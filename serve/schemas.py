@@ -44,7 +44,9 @@ class EvidenceOut(Model):
     """One evidence picture of a case."""
 
     sha256: str = Field(description="Content address; the picture is at url")
-    kind: Literal["frame", "crop"] = Field(description="Full frame or crop around the object")
+    kind: Literal["frame", "crop", "clean"] = Field(
+        description="Annotated full frame, crop around the object, or the full frame with nothing drawn (retraining)"
+    )
     url: str = Field(description="Where the API serves the JPEG (needs a reviewer key)")
     score: float = Field(description="Detector confidence of the sighting this picture shows")
     box: list[float] = Field(description="xyxy box on the frame, pixels (for a frame picture)")

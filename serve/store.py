@@ -13,7 +13,7 @@ import math
 import secrets
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ROLES = ("ingest", "reviewer", "admin")
+#: Statuses of a case a reviewer confirmed (it may have moved on since).
+CONFIRMED_STATUSES = ("confirmed", "dispatched", "resolved", "closed")
 
 
 class CaseNotFound(LookupError):
@@ -72,6 +74,21 @@ class Ingested:
     @property
     def created(self) -> bool:
         return self.outcome == "created"
+
+
+@dataclass(frozen=True)
+class ReviewedCase:
+    """A case a person reviewed, as retraining sees it: the verdict and what the model had said."""
+
+    case: CaseOut
+    verdict: str  # confirmed (the reviewer's class is in case.detector_class) | dismissed (a false positive)
+    reviewed_at: datetime
+    model_class: str  # the detector class the model reported, before any correction
+
+    @property
+    def corrected(self) -> bool:
+        """Whether the reviewer changed the class."""
+        return self.model_class != self.case.detector_class
 
 
 @dataclass(frozen=True)
@@ -617,6 +634,61 @@ class CaseStore:
         with self.reading() as s:
             return list(s.scalars(select(Occurrence.key).where(Occurrence.case_id == case_id).order_by(Occurrence.id)))
 
+    def reviewed_cases(
+        self, since: datetime | None = None, until: datetime | None = None, ids: Collection[int] | None = None
+    ) -> list[ReviewedCase]:
+        """Cases a person reviewed (reviewed in [since, until), or with these ``ids``), oldest review first:
+        confirmed ones (whatever happened after: dispatched, resolved, closed) and dismissed ones."""
+        conds = [Case.reviewed_at.is_not(None), Case.status.in_((*CONFIRMED_STATUSES, "dismissed"))]
+        if since is not None:
+            conds.append(Case.reviewed_at >= since)
+        if until is not None:
+            conds.append(Case.reviewed_at < until)
+        if ids is not None:
+            conds.append(Case.id.in_(list(ids)))
+        now = utcnow()
+        with self.reading() as s:
+            rows = list(
+                s.scalars(
+                    select(Case).where(*conds).options(selectinload(Case.evidence)).order_by(Case.reviewed_at, Case.id)
+                )
+            )
+            first_class: dict[int, str] = {}
+            for part in _chunks([c.id for c in rows]):
+                relabels = s.execute(
+                    select(History.case_id, History.details)
+                    .where(History.case_id.in_(part), History.action == "relabel")
+                    .order_by(History.id)
+                )
+                for case_id, details in relabels:
+                    first_class.setdefault(case_id, (details or {}).get("from_class"))
+            return [
+                ReviewedCase(
+                    self._case_out(s, c, now),
+                    "dismissed" if c.status == "dismissed" else "confirmed",
+                    c.reviewed_at,
+                    first_class.get(c.id) or c.detector_class,
+                )
+                for c in rows
+            ]
+
+    def evidence_cases(self, shas: Collection[str]) -> dict[str, list[tuple[int, str]]]:
+        """For each evidence id, the cases that show it, as (case id, status): a photo's clean frame is
+        shared by every case found on that photo."""
+        out: dict[str, list[tuple[int, str]]] = {}
+        with self.reading() as s:
+            for part in _chunks(sorted(set(shas))):
+                rows = s.execute(
+                    select(Evidence.sha256, Case.id, Case.status)
+                    .join(Case, Case.id == Evidence.case_id)
+                    .where(Evidence.sha256.in_(part))
+                    .order_by(Case.id)
+                )
+                for sha, case_id, status in rows:
+                    if (case_id, status) not in out.setdefault(sha, []):
+                        out[sha].append((case_id, status))
+        return out
+
     def counts_by_status(self) -> dict[str, int]:
         """Cases per status (all of them)."""
         with self.reading() as s:
@@ -815,6 +887,12 @@ class CaseStore:
         """Whether the database answers."""
         with self.reading() as s:
             return s.scalar(select(func.count()).select_from(ApiKey)) is not None
+
+
+def _chunks(items: list[T], size: int = 500) -> Iterator[list[T]]:
+    """``items`` in slices short enough for any database's bound-parameter limit."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _by_gps(v: Violation) -> bool:

@@ -1,4 +1,5 @@
-"""Training-side subcommands (need the ``train`` extra): train, evaluate, export."""
+"""Training-side subcommands: train, evaluate, export (need the ``train`` extra for .pt checkpoints), and
+compare, promote, rollback (run on exported ONNX models with the base install)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 #: exit status of ``export`` when the int8 model was refused (the fp32 model is written)
 EXIT_INT8_REFUSED = 3
+#: exit status of ``compare`` when the promotion gate refuses the candidate, and of a refused ``promote``
+EXIT_GATE_REFUSED = 4
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -79,7 +82,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint into a registry model folder (ONNX fp32, int8 when calibrated) with its card;
     with --data, evaluate both and refuse an int8 model that loses more than the allowed mAP50."""
-    from models.registry import models_root, read_registry, write_registry
+    from models.registry import models_root, set_default
     from pipeline.cli import CLIError, resolve_inputs
     from training.export import build_model_folder, gate_int8
     from training.train import run_record
@@ -131,12 +134,135 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
         return EXIT_INT8_REFUSED
     if args.default:
-        index = read_registry()
-        index["default"] = ref.card.name
-        if ref.card.name not in index.setdefault("history", []):
-            index["history"].append(ref.card.name)
-        write_registry(index)
+        from models.registry import ModelError
+        from training.promote import user
+
+        if folder.resolve() != (models_root() / ref.card.name).resolve():
+            raise CLIError(f"--default: {folder} is not in the registry; run `streetwatch promote {folder}`")
+        try:
+            set_default(ref.card.name, {"action": "export", "by": user(), "note": "export --default, no gate"})
+        except ModelError as exc:
+            raise CLIError(str(exc)) from None
         print(f"{ref.card.name} is now the default model")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Per-class AP of a candidate against a baseline on a fixed evaluation set, the promotion gate, and the
+    detections that changed on field images; the verdict is recorded in the candidate's card."""
+    from models.registry import ModelError
+    from pipeline.cli import CLIError, resolve_inputs
+    from training.compare import changes_sheet, compare, gate_record, load_gate, model_ref, record_gate
+    from training.evaluate import DatasetError, load_split, make_predictor
+
+    try:
+        gate = load_gate(args.gate, max_class_drop=args.max_class_drop, max_mean_drop=args.max_mean_drop)
+        split = load_split(args.data, args.split, _load_mapping(args.map))
+        baseline = make_predictor(args.baseline, variant=args.variant)
+        candidate = make_predictor(args.candidate, variant=args.variant)
+    except (DatasetError, ModelError, FileNotFoundError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    field = []
+    for item in args.field or []:
+        path = Path(item)
+        field.append(str(path / "images") if (path / "images").is_dir() and (path / "export.json").is_file() else item)
+    field_images = resolve_inputs(field) if field else []
+    try:
+        result = compare(baseline, candidate, split, str(args.data), gate, field_images, args.conf, not args.json)
+    except (DatasetError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    out = Path(args.out) if args.out else None
+    report = result.to_json()
+    cand_ref, base_ref = model_ref(args.candidate), model_ref(args.baseline)
+    recorded = None
+    if cand_ref is not None and base_ref is not None and not args.no_record:
+        record_gate(cand_ref, gate_record(result, base_ref))
+        recorded = cand_ref.folder / "card.json"
+    sheet = None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+        sheet = changes_sheet(result.field_items, out / "field-changes.jpg", baseline.name, candidate.name)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        for role, model, r in (("baseline ", baseline, result.baseline), ("candidate", candidate, result.candidate)):
+            print(f"{role} {model.name}: mAP50 {r.map50:.4f}, mAP50-95 {r.map50_95:.4f}")
+        print(f"on {args.data} [{args.split}], {result.baseline.images} images, fingerprint {result.fingerprint[:16]}")
+        print(result.gate.table())
+        if field_images:
+            s = result.field_summary()
+            print(
+                f"field images: {s['changed_images']} of {s['images']} changed at confidence >= {args.conf}: "
+                f"{s['new']} new, {s['gone']} gone, {s['relabelled']} relabelled boxes"
+            )
+            shown = 0
+            for item in result.field_items:
+                for change in item.changes:
+                    if shown < args.show:
+                        print(f"  {item.path.name}: {change.describe()} at {list(change.box)}")
+                    shown += 1
+            if shown > args.show:
+                print(f"  ... {shown - args.show} more (see compare.json)")
+            for bad in result.field_unreadable:
+                print(f"  unreadable: {bad}")
+        if out:
+            print(f"report: {out / 'compare.json'}" + (f"; picture of the changes: {sheet}" if sheet else ""))
+        if recorded:
+            print(f"gate verdict recorded in {recorded} (streetwatch promote reads it)")
+    return 0 if result.gate.passed else EXIT_GATE_REFUSED
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Register a model version and make it the default, if the promotion gate passed (or forced with a reason)."""
+    from models.registry import ModelError
+    from pipeline.cli import CLIError
+    from training.compare import load_gate
+    from training.evaluate import DatasetError
+    from training.promote import PromotionRefused, promote
+
+    try:
+        gate = load_gate(args.gate) if args.data else None
+        done = promote(
+            args.model,
+            force=args.force,
+            reason=args.reason,
+            data=args.data,
+            split=args.split,
+            data_map=args.map,
+            gate_config=gate,
+            progress=True,
+        )
+    except PromotionRefused as exc:
+        print(f"streetwatch: {exc}", file=sys.stderr)
+        print("streetwatch: to promote it anyway: --force --reason 'why'", file=sys.stderr)
+        return EXIT_GATE_REFUSED
+    except (ModelError, DatasetError, ValueError, FileNotFoundError) as exc:
+        raise CLIError(str(exc)) from None
+    e = done.event
+    where = f" (copied into {done.ref.folder})" if done.copied else ""
+    print(f"{e['name']}@{e['version']} is now the default model{where}; was {e['previous']}")
+    if e.get("forced"):
+        print(f"FORCED past the gate ({e['override']}); reason recorded: {e['reason']}")
+    elif e.get("gate"):
+        print(f"promotion gate passed against {e['gate']['baseline']['name']}@{e['gate']['baseline']['version']}")
+    if e.get("manifest_note"):
+        print(f"note: {e['manifest_note']}")
+    print("running services and stream workers that follow the default switch to it within seconds")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Go back one version of the default model."""
+    from models.registry import ModelError
+    from pipeline.cli import CLIError
+    from training.promote import rollback
+
+    try:
+        e = rollback(args.reason)
+    except ModelError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"rolled back: {e['name']}@{e['version']} is the default model again (was {e['previous']})")
     return 0
 
 
@@ -209,5 +335,57 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--description", default="")
     p.add_argument("--notes", default="")
     p.add_argument("--interim", action="store_true", help="mark as a stand-in model in its card")
-    p.add_argument("--default", action="store_true", help="make it the registry default")
+    p.add_argument("--default", action="store_true", help="make it the registry default (no promotion gate)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "compare",
+        help="compare a candidate model with a baseline: per-class AP deltas, promotion gate, field changes",
+        description="Evaluate both models on one fixed evaluation set, show per-class AP deltas and judge the "
+        "candidate with the promotion gate (default: no class loses more than 2 AP50 points, the mean does not "
+        "drop); with --field, list and draw the detections that changed on field images. The verdict is "
+        f"recorded in the candidate's card for `streetwatch promote`. Exit status {EXIT_GATE_REFUSED} when the "
+        "gate refuses.",
+    )
+    p.add_argument("--candidate", required=True, help="the new model: registry name or model folder (or .onnx/.pt)")
+    p.add_argument("--baseline", default="default", help="the model in force (default: %(default)s)")
+    p.add_argument("--data", required=True, help="the fixed evaluation set: a data.yaml")
+    p.add_argument("--split", default="val", help="split of --data (default: val)")
+    p.add_argument("--map", help="class mapping of --data (default: names are product classes)")
+    p.add_argument("--variant", choices=("fp32", "int8"), default="fp32", help="ONNX file of both models")
+    p.add_argument("--gate", help="gate config YAML (training.compare.GateConfig fields)")
+    p.add_argument("--max-class-drop", type=float, default=None, help="AP points one class may lose (default: 2)")
+    p.add_argument("--max-mean-drop", type=float, default=None, help="AP points the mean may lose (default: 0)")
+    p.add_argument("--field", nargs="+", help="field images, folders or an export-reviews folder: detections diffed")
+    p.add_argument("--conf", type=float, default=0.25, help="operating confidence for the field diff (default: 0.25)")
+    p.add_argument("--show", type=int, default=20, help="changed detections listed (default: %(default)s)")
+    p.add_argument("--out", help="folder for compare.json and field-changes.jpg")
+    p.add_argument("--json", action="store_true", help="print only the JSON report")
+    p.add_argument("--no-record", action="store_true", help="do not write the verdict into the candidate's card")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "promote",
+        help="register a model version and make it the default (promotion gate, or --force with a reason)",
+        description="Register a model (registry name or model folder; copied into the registry when it lies "
+        "elsewhere) and make it the default, when `streetwatch compare` recorded a passing gate against the default "
+        "in force (or with --data, a comparison run now). The history in registry.json records who, when, the gate "
+        "verdict and any forced override with its reason. Running services follow the new default without restart.",
+    )
+    p.add_argument("model", help="registry name or model folder")
+    p.add_argument("--force", action="store_true", help="promote although the gate refused or was not run")
+    p.add_argument("--reason", help="why (required with --force; recorded in the registry history)")
+    p.add_argument("--data", help="run the comparison now on this evaluation data.yaml")
+    p.add_argument("--split", default="val", help="split of --data (default: val)")
+    p.add_argument("--map", help="class mapping of --data")
+    p.add_argument("--gate", help="gate config YAML for --data")
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser(
+        "rollback",
+        help="go back one version of the default model",
+        description="The default before the one in force becomes the default again (recorded in the history); "
+        "running services follow it without restart.",
+    )
+    p.add_argument("--reason", help="why (recorded in the registry history)")
+    p.set_defaults(func=cmd_rollback)

@@ -25,6 +25,8 @@ def readyz(request: Request) -> JSONResponse:
     except Exception as exc:  # the answer is "not ready", with the reason
         checks["database"] = f"unreachable: {type(exc).__name__}"
     checks["model"] = state.detector.detector.version if state.detector.loaded else None
+    follower = getattr(state, "follower", None)
+    checks["model_follow"] = follower.status() if follower is not None else "off (pinned model or disabled)"
     if state.cameras is not None:
         try:
             checks["cameras"] = dict(camera_states(state.cameras.status()))

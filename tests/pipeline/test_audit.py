@@ -268,7 +268,7 @@ def test_filed_cases_are_complete_and_rerun_files_nothing_twice(audited, photo_f
         assert case["source"] == "photo" and case["source_id"] == record["sha256"] and case["type"] == v["type"]
         assert case["model_version"] == record["model_version"] and case["detector_class"] == v["class"]
         assert datetime.fromisoformat(case["first_seen"]).tzinfo is not None
-        assert {e["kind"] for e in case["evidence_files"]} == {"frame", "crop"}
+        assert {e["kind"] for e in case["evidence_files"]} == {"frame", "crop", "clean"}
         assert all(Path(e["path"]).is_file() for e in case["evidence_files"])
         w, h = case["frame_size"]
         assert max(w, h) <= 1600 and 0 <= case["box"][0] < case["box"][2] <= w

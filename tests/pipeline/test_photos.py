@@ -66,12 +66,14 @@ def test_evidence_keeps_the_vendor_and_blurs_bystanders():
     assert v.key == f"photo:{sha}:street_vending:200,300,900,1100" and v.source_id == sha
     assert v.first_seen == v.last_seen == taken and v.location == GeoPoint(lat=31.2, lon=121.5)
     assert v.extra == {"file": "/x/market.jpg", "photo_box": stall, "photo_size": [2400, 1200]}
-    frame, crop = (cv2.imdecode(np.frombuffer(e.jpeg, np.uint8), cv2.IMREAD_COLOR) for e in v.evidence)
-    assert [e.kind for e in v.evidence] == ["frame", "crop"]
+    frame, crop, clean = (cv2.imdecode(np.frombuffer(e.jpeg, np.uint8), cv2.IMREAD_COLOR) for e in v.evidence)
+    assert [e.kind for e in v.evidence] == ["frame", "crop", "clean"]
+    assert clean.shape == frame.shape and not np.array_equal(clean, frame)  # same view, nothing drawn
     assert frame.shape[:2] == (800, 1600) and v.frame_size == (1600, 800)  # shrunk to 1600 px
     assert v.box == pytest.approx([200 * 2 / 3, 300 * 2 / 3, 900 * 2 / 3, 1100 * 2 / 3])  # on the evidence frame
     s = 2 / 3
     passer_px = frame[int(320 * s) : int(880 * s), int(1020 * s) : int(1180 * s)]
     vendor_px = frame[int(420 * s) : int(980 * s), int(420 * s) : int(580 * s)]
     assert sharpness(passer_px) < 0.05 * sharpness(vendor_px)
+    assert sharpness(clean[int(320 * s) : int(880 * s), int(1020 * s) : int(1180 * s)]) < 0.05 * sharpness(vendor_px)
     assert crop.shape[0] <= 640 and crop.shape[1] <= 640 and sharpness(crop) > 1000

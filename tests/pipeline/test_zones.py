@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+import cv2
 import numpy as np
 
 from models.classes import CLASS_IDS
@@ -84,4 +85,6 @@ def test_mask_zone_drops_detections_before_tracking_and_rules():
     for t in range(5):
         out += worker.process(Frame("c", image, 1000.0 + t, 0.0, t), dets, "m@1")
     assert [v.box for v in out] == [tuple(float(v) for v in right)]
-    assert out[0].evidence and {e.kind for e in out[0].evidence} == {"frame", "crop"}
+    assert out[0].evidence and {e.kind for e in out[0].evidence} == {"frame", "crop", "clean"}
+    clean = next(e for e in out[0].evidence if e.kind == "clean")
+    assert cv2.imdecode(np.frombuffer(clean.jpeg, np.uint8), cv2.IMREAD_COLOR).shape == image.shape  # no caption band

@@ -465,7 +465,10 @@ def test_detect_files_violations_as_cases_idempotently(use_tiny_registry, tiny_p
         case = app.state.store.get_case(first["cases"][0]["case_id"])
         assert case.type == "exposed_garbage" and case.source == "photo" and case.source_name == "patrol-1.jpg"
         assert case.location.lat == pytest.approx(31.2304) and case.model_version == "tiny@t1/fp32"
-        assert {e.kind for e in case.evidence} == {"frame", "crop"}
+        assert {e.kind for e in case.evidence} == {"frame", "crop", "clean"}
+        clean = next(e for e in case.evidence if e.kind == "clean")
+        frame = next(e for e in case.evidence if e.kind == "frame")
+        assert clean.frame_size == frame.frame_size and clean.sha256 != frame.sha256  # same view, nothing drawn
 
 
 def test_review_pages_need_a_reviewer_escape_content_and_refuse_cross_site_posts(env):

@@ -1,0 +1,300 @@
+"""Reviewed cases back into training data: a real case store filled by the real producers (photo filing
+and stream evidence, with a real tiny model), reviewed, exported, re-imported after correction in an
+annotation tool, and read back as a recipe source."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from datasets.recipe import load_recipe
+from datasets.reviews import ExportError, export_reviews, import_annotations, read_export_labels
+from datasets.sources import load_source
+from models.classes import CLASS_IDS, CLASS_NAMES
+from pipeline.cases import EvidenceImage, Violation
+from pipeline.cli import main
+from pipeline.decode import read_image
+from pipeline.detections import Detections
+from pipeline.evidence import render_evidence
+from pipeline.photos import find_violations, photo_violations
+from serve.store import Actor, CaseStore
+
+T0 = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
+ALICE, BOB = Actor("alice", "reviewer"), Actor("bob", "reviewer")
+
+
+def encode(image: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", image)[1].tobytes()
+
+
+@pytest.fixture
+def filed(use_tiny_registry, tiny_pt: Path, tmp_path: Path):
+    """A SQLite case store with cases filed the way the product files them: photo cases from the tiny model's
+    litter detections (two photos with several cases each), a camera case with stream evidence, and two
+    cases filed before clean frames were kept (annotated frame and crop only)."""
+    from pipeline.detect import Detector
+
+    detector = Detector()
+    store = CaseStore(f"sqlite:///{tmp_path / 'cases.db'}", tmp_path / "data")
+    photos: list[tuple[Path, list[int]]] = []
+    for path in sorted((tiny_pt.parents[3] / "shapes" / "train" / "images").glob("*.jpg")):
+        image = read_image(path)
+        dets = detector.detect(image)
+        if len(dets.of_classes(["litter"])) < 2:
+            continue
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        found = photo_violations(
+            image,
+            dets,
+            find_violations(dets, sha),
+            sha256=sha,
+            model_version=detector.version,
+            taken_at=T0,
+            source_name=path.name,
+        )
+        ids = sorted({store.ingest(v).case_id for v in found})
+        photos.append((path, ids))
+        if len(photos) == 2:
+            break
+    assert len(photos) == 2, "the tiny model finds several litter shapes on some training images"
+    # a stream worker's violation: a parked car with the evidence pipeline.streams renders
+    scene = np.full((240, 320, 3), 140, np.uint8)
+    cv2.circle(scene, (200, 120), 40, (230, 60, 20), -1)
+    box = np.array([160, 80, 240, 160], np.float32)
+    evidence = render_evidence(scene, Detections([box], [0.8], [CLASS_IDS["car"]]), box, CLASS_IDS["car"], "car", ["c"])
+    camera = Violation(
+        key="cam-1:illegal_parking:7",
+        type="illegal_parking",
+        source="camera",
+        source_id="cam-1",
+        first_seen=T0,
+        last_seen=T0 + timedelta(minutes=3),
+        detector_class="car",
+        score=0.8,
+        box=tuple(box.tolist()),
+        frame_size=(320, 240),
+        model_version=detector.version,
+        evidence=evidence,
+    )
+    cam_id = store.ingest(camera).case_id
+    # filed by an older version: annotated frame and crop only
+    old = []
+    for k in range(2):
+        frame = scene.copy()
+        cv2.rectangle(frame, (10 + k, 10), (60, 60), (0, 0, 255), 3)
+        old.append(
+            store.ingest(
+                camera.model_copy(
+                    update={
+                        "key": f"old-{k}",
+                        "source_id": f"cam-old-{k}",
+                        "box": (10.0 + k, 10.0, 60.0, 60.0),
+                        "evidence": [
+                            EvidenceImage(kind="frame", jpeg=encode(frame)),
+                            EvidenceImage(kind="crop", jpeg=encode(scene[0:80, 0:80])),
+                        ],
+                    }
+                )
+            ).case_id
+        )
+    yield {"store": store, "photos": photos, "camera": cam_id, "old": old, "detector": detector}
+    store.dispose()
+
+
+def test_export_applies_corrections_keeps_hard_negatives_and_case_ids(filed, tmp_path: Path):
+    store, photos = filed["store"], filed["photos"]
+    (p1, ids1), (_, ids2) = photos
+    # photo 1: one case is really a car (class correction), the others confirmed; photo 2: all false positives
+    store.review(ids1[0], "relabel", ALICE, type="illegal_parking", detector_class="car")
+    for cid in ids1[1:]:
+        store.review(cid, "confirm", ALICE)
+    for cid in ids2:
+        store.review(cid, "dismiss", BOB)
+    store.review(filed["camera"], "confirm", ALICE)
+    old_confirmed, old_dismissed = filed["old"]
+    store.review(old_confirmed, "confirm", ALICE)
+    store.review(old_dismissed, "dismiss", BOB)
+
+    out = tmp_path / "field-1"
+    result = export_reviews(store, out, base_recipe="product-v1", source_name="field-1", progress=False)
+    counts = result.counts()
+    assert counts["cases"] == len(ids1) + len(ids2) + 3
+    assert counts["images"] == 4  # photo 1, photo 2, the camera frame, the old dismissed case's crop
+    assert counts["corrected"] == 1 and counts["dismissed"] == len(ids2) + 1 and counts["background_images"] == 2
+    assert [s["case_id"] for s in result.skipped] == [old_confirmed]
+    assert "box drawn in" in result.skipped[0]["reason"]
+
+    by_cases = {tuple(lb.case_id for lb in i.labels): i for i in result.items}
+    item1 = by_cases[tuple(ids1)]
+    assert item1.stem.startswith(f"case-{'-'.join(map(str, ids1))}_") and item1.origin == "clean"
+    classes, boxes = read_export_labels(out, item1.stem)
+    case1 = {c.id: c for c in (store.get_case(i) for i in ids1)}
+    assert sorted(classes.tolist()) == sorted([CLASS_IDS["car"]] + [CLASS_IDS["litter"]] * (len(ids1) - 1))
+    for cid in ids1:
+        clean = next(e for e in case1[cid].evidence if e.kind == "clean")
+        assert np.abs(boxes - np.array(clean.box)).max(1).min() < 1.0  # every case's box is a label
+    # the exported picture is the clean frame: the same pixels as the photo (no box drawn), at its size
+    img = cv2.imread(str(out / item1.image))
+    photo = cv2.imread(str(p1))
+    assert img.shape == photo.shape and np.abs(img.astype(int) - photo.astype(int)).mean() < 4
+    frame = next(e for e in case1[ids1[0]].evidence if e.kind == "frame")
+    annotated = cv2.imdecode(np.frombuffer(store.evidence.read(frame.sha256), np.uint8), cv2.IMREAD_COLOR)
+    assert np.abs(annotated.astype(int) - photo.astype(int)).mean() > np.abs(img.astype(int) - photo.astype(int)).mean()
+
+    item2 = by_cases[tuple(ids2)]
+    assert item2.negative and (out / "labels" / f"{item2.stem}.txt").read_text() == ""  # boxes removed
+    crop_item = by_cases[(old_dismissed,)]
+    assert crop_item.origin == "crop" and crop_item.negative and crop_item.width == 80
+    cam_item = by_cases[(filed["camera"],)]
+    cam_classes, cam_boxes = read_export_labels(out, cam_item.stem)
+    assert cam_classes.tolist() == [CLASS_IDS["car"]] and (cam_item.width, cam_item.height) == (320, 240)
+    np.testing.assert_allclose(cam_boxes[0], [160, 80, 240, 160], atol=1)
+
+    # export.json: every item with its cases and verdicts, the skipped case with its reason
+    body = json.loads((out / "export.json").read_text())
+    assert body["counts"] == counts and body["source_name"] == "field-1"
+    labelled = {lb["case_id"]: lb for it in body["items"] for lb in it["labels"]}
+    assert labelled[ids1[0]]["detector_class"] == "car" and labelled[ids1[0]]["model_class"] == "litter"
+    assert labelled[ids1[0]]["reviewed_by"] == "alice" and labelled[ids2[0]]["verdict"] == "dismissed"
+    assert body["skipped"][0]["case_id"] == old_confirmed
+
+    # Label Studio: the model's boxes (its class and score) and the reviewed labels as pre-annotations
+    tasks = json.loads((out / "tasks.json").read_text())
+    task = next(t for t in tasks if t["data"]["stem"] == item1.stem)
+    assert task["data"]["image"] == f"/data/local-files/?d=field-1/images/{item1.stem}.jpg"
+    assert task["data"]["case_ids"] == ids1 and "model said litter" in task["data"]["review"]
+    model = next(p for p in task["predictions"] if p["model_version"] == filed["detector"].version)
+    reviewed = next(p for p in task["predictions"] if p["model_version"] == "reviewed")
+    assert {r["value"]["rectanglelabels"][0] for r in model["result"]} == {"litter"}
+    assert sorted(r["value"]["rectanglelabels"][0] for r in reviewed["result"]) == sorted(
+        CLASS_NAMES[c] for c in classes
+    )
+    r0 = next(r for r in model["result"] if r["id"] == f"m{ids1[0]}")
+    h, w = photo.shape[:2]
+    x1, y1, x2, y2 = next(e for e in case1[ids1[0]].evidence if e.kind == "clean").box
+    assert r0["value"]["x"] == pytest.approx(100 * x1 / w, abs=0.05)  # boxes kept to 0.1 px
+    assert r0["value"]["width"] == pytest.approx(100 * (x2 - x1) / w, abs=0.1)
+    assert r0["value"]["y"] == pytest.approx(100 * y1 / h, abs=0.05)
+    assert r0["value"]["height"] == pytest.approx(100 * (y2 - y1) / h, abs=0.1)
+    assert r0["original_width"] == w and r0["type"] == "rectanglelabels" and 0 < r0["score"] <= 1
+    neg = next(t for t in tasks if t["data"]["stem"] == item2.stem)
+    assert next(p for p in neg["predictions"] if p["model_version"] == "reviewed")["result"] == []
+    config = (out / "label-studio.xml").read_text()
+    assert all(f'<Label value="{c}"' in config for c in CLASS_NAMES) and 'value="$image"' in config
+    assert (out / "sheet.jpg").is_file() and cv2.imread(str(out / "sheet.jpg")) is not None
+
+    # the folder is a recipe source: recipe.yaml extends the base recipe with it
+    recipe = load_recipe(out / "recipe.yaml")
+    base = load_recipe("product-v1")
+    assert [s.name for s in recipe.sources] == [*(s.name for s in base.sources), "field-1"]
+    assert recipe.extends == "product-v1" and recipe.synth_ads == base.synth_ads
+    data = load_source(recipe.sources[-1])
+    assert len(data.samples) == 4 and {s.split for s in data.samples} == {"train"}
+    car_sample = next(s for s in data.samples if s.image.stem == cam_item.stem)
+    assert car_sample.boxes[:, 0].tolist() == [CLASS_IDS["car"]]
+
+    assert recipe.name == "product-v1+field-1"
+    with pytest.raises(ExportError, match="not empty"):
+        export_reviews(store, out, progress=False)
+    with pytest.raises(ExportError, match="--base-recipe: product-v9: no such recipe"):
+        export_reviews(store, tmp_path / "other", base_recipe="product-v9", progress=False)
+    assert not (tmp_path / "other").exists()
+
+
+def test_a_frame_waits_for_every_case_on_it_and_since_selects_by_review_time(filed, tmp_path: Path):
+    store = filed["store"]
+    (_, ids1), _ = filed["photos"]
+    store.review(ids1[0], "confirm", ALICE)  # the other cases of that photo are still new
+    first = export_reviews(store, tmp_path / "a", progress=False)
+    assert first.items == [] and [s["case_id"] for s in first.skipped] == [ids1[0]]
+    assert f"case {ids1[1]} (new)" in first.skipped[0]["reason"]
+    cut = datetime.now(timezone.utc)
+    for cid in ids1[1:]:
+        store.review(cid, "dismiss", BOB)
+    later = export_reviews(store, tmp_path / "b", since=cut, progress=False)
+    # reviewed since the cut: the dismissed ones; the frame carries the earlier confirmation too
+    assert later.cases == len(ids1) - 1 and len(later.items) == 1
+    assert [lb.case_id for lb in later.items[0].labels] == ids1
+    classes, _ = read_export_labels(tmp_path / "b", later.items[0].stem)
+    assert classes.tolist() == [CLASS_IDS["litter"]]
+
+
+def test_corrected_annotations_come_back_from_label_studio_yolo_and_coco(filed, tmp_path: Path, capsys):
+    store = filed["store"]
+    (_, ids1), (_, ids2) = filed["photos"]
+    for cid in ids1:
+        store.review(cid, "confirm", ALICE)
+    for cid in ids2:
+        store.review(cid, "dismiss", ALICE)
+    out = tmp_path / "field"
+    result = export_reviews(store, out, progress=False)
+    one, two = sorted(result.items, key=lambda i: i.labels[0].case_id)
+    reviewed_one = (out / "labels" / f"{one.stem}.txt").read_text()
+
+    # Label Studio YOLO export: its own class order, uploaded files renamed with an 8-hex prefix
+    ls = tmp_path / "ls-yolo"
+    (ls / "labels").mkdir(parents=True)
+    (ls / "classes.txt").write_text("car\nlitter\n")
+    (ls / "labels" / f"1a2b3c4d-{one.stem}.txt").write_text("0 0.5 0.5 0.2 0.2\n1 0.25 0.25 0.1 0.1\n")
+    (ls / "labels" / "not-from-this-export.txt").write_text("1 0.5 0.5 0.1 0.1\n")
+    assert main(["data", "import", str(ls), "--into", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "1 images of" in printed and "not-from-this-export" in printed
+    classes, boxes = read_export_labels(out, one.stem)
+    assert classes.tolist() == [CLASS_IDS["car"], CLASS_IDS["litter"]]
+    assert boxes[0] == pytest.approx([0.4 * one.width, 0.4 * one.height, 0.6 * one.width, 0.6 * one.height], abs=0.5)
+    assert (out / "labels.reviewed" / f"{one.stem}.txt").read_text() == reviewed_one  # the reviewed labels kept
+
+    # CVAT / Label Studio COCO: a box added on the former background image (a missed object after all)
+    coco = {
+        "images": [{"id": 7, "file_name": f"images/{two.stem}.jpg", "width": two.width, "height": two.height}],
+        "categories": [{"id": 0, "name": "car"}, {"id": 1, "name": "litter"}],
+        "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 20, 30, 40]}],
+    }
+    (tmp_path / "result.json").write_text(json.dumps(coco))
+    assert main(["data", "import", str(tmp_path / "result.json"), "--into", str(out)]) == 0
+    classes, boxes = read_export_labels(out, two.stem)
+    assert classes.tolist() == [CLASS_IDS["litter"]] and boxes[0] == pytest.approx([10, 20, 40, 60], abs=0.5)
+    corrections = json.loads((out / "export.json").read_text())["corrections"]
+    assert [c["format"] for c in corrections] == ["yolo", "coco"] and corrections[1]["images"] == [two.stem]
+    assert load_source(load_recipe(out / "recipe.yaml").sources[-1]).samples  # still a valid source
+
+    # refusals name the problem
+    coco["categories"][1]["name"] = "banana"
+    (tmp_path / "bad.json").write_text(json.dumps(coco))
+    with pytest.raises(ExportError, match="banana"):
+        import_annotations(tmp_path / "bad.json", out)
+    coco["images"][0]["file_name"] = "elsewhere.jpg"
+    coco["categories"][1]["name"] = "litter"
+    (tmp_path / "other.json").write_text(json.dumps(coco))
+    with pytest.raises(ExportError, match="none of its 1 images"):
+        import_annotations(tmp_path / "other.json", out)
+    with pytest.raises(ExportError, match="not an export-reviews folder"):
+        import_annotations(ls, tmp_path)
+
+
+def test_export_reviews_command(filed, tmp_path: Path, capsys):
+    store = filed["store"]
+    (_, ids1), _ = filed["photos"]
+    for cid in ids1:
+        store.review(cid, "confirm", ALICE)
+    data_dir = store.data_dir
+    args = ["data", "export-reviews", "--db", store.db_url, "--data-dir", str(data_dir), "--quiet"]
+    today = datetime.now(timezone.utc).date()
+    assert main([*args, "--since", str(today - timedelta(days=1)), "--out", str(tmp_path / "x")]) == 0
+    printed = capsys.readouterr().out
+    assert f"{len(ids1)} reviewed cases -> 1 images" in printed and "recipe.yaml" in printed
+    assert main([*args, "--since", str(today + timedelta(days=2)), "--out", str(tmp_path / "y")]) == 0
+    assert "0 reviewed cases -> 0 images" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*args, "--since", "yesterday", "--out", str(tmp_path / "z")])
+    assert "not a date" in capsys.readouterr().err
+    spec = yaml.safe_load((tmp_path / "x" / "recipe.yaml").read_text())
+    assert spec["sources"][0]["path"] == str((tmp_path / "x" / "images").resolve())
