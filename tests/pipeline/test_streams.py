@@ -137,10 +137,11 @@ def test_rtsp_camera_killed_mid_stream_reconnects_without_losing_or_duplicating(
         reconnects = status().reconnects
         server.proc.send_signal(signal.SIGSTOP)  # 3rd: the server hangs, the connection stays open, no data
         wait_for(lambda: status().state == "stalled", 15, "the camera to show as stalled")
+        wait_for(lambda: status().reconnects > reconnects, 20, "a reconnect attempt after the stall")
         server.proc.send_signal(signal.SIGCONT)
         stalled = status()
         wait_for(lambda: status().frames_processed >= stalled.frames_processed + 4, 40, "samples after the stall")
-        assert status().state == "live" and status().reconnects > reconnects
+        assert status().state == "live"
     finally:
         proc.stop()
         sink.close()
@@ -155,7 +156,7 @@ def test_rtsp_camera_killed_mid_stream_reconnects_without_losing_or_duplicating(
         # the dwell started before the first outage and carried on across it: nothing in flight was lost
         first = _epoch(r["first_seen"])
         assert first < first_kill and _epoch(r["last_seen"]) > first_kill
-        assert r["zone"] == "pavement" and len(r["evidence_files"]) == 2
+        assert r["zone"] == "pavement" and {e["kind"] for e in r["evidence_files"]} == {"frame", "crop", "clean"}
     assert proc.status()[0].reconnects >= 3
 
 

@@ -185,7 +185,7 @@ def check_audit_filed(found: dict[str, tuple[dict, dict]], filed: dict[str, list
         (case,) = filed[key]
         assert case.source == "photo" and case.source_id == record["sha256"] and case.source_name == record["name"]
         assert case.type == v["type"] == "illegal_parking" and case.detector_class in classes[case.id]
-        assert {e.kind for e in case.evidence} == {"frame", "crop"}
+        assert {e.kind for e in case.evidence} == {"frame", "crop", "clean"}
         for e in case.evidence:
             assert (data_dir / "evidence" / e.sha256[:2] / f"{e.sha256}.jpg").is_file()
         if record["name"] == "gps.jpg":

@@ -84,7 +84,7 @@ def test_serve_demo_runs_the_demo_cameras_into_the_review_queue(tmp_path):
         case = parked[0]
         assert case["source"] == "camera" and case["source_id"] == "pavement-1" and case["zone"] == "pavement"
         assert case["status"] == "new" and case["model_version"].startswith("yolo11n-coco-interim@")
-        assert {e["kind"] for e in case["evidence"]} == {"frame", "crop"}
+        assert {e["kind"] for e in case["evidence"]} == {"frame", "crop", "clean"}
         picture = httpx.get(url + case["evidence"][0]["url"], headers=auth)
         assert picture.status_code == 200 and picture.content[:2] == b"\xff\xd8"
         history = httpx.get(f"{url}/v1/cases/{case['id']}/history", headers=auth).json()
