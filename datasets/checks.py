@@ -294,17 +294,7 @@ class CheckReport:
                 "",
                 _md_table(
                     ["image", "split", "image", "split", "kind", "score"],
-                    [
-                        [
-                            self.samples[p.a].key,
-                            self.samples[p.a].split or "-",
-                            self.samples[p.b].key,
-                            self.samples[p.b].split or "-",
-                            p.kind,
-                            str(p.score),
-                        ]
-                        for p in self.duplicates[:300]
-                    ],
+                    self._duplicate_rows(),
                 ),
             ]
         if self.dropped:
@@ -312,6 +302,20 @@ class CheckReport:
         if self.notes:
             out += ["", "## Notes", "", *[f"- {n}" for n in self.notes]]
         return "\n".join(out) + "\n"
+
+    def _duplicate_rows(self) -> list[list[str]]:
+        """Rows (image, split, image, split, kind, score) of the first 300 duplicate pairs, for both formats."""
+        return [
+            [
+                self.samples[p.a].key,
+                self.samples[p.a].split or "-",
+                self.samples[p.b].key,
+                self.samples[p.b].split or "-",
+                p.kind,
+                str(p.score),
+            ]
+            for p in self.duplicates[:300]
+        ]
 
     def to_html(self, plots: Sequence[str] = ()) -> str:
         """The full report as a standalone HTML page (plots referenced beside it)."""
@@ -344,17 +348,7 @@ class CheckReport:
             parts.append(
                 _html_table(
                     ["image", "split", "image", "split", "kind", "score"],
-                    [
-                        [
-                            self.samples[p.a].key,
-                            self.samples[p.a].split or "-",
-                            self.samples[p.b].key,
-                            self.samples[p.b].split or "-",
-                            p.kind,
-                            str(p.score),
-                        ]
-                        for p in self.duplicates[:300]
-                    ],
+                    self._duplicate_rows(),
                 )
             )
         if self.dropped:
