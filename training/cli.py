@@ -51,6 +51,7 @@ def _load_mapping(ref: str | None):
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """COCO-style AP of a model on a labelled dataset split."""
+    from models.classes import CLASS_IDS
     from models.registry import ModelError
     from pipeline.cli import CLIError
     from training.evaluate import DatasetError, evaluate, load_split, make_predictor, plot_confusion, write_report
@@ -64,7 +65,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             tile=args.tile,
             model_map=_load_mapping(args.model_map) if args.model_map else None,
         )
-        result = evaluate(model, split, data_name=str(args.data), confusion_conf=args.conf, progress=not args.json)
+        level = [c.strip() for c in args.image_level.split(",")] if args.image_level else None
+        for name in level or []:
+            if name not in CLASS_IDS:
+                raise ValueError(f"--image-level: unknown class {name!r}; known: {', '.join(CLASS_IDS)}")
+        result = evaluate(
+            model,
+            split,
+            data_name=str(args.data),
+            confusion_conf=args.conf,
+            progress=not args.json,
+            image_level=level,
+            operating_conf=args.operating_conf,
+        )
     except (DatasetError, ModelError, FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     if args.json:
@@ -298,6 +311,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--imgsz", type=int, default=None, help="inference size (default: the model's)")
     p.add_argument("--tile", action="store_true", help="sliced inference (tiles plus a full pass)")
     p.add_argument("--conf", type=float, default=0.25, help="confidence for the confusion matrix (default: 0.25)")
+    p.add_argument(
+        "--image-level",
+        metavar="CLASSES",
+        help="also report image-level recall and false alarms for these classes, e.g. litter,overflowing_bin: "
+        "an image showing one must get at least one detection of them at --operating-conf",
+    )
+    p.add_argument(
+        "--operating-conf", type=float, default=0.25, help="confidence of the image-level view (default: 0.25)"
+    )
     p.add_argument("--json", action="store_true", help="print only the JSON report")
     p.add_argument("--out", help="folder for the confusion-matrix PNG and evaluation.json (default: cwd, PNG only)")
     p.set_defaults(func=cmd_evaluate)

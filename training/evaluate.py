@@ -365,10 +365,15 @@ class EvalResult:
     f1_conf: float
     confusion_conf: float = 0.25
     unreadable: list[str] = field(default_factory=list)
+    image_level: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The ``--json`` report: model, mAP50, mAP50-95 and per-class figures over classes with ground truth."""
-        return {"model": self.model, "map50": self.map50, "map50_95": self.map50_95, "per_class": self.per_class}
+        """The ``--json`` report: model, mAP50, mAP50-95 and per-class figures over classes with ground truth
+        (plus ``image_level`` when it was asked for)."""
+        out = {"model": self.model, "map50": self.map50, "map50_95": self.map50_95, "per_class": self.per_class}
+        if self.image_level is not None:
+            out["image_level"] = self.image_level
+        return out
 
     def table(self) -> str:
         """A plain-text table of the per-class figures."""
@@ -388,6 +393,13 @@ class EvalResult:
         lines.append(f"(P and R at confidence {self.f1_conf:.3f}, where mean F1 is highest)")
         if self.unreadable:
             lines.append(f"{len(self.unreadable)} unreadable images skipped: {', '.join(self.unreadable[:5])}")
+        if self.image_level is not None:
+            il = self.image_level
+            lines.append(
+                f"image level ({' or '.join(il['classes'])} at confidence >= {il['conf']}): recall "
+                f"{il['found']}/{il['positives']} = {il['recall']:.2f} of images that show them; false alarms on "
+                f"{il['false_alarms']}/{il['negatives']} images that do not"
+            )
         return "\n".join(lines)
 
 
@@ -397,8 +409,17 @@ def evaluate(
     data_name: str = "",
     confusion_conf: float = 0.25,
     progress: bool = True,
+    image_level: Sequence[str] | None = None,
+    operating_conf: float = 0.25,
 ) -> EvalResult:
-    """Run ``model`` on every image of ``split`` and compute COCO-style AP per product class."""
+    """Run ``model`` on every image of ``split`` and compute COCO-style AP per product class.
+
+    With ``image_level`` (product class names), also the image-level view an inspector has: of the images
+    whose labels show one of those classes, how many get at least one detection of them at
+    ``operating_conf`` (recall), and how many of the other images do (false alarms).
+    """
+    level_ids = np.array([CLASS_IDS[c] for c in image_level or ()], np.int64)
+    level = {"found": [], "missed": [], "alarms": [], "quiet": []}
     tps, confs, preds, targets = [], [], [], []
     confusion = np.zeros((len(split.mapped) + 1,) * 2, np.int64)
     unreadable = []
@@ -419,6 +440,12 @@ def evaluate(
         preds.append(dets.class_id)
         targets.append(item.classes)
         confusion += confusion_matrix(gt, item.classes, dets, split.mapped, conf=confusion_conf)
+        if image_level:
+            shows = bool(np.isin(item.classes, level_ids).any())
+            flagged = bool((np.isin(dets.class_id, level_ids) & (dets.confidence >= operating_conf)).any())
+            level[("found" if flagged else "missed") if shows else ("alarms" if flagged else "quiet")].append(
+                item.path.name
+            )
     if not targets:
         raise DatasetError(f"{data_name}: no readable images in split {split.name!r}")
     result = ap_per_class(
@@ -451,7 +478,26 @@ def evaluate(
         f1_conf=result.conf,
         confusion_conf=confusion_conf,
         unreadable=unreadable,
+        image_level=_image_level_summary(level, image_level, operating_conf) if image_level else None,
     )
+
+
+def _image_level_summary(level: dict[str, list[str]], classes: Sequence[str], conf: float) -> dict[str, Any]:
+    """Counts, rates and the file names behind them, for the report."""
+    positives = len(level["found"]) + len(level["missed"])
+    negatives = len(level["alarms"]) + len(level["quiet"])
+    return {
+        "classes": list(classes),
+        "conf": conf,
+        "positives": positives,
+        "found": len(level["found"]),
+        "recall": round(len(level["found"]) / positives, 4) if positives else None,
+        "negatives": negatives,
+        "false_alarms": len(level["alarms"]),
+        "false_alarm_rate": round(len(level["alarms"]) / negatives, 4) if negatives else None,
+        "missed_files": sorted(level["missed"]),
+        "false_alarm_files": sorted(level["alarms"]),
+    }
 
 
 def plot_confusion(result: EvalResult, out: Path) -> Path:

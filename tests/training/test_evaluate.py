@@ -12,12 +12,13 @@ import pytest
 import yaml
 
 from datasets.mapping import ClassMapping, load_mapping
-from models.classes import CLASS_IDS
+from models.classes import CLASS_IDS, CLASS_NAMES
 from pipeline.cli import main
 from pipeline.detections import Detections
 from training.evaluate import (
     DatasetError,
     EvalResult,
+    ModelInfo,
     ap_per_class,
     average_precision,
     confusion_matrix,
@@ -316,3 +317,38 @@ def test_agrees_with_ultralytics_val_on_real_garbage_photos(tmp_path: Path, shar
     assert ours.images == 60 and ours.map50 > 0.3
     assert ours.map50 == pytest.approx(theirs.box.map50, abs=0.01)
     assert ours.map50_95 == pytest.approx(theirs.box.map, abs=0.01)
+
+
+def test_image_level_recall_and_false_alarms(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """Images that show litter must get a litter detection at the operating confidence; clean ones must not."""
+    root = tmp_path / "ds"
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "labels" / "val").mkdir(parents=True)
+    litter, car = CLASS_IDS["litter"], CLASS_IDS["car"]
+    labels = {"a": [litter], "b": [litter, car], "c": [car], "d": []}  # a, b show litter; c, d are clean
+    for stem, classes in labels.items():
+        cv2.imwrite(str(root / "images" / "val" / f"{stem}.jpg"), np.full((100, 100, 3), 128, np.uint8))
+        (root / "labels" / "val" / f"{stem}.txt").write_text("".join(f"{c} 0.5 0.5 0.4 0.4\n" for c in classes))
+    data = root / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(root), "val": "images/val", "names": dict(enumerate(CLASS_NAMES))}))
+    # a: litter at 0.9 (found); b: litter only at 0.1 (missed); c: litter at 0.5 (false alarm); d: a car (quiet)
+    answers = {"a": [(litter, 0.9)], "b": [(litter, 0.1), (car, 0.8)], "c": [(litter, 0.5)], "d": [(car, 0.7)]}
+    calls = iter(sorted(answers))
+
+    def predict(image: np.ndarray) -> Detections:
+        found = answers[next(calls)]
+        return Detections([[30, 30, 70, 70]] * len(found), [s for _, s in found], [c for c, _ in found])
+
+    result = evaluate(
+        ModelInfo("scripted", predict, 100),
+        load_split(data),
+        progress=False,
+        image_level=["litter", "overflowing_bin"],
+        operating_conf=0.25,
+    )
+    il = result.image_level
+    assert (il["positives"], il["found"], il["recall"]) == (2, 1, 0.5)
+    assert (il["negatives"], il["false_alarms"], il["false_alarm_rate"]) == (2, 1, 0.5)
+    assert il["missed_files"] == ["b.jpg"] and il["false_alarm_files"] == ["c.jpg"]
+    assert result.to_json()["image_level"] == il
+    assert "recall 1/2 = 0.50" in result.table()
