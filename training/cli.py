@@ -80,6 +80,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     except (DatasetError, ModelError, FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc)) from None
+    if args.record:
+        record_metrics(args.model, args.variant, args.data, args.split, result)
     if args.json:
         print(json.dumps(result.to_json(), ensure_ascii=False))
         return 0
@@ -90,6 +92,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.out:
         print(f"report: {write_report(result, out / 'evaluation.json')}")
     return 0
+
+
+def record_metrics(model: str, variant: str, data: str, split: str, result) -> None:
+    """Store an evaluation in the model card's metrics under ``"<data> [<split>]"`` (per variant), as
+    ``streetwatch export --data`` does, so the card names every figure it was measured with."""
+    from models.registry import ModelError, resolve, write_card
+    from pipeline.cli import CLIError
+
+    try:
+        ref = resolve(model)
+    except ModelError as exc:
+        raise CLIError(f"--record needs a registry model or model folder: {exc}") from None
+    entry = ref.card.metrics.setdefault(f"{data} [{split}]", {})
+    entry["images"] = result.images
+    entry[variant] = result.to_json()
+    write_card(ref.folder, ref.card)
+    print(f"recorded in {ref.folder / 'card.json'}", file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -319,6 +338,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--operating-conf", type=float, default=0.25, help="confidence of the image-level view (default: 0.25)"
+    )
+    p.add_argument(
+        "--record", action="store_true", help="store the result in the model card's metrics (registry models)"
     )
     p.add_argument("--json", action="store_true", help="print only the JSON report")
     p.add_argument("--out", help="folder for the confusion-matrix PNG and evaluation.json (default: cwd, PNG only)")

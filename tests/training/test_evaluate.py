@@ -352,3 +352,20 @@ def test_image_level_recall_and_false_alarms(tmp_path: Path, capsys: pytest.Capt
     assert il["missed_files"] == ["b.jpg"] and il["false_alarm_files"] == ["c.jpg"]
     assert result.to_json()["image_level"] == il
     assert "recall 1/2 = 0.50" in result.table()
+
+
+def test_evaluate_record_stores_the_result_in_the_model_card(
+    tiny_registry: Path, shapes_data: Path, tmp_path, capsys, monkeypatch: pytest.MonkeyPatch
+):
+    import shutil
+
+    root = tmp_path / "registry"
+    shutil.copytree(tiny_registry, root)
+    monkeypatch.setenv("STREETWATCH_MODELS_DIR", str(root))
+    assert main(["evaluate", "--data", str(shapes_data), "--variant", "int8", "--json", "--record"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    card = json.loads((root / "tiny" / "card.json").read_text())
+    entry = card["metrics"][f"{shapes_data} [val]"]
+    assert entry["int8"] == printed and entry["images"] == 8
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--data", str(shapes_data), "--model", str(tmp_path / "x.pt"), "--record"])
