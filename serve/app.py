@@ -223,7 +223,7 @@ def create_app(
     ``start()/stop()/status()`` started and stopped with the app, its ``status()`` shown in ``/metrics``
     and ``/readyz``.
     """
-    from serve.routes import admin, cases, detect, health, stats, ui
+    from serve.routes import admin, cases, detect, health, outbox, stats, ui
 
     config = config or ServiceConfig()
     config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -297,7 +297,7 @@ def create_app(
     app.state.dispatcher = None
     app.state.ready = False
     install_error_handlers(app)
-    for module in (health, cases, detect, stats, admin, ui):
+    for module in (health, cases, detect, stats, admin, outbox, ui):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
     app.add_middleware(GuardMiddleware, config=config, metrics=metrics)

@@ -216,6 +216,38 @@ class KeyCreated(KeyOut):
     key: str = Field(description="The key; store it now, it cannot be shown again")
 
 
+# --------------------------------------------------------------------------------------------- outbox
+
+
+class OutboxEventOut(Model):
+    """One webhook event in the outbox."""
+
+    id: int = Field(description="Event number")
+    case_id: int = Field(description="The case it is about")
+    event: str = Field(description="Lifecycle event (confirmed, dispatched, ...)")
+    idempotency_key: str = Field(description="Sent with every attempt; the receiver drops repeats by it")
+    status: Literal["pending", "delivered", "failed"] = Field(
+        description="pending: to be tried (again); delivered; failed: gave up after the configured attempts"
+    )
+    attempts: int = Field(description="Delivery attempts so far")
+    next_attempt_at: datetime = Field(description="When the next attempt is due (pending events)")
+    last_error: str | None = Field(description="Why the last attempt failed")
+    created_at: datetime = Field(description="When the event was queued")
+    delivered_at: datetime | None = Field(description="When the receiver accepted it")
+
+
+class OutboxRetryIn(Model):
+    """Which failed events to try again."""
+
+    ids: list[int] | None = Field(None, description="Event numbers; none: every failed event")
+
+
+class OutboxRetried(Model):
+    """What a retry request did."""
+
+    retried: list[int] = Field(description="Events put back in the queue (failed ones only)")
+
+
 # --------------------------------------------------------------------------------------------- detect
 
 

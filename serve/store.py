@@ -31,7 +31,7 @@ from serve import lifecycle
 from serve.config import DedupConfig, WebhookConfig
 from serve.db import ApiKey, Case, Evidence, History, Occurrence, OutboxEvent, make_engine, migrate, utcnow
 from serve.evidence import EvidenceStore
-from serve.schemas import CaseOut, CountOut, EvidenceOut, HistoryOut, KeyOut, StatsOut
+from serve.schemas import CaseOut, CountOut, EvidenceOut, HistoryOut, KeyOut, OutboxEventOut, StatsOut
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -554,6 +554,60 @@ class CaseStore:
                 event.next_attempt_at = utcnow() + timedelta(seconds=delay)
 
         self._write(work)
+
+    def outbox_events(self, status: str | None = None, limit: int = 100) -> list[OutboxEventOut]:
+        """Outbox events, newest first, optionally of one status."""
+        with self.reading() as s:
+            query = select(OutboxEvent).order_by(OutboxEvent.id.desc()).limit(limit)
+            if status is not None:
+                query = query.where(OutboxEvent.status == status)
+            return [
+                OutboxEventOut(
+                    id=e.id,
+                    case_id=e.case_id,
+                    event=e.event,
+                    idempotency_key=e.idempotency_key,
+                    status=e.status,
+                    attempts=e.attempts,
+                    next_attempt_at=e.next_attempt_at,
+                    last_error=e.last_error,
+                    created_at=e.created_at,
+                    delivered_at=e.delivered_at,
+                )
+                for e in s.scalars(query)
+            ]
+
+    def retry_failed_events(self, actor: Actor, ids: Collection[int] | None = None) -> list[int]:
+        """Put failed events back in the queue with a fresh budget of attempts (after the receiver is
+        fixed); noted in each case's history. Pending and delivered events are left alone."""
+
+        def work(s: Session) -> list[int]:
+            query = select(OutboxEvent).where(OutboxEvent.status == "failed").with_for_update()
+            if ids is not None:
+                query = query.where(OutboxEvent.id.in_(list(ids)))
+            now, retried = utcnow(), []
+            for event in s.scalars(query):
+                s.add(
+                    History(
+                        case_id=event.case_id,
+                        at=now,
+                        actor=str(actor),
+                        action="push retried",
+                        from_status=None,
+                        to_status=None,
+                        details={
+                            "event": event.event,
+                            "idempotency_key": event.idempotency_key,
+                            "attempts": event.attempts,
+                            "last_error": event.last_error,
+                        },
+                    )
+                )
+                event.status, event.attempts, event.next_attempt_at, event.locked_until = "pending", 0, now, None
+                retried.append(event.id)
+            return sorted(retried)
+
+        return self._write(work)
 
     def outbox_counts(self) -> dict[str, int]:
         """Outbox events per status."""

@@ -1,1 +1,1 @@
-"""One FastAPI router per domain: cases, detect, stats, admin (keys), health (+ metrics), ui."""
+"""One FastAPI router per domain: cases, detect, stats, admin (keys), outbox (webhook), health (+ metrics), ui."""

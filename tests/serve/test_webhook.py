@@ -136,3 +136,42 @@ def test_gives_up_after_max_attempts_and_keeps_the_event(tmp_path, violation):
 def test_webhook_url_must_be_http():
     with pytest.raises(ValueError, match="http"):
         WebhookConfig(url="ftp://example.org/x")
+
+
+def test_admin_lists_failed_events_and_retries_them_once_the_receiver_is_fixed(tmp_path, violation):
+    from fastapi.testclient import TestClient
+
+    from serve.app import create_app
+    from serve.config import ServiceConfig
+
+    receiver = Receiver(fail_first=10**6)
+    config = ServiceConfig(data_dir=tmp_path / "svc", webhook=webhook(receiver.url, max_attempts=2))
+    app = create_app(config)
+    store = app.state.store
+    admin = {"Authorization": f"Bearer {store.create_key('admin', 'ops')[0]}"}
+    reviewer = {"Authorization": f"Bearer {store.create_key('reviewer', 'desk')[0]}"}
+    try:
+        with TestClient(app) as client:
+            cid = store.ingest(violation(key="cam1:7")).case_id
+            store.review(cid, "confirm", ALICE)
+            app.state.dispatcher.wake()
+            wait_for(lambda: store.outbox_counts().get("failed") == 1)
+            assert client.get("/v1/outbox", headers=reviewer).status_code == 403
+            failed = client.get("/v1/outbox", params={"status": "failed"}, headers=admin).json()
+            assert [(e["case_id"], e["attempts"]) for e in failed] == [(cid, 2)]
+            assert failed[0]["last_error"].startswith("HTTP 500")
+            assert client.post("/v1/outbox/retry", json={"ids": [failed[0]["id"] + 1]}, headers=admin).json() == {
+                "retried": []
+            }  # not a failed event: nothing happens
+            receiver.fail_first = 0  # the external system is fixed
+            r = client.post("/v1/outbox/retry", json={}, headers=admin)
+            assert r.status_code == 200 and r.json() == {"retried": [failed[0]["id"]]}
+            wait_for(lambda: store.outbox_counts().get("delivered") == 1)
+            assert client.get("/v1/outbox", params={"status": "failed"}, headers=admin).json() == []
+            assert client.post("/v1/outbox/retry", json={}, headers=admin).json() == {"retried": []}
+            actions = [h.action for h in store.history(cid)]
+            assert actions.count("push retried") == 1 and actions[-1] == "pushed"
+    finally:
+        receiver.close()
+    assert len(receiver.delivered) == 1
+    assert receiver.delivered[0]["headers"]["Idempotency-Key"] == f"streetwatch-case-{cid}-confirmed-1"
