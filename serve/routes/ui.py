@@ -22,7 +22,7 @@ from serve.auth import COOKIE, GRANTS
 from serve.lifecycle import STATUSES
 from serve.routes.stats import date_range
 from serve.schemas import KeyOut
-from serve.store import CaseFilter
+from serve.store import CaseFilter, CaseNotFound
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 STATIC_DIR = UI_DIR / "static"
@@ -148,7 +148,12 @@ def case_page(request: Request, case_id: Annotated[int, PathParam(ge=1, le=2**31
     if user is None:
         return to_login(request)
     store = request.app.state.store
-    case = store.get_case(case_id)  # CaseNotFound -> 404
+    try:
+        case = store.get_case(case_id)
+    except CaseNotFound as exc:  # a page, not the API's JSON: a person followed a stale link
+        response = render(request, "missing.html", user, message=f"{exc} (案件不存在)")
+        response.status_code = 404
+        return response
     config = request.app.state.config
     tz = config.tz
     proposed = datetime.now(tz) + timedelta(hours=config.default_deadline_hours)
