@@ -143,11 +143,16 @@ def _when(text: str | None, tz, end: bool = False):  # -> datetime | None
 
 def cmd_export_reviews(args: argparse.Namespace) -> int:
     """Reviewed cases -> labelled images, hard negatives, Label Studio tasks, a recipe that merges them."""
-    from datasets.reviews import ExportError, export_reviews
+    from datasets.reviews import ExportError, export_reviews, export_window_end
     from serve.cli import open_store, service_config
 
     tz = service_config(args).tz
     since, until = _when(args.since, tz), _when(args.until, tz, end=True)
+    if args.after:
+        try:
+            since = export_window_end(Path(args.after))
+        except ExportError as exc:
+            raise _error(exc) from None
     store = open_store(args)
     try:
         result = export_reviews(
@@ -330,7 +335,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "skipped cases and why), Label Studio tasks with the model's boxes as pre-annotations, a contact sheet and "
         "recipe.yaml that merges the folder into the base training set.",
     )
-    p.add_argument("--since", help="cases reviewed on or after this date (YYYY-MM-DD, service time zone) or time")
+    window = p.add_mutually_exclusive_group()
+    window.add_argument("--since", help="cases reviewed on or after this date (YYYY-MM-DD, service time zone) or time")
+    window.add_argument(
+        "--after",
+        metavar="EXPORT_DIR",
+        help="cases reviewed since that earlier export's window ended (consecutive exports: none missed or repeated)",
+    )
     p.add_argument("--until", help="cases reviewed up to this date (inclusive) or before this time")
     p.add_argument("--out", required=True, help="new folder for the export (exports are kept as versions)")
     p.add_argument("--base-recipe", default="product-v1", help="recipe recipe.yaml extends (default: %(default)s)")

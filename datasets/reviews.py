@@ -177,6 +177,7 @@ def export_reviews(
     except (FileNotFoundError, ValueError) as exc:
         raise ExportError(f"--base-recipe: {exc}") from None
     prepare_export_folder(out)
+    until = until or datetime.now(timezone.utc)  # the window's end is recorded: the next export starts there
     reviewed = store.reviewed_cases(since, until)
     result = ExportResult(out, [], cases=len(reviewed))
     frames: dict[str, set[int]] = {}  # clean frame -> the window's cases that chose it
@@ -306,6 +307,16 @@ def _write_export_json(
         "corrections": [],
     }
     (result.out / EXPORT_FILE).write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n")
+
+
+def export_window_end(folder: Path) -> datetime:
+    """Where an earlier export's window ended: ``--after`` starts the next one there, so that consecutive
+    exports neither miss nor repeat a review."""
+    body = load_export(folder)
+    end = body.get("until") or body.get("created")
+    if not end:
+        raise ExportError(f"{folder / EXPORT_FILE}: records no time window")
+    return datetime.fromisoformat(end)
 
 
 def load_export(folder: Path) -> dict[str, Any]:

@@ -298,3 +298,28 @@ def test_export_reviews_command(filed, tmp_path: Path, capsys):
     assert "not a date" in capsys.readouterr().err
     spec = yaml.safe_load((tmp_path / "x" / "recipe.yaml").read_text())
     assert spec["sources"][0]["path"] == str((tmp_path / "x" / "images").resolve())
+
+
+def test_after_an_export_the_next_one_takes_exactly_the_reviews_made_since(filed, tmp_path: Path, capsys):
+    store = filed["store"]
+    (_, ids1), (_, ids2) = filed["photos"]
+    args = ["data", "export-reviews", "--db", store.db_url, "--data-dir", str(store.data_dir), "--quiet"]
+    for cid in ids1:
+        store.review(cid, "confirm", ALICE)
+    assert main([*args, "--out", str(tmp_path / "first")]) == 0
+    first = json.loads((tmp_path / "first" / "export.json").read_text())
+    assert {lb["case_id"] for i in first["items"] for lb in i["labels"]} == set(ids1)
+    assert first["until"] is not None  # the window's end is recorded even when no --until was given
+    for cid in ids2:
+        store.review(cid, "dismiss", BOB)
+    capsys.readouterr()
+    assert main([*args, "--after", str(tmp_path / "first"), "--out", str(tmp_path / "second")]) == 0
+    assert f"{len(ids2)} reviewed cases -> 1 images" in capsys.readouterr().out  # the first photo is not repeated
+    second = json.loads((tmp_path / "second" / "export.json").read_text())
+    assert second["since"] == first["until"]
+    assert {lb["case_id"] for i in second["items"] for lb in i["labels"]} == set(ids2)
+    assert main([*args, "--after", str(tmp_path / "second"), "--out", str(tmp_path / "third")]) == 0
+    assert "0 reviewed cases -> 0 images" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*args, "--after", str(tmp_path), "--out", str(tmp_path / "fourth")])
+    assert "not an export-reviews folder" in capsys.readouterr().err
