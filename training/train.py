@@ -10,6 +10,7 @@ metrics) and a picture of augmented training samples (``augment-preview.png``).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -48,7 +49,13 @@ class TrainConfig(BaseModel):
     epochs: int = Field(50, ge=1, description="Training epochs")
     imgsz: int = Field(512, ge=32, multiple_of=32, description="Square training and validation size in pixels")
     batch: int = Field(16, ge=1, description="Images per batch")
-    workers: int = Field(2, ge=0, description="Data-loading worker processes")
+    workers: int = Field(2, ge=0, description="Data-loading worker processes (ultralytics uses none on the CPU)")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads when training on the CPU; default: every core (ultralytics alone would "
+        "leave one core idle: it uses cores - 1)",
+    )
     cache: Literal["ram", "disk", False] = Field(False, description="Cache decoded images: 'ram', 'disk' or false")
     patience: int = Field(100, ge=0, description="Stop after this many epochs without validation improvement")
     fraction: float = Field(1.0, gt=0, le=1, description="Fraction of the training images to use (smoke runs)")
@@ -184,6 +191,11 @@ class _Progress:
         self.batch_seconds: list[float] = []
 
     def on_pretrain_routine_start(self, trainer: Any) -> None:
+        if trainer.device.type == "cpu":  # after ultralytics' select_device set its own count
+            import torch
+
+            torch.set_num_threads(self.cfg.threads or os.cpu_count() or 1)
+            self.record["threads"] = torch.get_num_threads()
         save_dir = Path(trainer.save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
         (save_dir / CONFIG_NAME).write_text(self.config_text)

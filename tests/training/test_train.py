@@ -4,6 +4,7 @@ real smoke training run through the CLI from the checked-in smoke config."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -158,6 +159,7 @@ def test_smoke_training_through_the_cli(shapes_data: Path, tmp_path: Path, capsy
     assert len(record["augmentations"]) == 9 and record["train_images"] == 24
     assert record["epochs"] and record["throughput"]["seconds_per_image"] > 0
     assert record["base"]["sha256"] and record["data"]["names"] == ["litter", "car"]
+    assert record["threads"] == os.cpu_count()  # every core, not ultralytics' cores - 1
     preview = cv2.imread(str(run / PREVIEW_NAME))
     assert preview is not None and preview.shape[0] >= 640
 
