@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from synth import still_scene, write_h264
 
+from models.registry import resolve
 from pipeline.cameras import CameraConfig, CamerasConfig, NoParkingZone
 from pipeline.cases import JsonlSink
 from pipeline.detect import Detector
@@ -281,7 +282,7 @@ def test_watch_demo_end_to_end(tmp_path):
     frame_file = next(e["path"] for e in parking[0]["evidence_files"] if e["kind"] == "frame")
     evidence = cv2.imread(frame_file)
     assert evidence is not None and evidence.shape[1] == 800 and evidence.shape[0] > 596  # frame + caption
-    assert parking[0]["model_version"].startswith("yolo11n-coco-interim")
+    assert parking[0]["model_version"].startswith(f"{resolve().card.name}@")
     # the human view: status lines per camera on stderr
     run = subprocess.run(
         [*cmd[:-4], "--duration", "3", "--sink", str(tmp_path / "b.jsonl")],

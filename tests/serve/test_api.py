@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from servetest import T0, make_violation
 
+from models.registry import resolve
 from pipeline.decode import read_image
 from pipeline.streams import CameraStatus
 from serve.app import attach_cameras, batching_wanted, create_app
@@ -90,7 +91,7 @@ def test_health_ready_and_docs(env):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and ready["checks"]["database"] is True
-    assert ready["checks"]["model"].startswith("yolo11n-coco-interim@")
+    assert ready["checks"]["model"].startswith(f"{resolve().card.name}@")
     assert ready["checks"]["cameras"] == {"gate-east": "live", "market": "failed"}
     assert "/v1/cases/ingest" in client.get("/openapi.json").json()["paths"]
 

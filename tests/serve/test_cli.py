@@ -15,8 +15,11 @@ import pytest
 from servetest import REPO, free_port
 from sqlalchemy import create_engine, text
 
+from models.registry import resolve
 from pipeline.cli import main
 from serve.store import CaseFilter, CaseStore
+
+DEFAULT_MODEL = resolve().card.name
 
 
 def test_keys_create_prints_the_key_once_and_stores_only_its_hash(tmp_path, capsys):
@@ -71,7 +74,7 @@ def test_serve_demo_runs_the_demo_cameras_into_the_review_queue(tmp_path):
             assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
             time.sleep(0.1)
         output = "".join(lines)
-        assert f"{url}/ui/cases" in output and "model yolo11n-coco-interim@" in output
+        assert f"{url}/ui/cases" in output and f"model {DEFAULT_MODEL}@" in output
         assert "demo cameras: lot-aisle" in output and "pavement-1" in output
         key = re.search(r"demo reviewer key \(shown once\): (\S+)", output).group(1)
         auth = {"Authorization": f"Bearer {key}"}
@@ -83,7 +86,7 @@ def test_serve_demo_runs_the_demo_cameras_into_the_review_queue(tmp_path):
             time.sleep(0.5)
         case = parked[0]
         assert case["source"] == "camera" and case["source_id"] == "pavement-1" and case["zone"] == "pavement"
-        assert case["status"] == "new" and case["model_version"].startswith("yolo11n-coco-interim@")
+        assert case["status"] == "new" and case["model_version"].startswith(f"{DEFAULT_MODEL}@")
         assert {e["kind"] for e in case["evidence"]} == {"frame", "crop", "clean"}
         picture = httpx.get(url + case["evidence"][0]["url"], headers=auth)
         assert picture.status_code == 200 and picture.content[:2] == b"\xff\xd8"
