@@ -9,6 +9,7 @@ import numpy as np
 import yaml
 
 #: The shapes dataset's classes, named after product classes so models trained on it map by identity.
+COCO_MODEL = "yolo11n-coco-interim"  # the COCO YOLO11n in the registry (also the pseudo-label teacher)
 SHAPE_CLASSES = ("litter", "car")
 
 
@@ -52,7 +53,8 @@ def make_shapes_dataset(root: Path, n_train: int = 24, n_val: int = 8, seed: int
 
 
 def train_tiny_model(workdir: Path, epochs: int = 10, imgsz: int = 160) -> Path:
-    """Train a real YOLO11n on the shapes dataset (from yaml, backbone from the shipped model); returns best.pt."""
+    """Train a real YOLO11n on the shapes dataset (from yaml, weights of the shipped COCO model, whose
+    80-class head loads whole: the product model's 10-class head would not); returns best.pt."""
     from models.registry import resolve
     from training import ultra
 
@@ -60,7 +62,7 @@ def train_tiny_model(workdir: Path, epochs: int = 10, imgsz: int = 160) -> Path:
     from ultralytics import YOLO
 
     data = make_shapes_dataset(workdir / "shapes")
-    model = YOLO("yolo11n.yaml").load(str(resolve("default").file("pt")))  # yaml: never a download
+    model = YOLO("yolo11n.yaml").load(str(resolve(COCO_MODEL).file("pt")))  # yaml: never a download
     model.train(
         data=str(data),
         epochs=epochs,

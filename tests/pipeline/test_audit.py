@@ -229,7 +229,8 @@ def test_csv_and_geojson_agree_with_the_per_photo_results(audited):
     assert geo["type"] == "FeatureCollection" and len(geo["features"]) == len(located) > 0
     for f in geo["features"]:
         assert f["geometry"] == {"type": "Point", "coordinates": [pytest.approx(GPS[1]), pytest.approx(GPS[0])]}
-        assert f["properties"]["violation"] == "illegal_parking" and f["properties"]["taken_at"].endswith("+08:00")
+        assert f["properties"]["violation"] in VIOLATIONS and f["properties"]["taken_at"].endswith("+08:00")
+    assert "illegal_parking" in {f["properties"]["violation"] for f in geo["features"]}  # this audit judges parking
 
 
 def test_html_report_is_self_contained_and_counts_right(audited):
@@ -309,7 +310,9 @@ def test_without_parking_judged_vehicles_are_detections_not_violations(sample_ph
     assert main(["audit", str(photo), "--out", str(out)]) == 0
     record = json.loads(next((out / "photos").glob("*.json")).read_text())
     assert {d["class"] for d in record["detections"]} & {"car", "bicycle"}
-    assert record["violations"] == [] and all(d["violation"] is None for d in record["detections"])
+    vehicles = [d for d in record["detections"] if d["class"] in ("car", "motorbike", "bicycle")]
+    assert vehicles and all(d["violation"] is None for d in vehicles)
+    assert "illegal_parking" not in {v["type"] for v in record["violations"]}  # garbage may still be reported
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "not judged" in html and "--parking-anywhere" in html
     with pytest.raises(SystemExit) as exc:  # other settings in the same folder are refused, not mixed in

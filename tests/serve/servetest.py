@@ -172,7 +172,9 @@ def sample_violations(detector=None) -> list[Violation]:
     out: list[Violation] = []
     for i, (name, _vtype, cls, box) in enumerate(MARKED):
         image = read_image(photos / name)
-        found = detector.detect(image)
+        # people (blurred in evidence) and vehicles from the model; the garbage is the hand mark alone, so
+        # each photo gives exactly one case whatever garbage the model finds itself
+        found = detector.detect(image).of_classes(["person", "car", "motorbike", "bicycle"])
         marked = Detections([box], [0.71 + 0.1 * i], [class_id(cls)])
         t = T0 + timedelta(hours=2 * i)
         dets = Detections.merge([found, marked])

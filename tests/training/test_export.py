@@ -86,7 +86,7 @@ def test_export_accepts_a_well_calibrated_int8_model(
     monkeypatch.setenv("STREETWATCH_MODELS_DIR", str(tmp_path / "registry"))
     calib = tiny_pt.parents[3] / "shapes" / "train" / "images"
     args = [str(tiny_pt), "--name", "tq", "--imgsz", "160", "--calib", str(calib), "--data", str(shapes_data)]
-    assert _export([*args, "--default"]) == 0
+    assert _export([*args, "--calib-method", "percentile", "--default"]) == 0
     assert "int8 accepted" in capsys.readouterr().out
     ref = resolve("default")
     assert ref.card.name == "tq" and set(ref.card.files) == {"fp32", "int8", "pt"}
