@@ -561,21 +561,7 @@ class CaseStore:
             query = select(OutboxEvent).order_by(OutboxEvent.id.desc()).limit(limit)
             if status is not None:
                 query = query.where(OutboxEvent.status == status)
-            return [
-                OutboxEventOut(
-                    id=e.id,
-                    case_id=e.case_id,
-                    event=e.event,
-                    idempotency_key=e.idempotency_key,
-                    status=e.status,
-                    attempts=e.attempts,
-                    next_attempt_at=e.next_attempt_at,
-                    last_error=e.last_error,
-                    created_at=e.created_at,
-                    delivered_at=e.delivered_at,
-                )
-                for e in s.scalars(query)
-            ]
+            return [OutboxEventOut.model_validate(e, from_attributes=True) for e in s.scalars(query)]
 
     def retry_failed_events(self, actor: Actor, ids: Collection[int] | None = None) -> list[int]:
         """Put failed events back in the queue with a fresh budget of attempts (after the receiver is
