@@ -520,21 +520,7 @@ class CaseStore:
             now = utcnow()
             event.status, event.delivered_at, event.locked_until = "delivered", now, None
             event.attempts += 1
-            s.add(
-                History(
-                    case_id=event.case_id,
-                    at=now,
-                    actor="webhook",
-                    action="pushed",
-                    from_status=None,
-                    to_status=None,
-                    details={
-                        "event": event.event,
-                        "idempotency_key": event.idempotency_key,
-                        "attempts": event.attempts,
-                    },
-                )
-            )
+            s.add(_outbox_history(event, "webhook", "pushed", now))
 
         self._write(work)
 
@@ -573,22 +559,7 @@ class CaseStore:
                 query = query.where(OutboxEvent.id.in_(list(ids)))
             now, retried = utcnow(), []
             for event in s.scalars(query):
-                s.add(
-                    History(
-                        case_id=event.case_id,
-                        at=now,
-                        actor=str(actor),
-                        action="push retried",
-                        from_status=None,
-                        to_status=None,
-                        details={
-                            "event": event.event,
-                            "idempotency_key": event.idempotency_key,
-                            "attempts": event.attempts,
-                            "last_error": event.last_error,
-                        },
-                    )
-                )
+                s.add(_outbox_history(event, str(actor), "push retried", now, last_error=event.last_error))
                 event.status, event.attempts, event.next_attempt_at, event.locked_until = "pending", 0, now, None
                 retried.append(event.id)
             return sorted(retried)
@@ -967,6 +938,19 @@ def _key_out(row: ApiKey) -> KeyOut:
         created_at=row.created_at,
         last_used_at=row.last_used_at,
         revoked_at=row.revoked_at,
+    )
+
+
+def _outbox_history(event: OutboxEvent, actor: str, action: str, at: datetime, **details: Any) -> History:
+    """A case-history line about one of its webhook events (delivered, retried)."""
+    return History(
+        case_id=event.case_id,
+        at=at,
+        actor=actor,
+        action=action,
+        from_status=None,
+        to_status=None,
+        details={"event": event.event, "idempotency_key": event.idempotency_key, "attempts": event.attempts, **details},
     )
 
 
