@@ -9,8 +9,9 @@ import numpy as np
 import yaml
 
 #: The shapes dataset's classes, named after product classes so models trained on it map by identity.
-COCO_MODEL = "yolo11n-coco-interim"  # the COCO YOLO11n in the registry (also the pseudo-label teacher)
 SHAPE_CLASSES = ("litter", "car")
+#: The COCO YOLO11n in the registry (also the pseudo-label teacher): the tiny test models start from it.
+COCO_MODEL = "yolo11n-coco-interim"
 
 
 def draw_sample(

@@ -99,14 +99,13 @@ def record_metrics(model: str, variant: str, data: str, split: str, result) -> N
     ``streetwatch export --data`` does, so the card names every figure it was measured with."""
     from models.registry import ModelError, resolve, write_card
     from pipeline.cli import CLIError
+    from training.export import record_results
 
     try:
         ref = resolve(model)
     except ModelError as exc:
         raise CLIError(f"--record needs a registry model or model folder: {exc}") from None
-    entry = ref.card.metrics.setdefault(f"{data} [{split}]", {})
-    entry["images"] = result.images
-    entry[variant] = result.to_json()
+    record_results(ref.card, data, split, {variant: result})
     write_card(ref.folder, ref.card)
     print(f"recorded in {ref.folder / 'card.json'}", file=sys.stderr)
 

@@ -119,6 +119,16 @@ class Int8Gate:
     message: str
 
 
+def record_results(card: ModelCard, data_name: str, split_name: str, results: dict[str, EvalResult]) -> str:
+    """Keep evaluations of a model's variants in its card's metrics under ``"<data> [<split>]"`` (other
+    variants measured there before stay); returns the key. The caller writes the card."""
+    key = f"{data_name} [{split_name}]"
+    entry = card.metrics.setdefault(key, {})
+    entry["images"] = next(iter(results.values())).images
+    entry.update({variant: r.to_json() for variant, r in results.items()})
+    return key
+
+
 def gate_int8(
     ref: ModelRef, split: Split, *, data_name: str, max_drop_points: float = 1.0, progress: bool = True
 ) -> Int8Gate:
@@ -137,11 +147,7 @@ def gate_int8(
     if "int8" in results:
         drop = round((results["fp32"].map50 - results["int8"].map50) * 100, 2)
         refused = drop > max_drop_points
-    key = f"{data_name} [{split.name}]"
-    card.metrics[key] = {
-        "images": results["fp32"].images,
-        **{variant: r.to_json() for variant, r in results.items()},
-    }
+    key = record_results(card, data_name, split.name, results)
     if drop is None:
         message = "no int8 model to check (no calibration images given)"
     elif refused:
