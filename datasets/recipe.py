@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import yaml
@@ -117,6 +117,11 @@ class Recipe(BaseModel):
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="Duplicate finding and leak handling")
     pseudo: PseudoConfig = Field(default_factory=PseudoConfig, description="Pseudo-labelling")
     synth_ads: SynthAdsConfig | None = Field(None, description="Synthetic small ads (none: off)")
+    repeat: dict[str, Annotated[int, Field(ge=1, le=20)]] = Field(
+        default_factory=dict,
+        description="Source name -> oversampling, overriding that source's own repeat: rebalances the sources "
+        "of a recipe this one extends without restating them",
+    )
 
     @model_validator(mode="after")
     def _names(self) -> Recipe:
@@ -124,6 +129,11 @@ class Recipe(BaseModel):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"source names must be unique: {', '.join(sorted(dup))}")
+        unknown = sorted(set(self.repeat) - set(names))
+        if unknown:
+            raise ValueError(f"repeat names no source of the recipe: {', '.join(unknown)}")
+        for spec in self.sources:
+            spec.repeat = self.repeat.get(spec.name, spec.repeat)
         if self.synth_ads:
             if self.synth_ads.source in names:
                 raise ValueError(f"synth_ads.source {self.synth_ads.source!r} clashes with a source name")

@@ -48,3 +48,30 @@ def test_extends_errors_name_the_file(tmp_path: Path):
     write(tmp_path / "dup.yaml", {"name": "d", "extends": "product-v1", "sources": [source("garbage")]})
     with pytest.raises(ValueError, match="source names must be unique: garbage"):
         load_recipe(tmp_path / "dup.yaml")
+
+
+def test_repeat_rebalances_inherited_sources(tmp_path: Path):
+    shipped = load_recipe("product-v2")
+    assert {s.name: s.repeat for s in shipped.sources} == {"garbage": 1, "facades": 3, "vendors": 1, "patrol": 5}
+    # a field export on top keeps the rebalancing and may change it again
+    child = write(
+        tmp_path / "c.yaml",
+        {"name": "c", "extends": "product-v2", "repeat": {"patrol": 2}, "sources": [source("field-c")]},
+    )
+    c = load_recipe(child)
+    assert {s.name: s.repeat for s in c.sources} == {
+        "garbage": 1,
+        "facades": 3,
+        "vendors": 1,
+        "patrol": 2,
+        "field-c": 1,
+    }  # inherited sources arrive rebalanced; this recipe's map changes only the sources it names
+
+
+def test_repeat_must_name_a_source_and_stay_in_range(tmp_path: Path):
+    write(tmp_path / "u.yaml", {"name": "u", "extends": "product-v1", "repeat": {"facade": 3}})
+    with pytest.raises(ValueError, match="repeat names no source of the recipe: facade"):
+        load_recipe(tmp_path / "u.yaml")
+    write(tmp_path / "r.yaml", {"name": "r", "extends": "product-v1", "repeat": {"facades": 50}})
+    with pytest.raises(ValueError, match=r"r\.yaml: invalid recipe"):
+        load_recipe(tmp_path / "r.yaml")

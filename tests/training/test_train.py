@@ -23,7 +23,7 @@ SMOKE = CONFIGS / "smoke.yaml"
 ALL_OFF = {name: 0.0 for name in AugmentConfig.model_fields if name not in ("enabled", "jpeg_quality")}
 
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "product-cpu.yaml", "product-gpu.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_checked_in_configs_are_valid(name: str):
     cfg = load_config(CONFIGS / name)
     assert cfg.augment.enabled and build_augmentations(cfg.augment)
