@@ -344,7 +344,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--until", help="cases reviewed up to this date (inclusive) or before this time")
     p.add_argument("--out", required=True, help="new folder for the export (exports are kept as versions)")
-    p.add_argument("--base-recipe", default="product-v1", help="recipe recipe.yaml extends (default: %(default)s)")
+    p.add_argument("--base-recipe", default="product-v2", help="recipe recipe.yaml extends (default: %(default)s)")
     p.add_argument("--name", help="source name in the recipe (default: field-YYYYMMDD-HHMMSS)")
     p.add_argument(
         "--image-prefix",

@@ -164,7 +164,7 @@ def export_reviews(
     out: Path,
     since: datetime | None = None,
     until: datetime | None = None,
-    base_recipe: str = "product-v1",
+    base_recipe: str = "product-v2",
     source_name: str | None = None,
     image_prefix: str | None = None,
     progress: bool = True,

@@ -116,13 +116,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from models.registry import models_root, set_default
     from pipeline.cli import CLIError, resolve_inputs
     from training.export import build_model_folder, gate_int8
+    from training.quantize import calibration_sample
     from training.train import run_record
 
     weights = Path(args.weights)
     if not weights.is_file():
         raise CLIError(f"{weights}: no such weights file")
     folder = Path(args.out) if args.out else models_root() / args.name
-    calib = resolve_inputs(args.calib)[: args.calib_max] if args.calib else None
+    calib = calibration_sample(resolve_inputs(args.calib), args.calib_max) if args.calib else None
     split = None
     if args.data:
         from training.evaluate import DatasetError, load_split
@@ -145,6 +146,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         int8_calibration=calib,
         calibration_method=args.calib_method,
         float_output_convs=args.float_head_convs,
+        float_stem=args.float_stem,
     )
     print(
         f"exported {ref.card.name}@{ref.card.version} to {folder}: {', '.join(ref.card.files)}; "
@@ -358,7 +360,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--map", help="class mapping (name or file) from the checkpoint's classes; default: identity")
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--calib", nargs="+", help="calibration images/folders for static int8 (omit: fp32 only)")
-    p.add_argument("--calib-max", type=int, default=200, help="at most this many calibration images")
+    p.add_argument(
+        "--calib-max", type=int, default=200, help="at most this many calibration images, spread evenly over the list"
+    )
     p.add_argument(
         "--calib-method",
         choices=("minmax", "percentile", "entropy"),
@@ -367,6 +371,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--float-head-convs", action="store_true", help="int8: keep the head's output convolutions in float too"
+    )
+    p.add_argument(
+        "--float-stem",
+        type=int,
+        default=0,
+        metavar="N",
+        help="int8: keep the first N modules (the stem, which sees raw pixels) in float (default: none)",
     )
     p.add_argument("--data", help="validation data.yaml: evaluate fp32 and int8, gate int8, record metrics")
     p.add_argument("--split", default="val", help="split of --data (default: val)")

@@ -49,6 +49,7 @@ def build_model_folder(
     int8_calibration: Sequence[Path] | None = None,
     calibration_method: str = "minmax",
     float_output_convs: bool = False,
+    float_stem: int = 0,
 ) -> ModelRef:
     """Copy the checkpoint into ``folder``, export ONNX fp32 (and int8 when calibration images are given)
     and write the card. The class map comes from ``mapping`` (identity: names are product classes)."""
@@ -78,6 +79,7 @@ def build_model_folder(
             imgsz,
             method=calibration_method,
             float_output_convs=float_output_convs,
+            float_stem=float_stem,
         )
         files["int8"] = describe_file(folder, INT8_NAME)
     card = ModelCard(
