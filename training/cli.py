@@ -116,14 +116,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from models.registry import models_root, set_default
     from pipeline.cli import CLIError, resolve_inputs
     from training.export import build_model_folder, gate_int8
-    from training.quantize import calibration_sample
     from training.train import run_record
 
     weights = Path(args.weights)
     if not weights.is_file():
         raise CLIError(f"{weights}: no such weights file")
     folder = Path(args.out) if args.out else models_root() / args.name
-    calib = calibration_sample(resolve_inputs(args.calib), args.calib_max) if args.calib else None
+    calib = resolve_inputs(args.calib) if args.calib else None
     split = None
     if args.data:
         from training.evaluate import DatasetError, load_split
@@ -145,6 +144,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         notes=args.notes,
         int8_calibration=calib,
         calibration_method=args.calib_method,
+        calibration_max=args.calib_max,
         float_output_convs=args.float_head_convs,
         float_stem=args.float_stem,
     )

@@ -48,6 +48,7 @@ def build_model_folder(
     notes: str = "",
     int8_calibration: Sequence[Path] | None = None,
     calibration_method: str = "minmax",
+    calibration_max: int = 200,
     float_output_convs: bool = False,
     float_stem: int = 0,
 ) -> ModelRef:
@@ -77,6 +78,7 @@ def build_model_folder(
             folder / INT8_NAME,
             list(int8_calibration),
             imgsz,
+            max_images=calibration_max,
             method=calibration_method,
             float_output_convs=float_output_convs,
             float_stem=float_stem,
