@@ -319,6 +319,9 @@ def train(cfg: TrainConfig) -> Path:
     ultra.setup()
     ultra.offline_amp_check()
     args = ultralytics_args(cfg)
+    if args["plots"] and not ultra.has_polars():  # e.g. a bare GPU machine: plots would crash the run
+        tqdm.write("note: polars is not installed, so ultralytics' plots are off for this run", file=sys.stderr)
+        args["plots"] = False
     with tempfile.TemporaryDirectory() as tmp:
         args["data"] = str(absolute_data_yaml(data, Path(tmp)))
         return _train(cfg, args, data, names, base)

@@ -39,6 +39,12 @@ def setup() -> None:
             sys.modules["polars"] = types.ModuleType("polars")
 
 
+def has_polars() -> bool:
+    """Whether the real polars is importable: ultralytics' plots need it, its checkpoints only import it."""
+    setup()
+    return hasattr(sys.modules["polars"], "DataFrame")
+
+
 def offline_amp_check() -> None:
     """Make ultralytics' mixed-precision check offline: it downloads yolo26n.pt to compare fp32 with AMP
     outputs; ours compares them on the model being trained (same tolerance), with nothing downloaded."""
