@@ -104,10 +104,13 @@ unpack() {
   local results=${1:?usage: remote_gpu.sh unpack RESULTS_DIR}
   mkdir -p runs/train
   local name
-  name=$(tar -tzf "$results/run.tar.gz" | head -1 | cut -d/ -f1)
+  name=$(tar -tzf "$results/run.tar.gz" | awk -F/ 'NR == 1 {print $1}')  # reads all: no SIGPIPE under pipefail
   tar -xzf "$results/run.tar.gz" -C runs/train
   mkdir -p "runs/train/$name/weights"
   cp "$results/best.pt" "runs/train/$name/weights/best.pt"
+  # a record that names no dataset manifest (the pack lacked it there): from the data.yaml it names, if here
+  "${VENV_PY:-.venv/bin/python}" -c "import sys; from pathlib import Path; from training.train import fill_manifest
+fill_manifest(Path(sys.argv[1])) and print('run record: dataset manifest filled in')" "runs/train/$name"
   if [ -f "runs/train/$name/results.csv" ] && [ ! -f "runs/train/$name/results.png" ]; then  # no polars there
     "${VENV_PY:-.venv/bin/python}" -c "import sys; from training import ultra; ultra.setup()
 from ultralytics.utils.plotting import plot_results; plot_results(file=sys.argv[1])" "runs/train/$name/results.csv" \

@@ -388,12 +388,38 @@ def run_record(pt: Path) -> dict[str, Any]:
 
 
 def _manifest(data: Path) -> dict[str, Any] | None:
-    """The dataset's manifest.json beside its data.yaml (sources, mapping, counts, hashes), if any."""
+    """The manifest of the dataset beside its data.yaml (sources, mapping, counts, hashes), if any: its own
+    ``manifest.json`` or, in a packed copy (``streetwatch data pack``), the source dataset's, with how it was
+    packed (the images are the source's, re-encoded smaller)."""
     path = data.parent / "manifest.json"
+    packed = data.parent / "source-manifest.json"
+    if not path.is_file() and packed.is_file():
+        path = packed
     if not path.is_file():
         return None
     manifest = json.loads(path.read_text())
-    return {"path": str(path.resolve()), "sha256": file_sha256(path), "summary": _manifest_summary(manifest)}
+    out = {"path": str(path.resolve()), "sha256": file_sha256(path), "summary": _manifest_summary(manifest)}
+    info = data.parent / "pack.json"
+    if path == packed and info.is_file():
+        pack = json.loads(info.read_text())
+        out["pack"] = {k: pack.get(k) for k in ("format", "quality", "max_side", "subset", "images", "budget_mb")}
+    return out
+
+
+def fill_manifest(run: Path, data: Path | None = None) -> bool:
+    """Name the dataset manifest in a run record that has none (a run on a machine that could not see it):
+    from ``data`` (default: the data.yaml the record names), when that is here. True when filled in."""
+    path = run / RUN_NAME
+    record = json.loads(path.read_text())
+    if record.get("data", {}).get("manifest"):
+        return False
+    data = data or Path(record.get("data", {}).get("yaml", ""))
+    manifest = _manifest(data) if data.is_file() else None
+    if manifest is None:
+        return False
+    record["data"]["manifest"] = manifest
+    path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    return True
 
 
 def _manifest_summary(manifest: dict[str, Any]) -> dict[str, Any]:

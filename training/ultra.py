@@ -45,9 +45,24 @@ def has_polars() -> bool:
     return hasattr(sys.modules["polars"], "DataFrame")
 
 
+def amp_outputs_agree(full: Any, mixed: Any, size: int, box_tol: float = 0.02, score_tol: float = 0.05) -> bool:
+    """Whether a detection head's raw outputs (batch, 4 + classes, anchors; boxes in pixels of a ``size``
+    input) under mixed precision agree with full precision: all finite, boxes within ``box_tol`` of the
+    input size, class scores within ``score_tol``. fp16 rounds a 250 px coordinate by up to 0.125 px, so
+    raw boxes of a healthy model differ by a pixel or so; broken AMP gives NaN, inf or unrelated values."""
+    import torch
+
+    if not bool(torch.isfinite(mixed).all()):
+        return False
+    boxes = (full[:, :4] - mixed[:, :4]).abs().max() / size
+    scores = (full[:, 4:] - mixed[:, 4:]).abs().max()
+    return bool(boxes <= box_tol and scores <= score_tol)
+
+
 def offline_amp_check() -> None:
     """Make ultralytics' mixed-precision check offline: it downloads yolo26n.pt to compare fp32 with AMP
-    outputs; ours compares them on the model being trained (same tolerance), with nothing downloaded."""
+    detections on a photo; ours compares the raw outputs of the model being trained on a random input
+    (:func:`amp_outputs_agree`), with nothing downloaded."""
     setup()
     import torch
     from ultralytics.engine import trainer as trainer_module
@@ -56,7 +71,8 @@ def offline_amp_check() -> None:
         device = next(model.parameters()).device
         if device.type != "cuda":
             return False
-        x = torch.rand(2, 3, 256, 256, device=device)
+        size = 256
+        x = torch.rand(2, 3, size, size, device=device)
         was_training = model.training
         model.eval()
         try:
@@ -66,7 +82,7 @@ def offline_amp_check() -> None:
                     b = model(x)[0].float()
         finally:
             model.train(was_training)
-        ok = bool(torch.isfinite(b).all() and torch.allclose(a, b, atol=0.5))
+        ok = amp_outputs_agree(a, b, size)
         if not ok:
             print("AMP check failed: training in fp32", file=sys.stderr)
         return ok

@@ -74,3 +74,28 @@ def test_pack_a_subset_as_jpeg(dataset: Path, tmp_path: Path):
 def test_impossible_budget_is_a_clear_error(dataset: Path, tmp_path: Path):
     with pytest.raises(ValueError, match=r"cannot fit 20 images into 0\.01 MB"):
         pack(dataset, tmp_path / "tiny", budget_mb=0.01, workers=1)
+
+
+def test_a_run_on_a_packed_copy_names_the_source_manifest(dataset: Path, tmp_path: Path):
+    """Training on a pack (e.g. on a remote GPU) still records which dataset it was: the source's manifest."""
+    import json
+
+    from models.registry import file_sha256
+    from training.train import RUN_NAME, _manifest, fill_manifest
+
+    out = tmp_path / "packed"
+    pack(dataset, out, max_side=256, quality=60, budget_mb=None, subset=["train"], workers=1)
+    found = _manifest(out / "data.yaml")
+    assert found is not None and found["sha256"] == file_sha256(dataset / "manifest.json")
+    assert found["pack"]["max_side"] == 256 and found["pack"]["subset"] == ["train"]
+    assert _manifest(dataset / "data.yaml")["path"] == str((dataset / "manifest.json").resolve())
+    assert "pack" not in _manifest(dataset / "data.yaml")
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / RUN_NAME).write_text(json.dumps({"data": {"yaml": str(out / "data.yaml"), "manifest": None}}))
+    assert fill_manifest(run)  # a record written where the manifest could not be seen
+    assert json.loads((run / RUN_NAME).read_text())["data"]["manifest"]["sha256"] == found["sha256"]
+    assert not fill_manifest(run)  # already named: left alone
+    (run / RUN_NAME).write_text(json.dumps({"data": {"yaml": str(tmp_path / "gone.yaml"), "manifest": None}}))
+    assert not fill_manifest(run)
