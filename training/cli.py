@@ -299,6 +299,22 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_average(args: argparse.Namespace) -> int:
+    """Average the weights of checkpoints fine-tuned one from another into a new checkpoint."""
+    from pipeline.cli import CLIError
+    from training.average import AverageError, average_checkpoints
+    from training.train import ConfigError
+
+    try:
+        weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+        best = average_checkpoints(args.models, Path(args.out), weights)
+    except (AverageError, ConfigError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    print(f"averaged {', '.join(args.models)}: {best}")
+    print(f"next: streetwatch export {best} --name NAME --imgsz SIZE --calib IMAGES... --data DATA_YAML")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Training-side subcommands."""
     p = sub.add_parser(
@@ -315,6 +331,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="override a config field, e.g. --set epochs=5 --set augment.flash=0.2 (repeatable)",
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "average",
+        help="average the weights of checkpoints fine-tuned one from another (WiSE-FT)",
+        description="Average two or more checkpoints of one architecture and class list, one fine-tuned from "
+        "the other (e.g. the model in force and its fine-tune): often as good as the fine-tune on its data "
+        "and more robust on unlike images. Writes OUT/weights/best.pt and a run record naming the inputs.",
+    )
+    p.add_argument("models", nargs="+", help="checkpoints: .pt files or registry model names (their model.pt)")
+    p.add_argument("--out", required=True, help="run folder to write, e.g. runs/average/NAME")
+    p.add_argument("--weights", help="comma-separated shares, one per model (default: equal)")
+    p.set_defaults(func=cmd_average)
 
     p = sub.add_parser(
         "evaluate",
