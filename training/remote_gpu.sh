@@ -23,8 +23,10 @@
 #        training/remote_gpu.sh unpack RESULTS_DIR      # -> runs/train/<run>/ with weights/best.pt
 #      then evaluate and export as usual (README, "Training and evaluation").
 #
-# With this session's device tool, step 2 is one call:
-#   run(command="training/remote_gpu.sh train", carry=[".whl", "data/pack"], timeout_s=600)
+# With a device tool that sends the working tree, step 2 is one call; streetwatch-v3's was (2026-11-26, H100,
+# 528 s; the tree slimmed first by moving the model files not needed there out of it):
+#   run(command="CONFIG=training/configs/product-v3-gpu.yaml TRAIN_LIMIT_S=555 WORKERS=12 \
+#                training/remote_gpu.sh train", carry=[".whl", "data/pack"], timeout_s=600)
 # The base weights are the config's; set BASE=... for another .pt or registry model. product-gpu.yaml names
 # ../shared/weights/yolo11n-coco.pt, which does not travel: BASE=yolo11n-coco-interim is the same COCO
 # YOLO11n as a registry model tracked in git. product-v3-gpu.yaml starts from streetwatch-v2 (tracked too).
