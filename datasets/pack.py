@@ -26,6 +26,8 @@ from datasets.samples import SPLITS
 from pipeline.decode import IMAGE_SUFFIXES, read_image
 
 PACK_INFO = "pack.json"
+#: the source dataset's manifest, copied into the pack
+SOURCE_MANIFEST = f"source-{MANIFEST}"
 
 
 @dataclass
@@ -234,5 +236,5 @@ def _write(
         keep = {f"labels/{sp}/{p.stem}.txt" for sp, p in items}
         (out / "pseudo.json").write_text(json.dumps({k: v for k, v in pseudo.items() if k in keep}))
     if (root / MANIFEST).is_file():
-        shutil.copyfile(root / MANIFEST, out / f"source-{MANIFEST}")
+        shutil.copyfile(root / MANIFEST, out / SOURCE_MANIFEST)
     return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())

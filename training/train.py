@@ -23,6 +23,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
+from datasets.manifest import MANIFEST
+from datasets.pack import PACK_INFO, SOURCE_MANIFEST
 from models.classes import CLASS_NAMES
 from models.registry import ModelError, file_sha256, now_iso, resolve
 from training.augment import AugmentConfig, build_augmentations, preview_grid, transform_names
@@ -391,15 +393,15 @@ def _manifest(data: Path) -> dict[str, Any] | None:
     """The manifest of the dataset beside its data.yaml (sources, mapping, counts, hashes), if any: its own
     ``manifest.json`` or, in a packed copy (``streetwatch data pack``), the source dataset's, with how it was
     packed (the images are the source's, re-encoded smaller)."""
-    path = data.parent / "manifest.json"
-    packed = data.parent / "source-manifest.json"
+    path = data.parent / MANIFEST
+    packed = data.parent / SOURCE_MANIFEST
     if not path.is_file() and packed.is_file():
         path = packed
     if not path.is_file():
         return None
     manifest = json.loads(path.read_text())
     out = {"path": str(path.resolve()), "sha256": file_sha256(path), "summary": _manifest_summary(manifest)}
-    info = data.parent / "pack.json"
+    info = data.parent / PACK_INFO
     if path == packed and info.is_file():
         pack = json.loads(info.read_text())
         out["pack"] = {k: pack.get(k) for k in ("format", "quality", "max_side", "subset", "images", "budget_mb")}
