@@ -408,14 +408,14 @@ def _manifest(data: Path) -> dict[str, Any] | None:
     return out
 
 
-def fill_manifest(run: Path, data: Path | None = None) -> bool:
-    """Name the dataset manifest in a run record that has none (a run on a machine that could not see it):
-    from ``data`` (default: the data.yaml the record names), when that is here. True when filled in."""
+def fill_manifest(run: Path) -> bool:
+    """Name the dataset manifest in a run record that has none (a run on a machine that could not see it),
+    from the data.yaml the record names, when that is here. True when filled in."""
     path = run / RUN_NAME
     record = json.loads(path.read_text())
     if record.get("data", {}).get("manifest"):
         return False
-    data = data or Path(record.get("data", {}).get("yaml", ""))
+    data = Path(record.get("data", {}).get("yaml", ""))
     manifest = _manifest(data) if data.is_file() else None
     if manifest is None:
         return False
