@@ -75,8 +75,7 @@ def average_checkpoints(models: Sequence[str], out: Path, weights: Sequence[floa
     torch.save(ckpt, target)
     records = [_record(m, p) for m, p in zip(models, paths, strict=True)]
     record = {
-        "started": now_iso(),
-        "finished": now_iso(),
+        "created": now_iso(),
         "averaged": [
             {"model": m, "path": str(p), "sha256": file_sha256(p), "weight": round(w, 6), "record": r}
             for m, p, w, r in zip(models, paths, shares, records, strict=True)
