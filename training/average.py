@@ -53,11 +53,11 @@ def average_checkpoints(models: Sequence[str], out: Path, weights: Sequence[floa
     ckpts = [torch.load(p, map_location="cpu", weights_only=False) for p in paths]
     nets = [c.get("ema") or c["model"] for c in ckpts]
     names, states = nets[0].names, [n.state_dict() for n in nets]
+    shapes = {k: tuple(v.shape) for k, v in states[0].items()}
     for path, net, state in zip(paths[1:], nets[1:], states[1:], strict=True):
         if net.names != names:
             raise AverageError(f"{path}: classes {list(net.names.values())} differ from {paths[0]}'s")
-        shapes = {k: tuple(v.shape) for k, v in state.items()}
-        if shapes != {k: tuple(v.shape) for k, v in states[0].items()}:
+        if {k: tuple(v.shape) for k, v in state.items()} != shapes:
             raise AverageError(f"{path}: a different architecture from {paths[0]} (layers or shapes differ)")
     averaged = {}
     for key, last in states[-1].items():

@@ -302,13 +302,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_average(args: argparse.Namespace) -> int:
     """Average the weights of checkpoints fine-tuned one from another into a new checkpoint."""
     from pipeline.cli import CLIError
-    from training.average import AverageError, average_checkpoints
-    from training.train import ConfigError
+    from training.average import average_checkpoints
 
     try:
         weights = [float(w) for w in args.weights.split(",")] if args.weights else None
         best = average_checkpoints(args.models, Path(args.out), weights)
-    except (AverageError, ConfigError, ValueError) as exc:
+    except ValueError as exc:  # AverageError, ConfigError (a missing .pt) and a bad --weights number
         raise CLIError(str(exc)) from None
     print(f"averaged {', '.join(args.models)}: {best}")
     print(f"next: streetwatch export {best} --name NAME --imgsz SIZE --calib IMAGES... --data DATA_YAML")
