@@ -74,8 +74,21 @@ class Teacher:
         """What the manifest records about the teacher."""
         return {"teacher": self.ref, "model": self.name, "sha256": self.sha256, "imgsz": self.imgsz}
 
+    def batch_key(self, hw: tuple[int, int]) -> tuple[int, int]:
+        """Images batched together must share this key: then each gets the input it would get alone.
+
+        The ONNX detector letterboxes a batch to its largest shape and ultralytics pads mixed shapes to a
+        square, so a batch mixing shapes changes the padding, and with it the scores (by ~0.01: enough to
+        move a box across the pseudo-label threshold and make a rebuild differ from the first build).
+        """
+        if self._pt is not None:
+            return hw
+        from pipeline.detect import rect_shape
+
+        return self._det.fixed_hw or rect_shape(hw, self._det.imgsz, self._det.stride)
+
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """Detections (product classes, confidence >= floor) per BGR image."""
+        """Detections (product classes, confidence >= floor) per BGR image; see :meth:`batch_key`."""
         if self._pt is None:
             return self._det.detect_batch(list(images))
         out = []
@@ -119,7 +132,9 @@ class DetectionCache:
 
     def __init__(self, path: Path | None, teacher: Teacher):
         self.path = path
-        key = hashlib.sha256(f"{teacher.sha256}:{teacher.imgsz}:{teacher.floor}:{teacher.classes}".encode())
+        # "one-shape": detections since batches hold one input shape; older caches depended on batching
+        spec = f"{teacher.sha256}:{teacher.imgsz}:{teacher.floor}:{teacher.classes}:one-shape"
+        key = hashlib.sha256(spec.encode())
         self.file = path / f"teacher-{key.hexdigest()[:16]}.json" if path else None
         self.data: dict[str, list[list[float]]] = {}
         if self.file and self.file.is_file():
@@ -175,8 +190,12 @@ def teacher_detections(
             results[i] = hit
         else:
             todo.append(i)
-    # similar shapes batch together (the detector letterboxes a batch to one shape)
-    todo.sort(key=lambda i: (samples[i].height, samples[i].width))
+    # a batch holds one input shape only, so what is cached and what is not never changes a result
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in todo:
+        hw = (samples[i].height, samples[i].width)
+        groups.setdefault(teacher.batch_key(hw) if all(hw) else (-1, i), []).append(i)  # size unknown: alone
+    batches = [g[k : k + batch] for _, g in sorted(groups.items()) for k in range(0, len(g), batch)]
 
     def load(i: int) -> np.ndarray | None:
         try:
@@ -186,8 +205,7 @@ def teacher_detections(
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         bar = tqdm(total=len(todo), desc=desc, unit="img", file=sys.stderr, disable=len(todo) < 20 or None)
-        for start in range(0, len(todo), batch):
-            idx = todo[start : start + batch]
+        for n, idx in enumerate(batches):
             images = list(pool.map(load, idx))
             ok = [(i, im) for i, im in zip(idx, images, strict=True) if im is not None]
             for (i, _), dets in zip(ok, teacher.detect([im for _, im in ok]) if ok else [], strict=True):
@@ -195,7 +213,7 @@ def teacher_detections(
                 if cache:
                     cache.put(samples[i].sha256, results[i])
             bar.update(len(idx))
-            if cache and (start // batch) % 25 == 24:  # keep what is done if the run is stopped
+            if cache and n % 25 == 24:  # keep what is done if the run is stopped
                 cache.save()
         bar.close()
     if cache:

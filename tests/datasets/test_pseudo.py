@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -97,3 +98,18 @@ def test_a_box_covering_a_label_of_another_class_is_the_teachers_mistake(found):
     stats = add_pseudo_labels([s], [dets], conf=0.5)
     assert stats.skipped_conflict["car"] == 1
     assert not any(box_iou(b[None], car.xyxy)[0, 0] > 0.6 for b in s.xyxy(s.pseudo))
+
+
+def test_a_photos_pseudo_labels_do_not_depend_on_what_it_is_batched_with(found, tmp_path: Path, teacher: Teacher):
+    image, _ = found
+    tall = image[:, : image.shape[1] // 2]  # a portrait crop: a larger letterbox height than the photo's
+    assert teacher.batch_key(tall.shape[:2]) != teacher.batch_key(image.shape[:2])
+    tall_path = tmp_path / "tall.png"
+    cv2.imwrite(str(tall_path), tall)
+    alone = teacher_detections([sample(np.zeros((0, 5)), set(), image)], teacher)[0]
+    other = Sample("patrol", tall_path, "train", np.zeros((0, 5), np.float32), frozenset())
+    other.height, other.width = tall.shape[:2]
+    # sorted by size the crop and the photo would share a batch and the photo would be padded to the crop's height
+    together = teacher_detections([sample(np.zeros((0, 5)), set(), image), other], teacher)[0]
+    assert alone is not None and together is not None and len(alone)
+    assert np.array_equal(alone.confidence, together.confidence) and np.array_equal(alone.xyxy, together.xyxy)
