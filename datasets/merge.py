@@ -7,6 +7,7 @@ Layout of ``OUT``::
     labels/{train,val}/       own labels followed by pseudo-labels, product class ids
     pseudo.json               label file -> how many of its last lines are pseudo-labels
     train-<source>.txt        image lists per source (./images/... relative to OUT)
+    train-<source>.yaml       that source alone (val: its val list, else all of images/val), for ablations
     val-<source>.txt/.yaml    per-source validation sets for the evaluator
     val-<source>-<tag>.txt    tagged subsets (e.g. patrol photos tagged clean)
     manifest.json, report/    provenance and the check report; work/ holds caches and generated sources
@@ -48,7 +49,7 @@ def prepare_output(out: Path) -> None:
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
-    for p in [*out.glob("train-*.txt"), *out.glob("val-*.txt"), *out.glob("val-*.yaml")]:
+    for p in [*out.glob("train-*.txt"), *out.glob("train-*.yaml"), *out.glob("val-*.txt"), *out.glob("val-*.yaml")]:
         p.unlink()
     if (out / "report").is_dir():
         shutil.rmtree(out / "report")
@@ -91,6 +92,10 @@ def write_dataset(
         (out / f"{name}.txt").write_text("\n".join(sorted(items)) + "\n")
         if name.startswith("val-"):
             (out / f"{name}.yaml").write_text(yaml.safe_dump(data_yaml(f"{name}.txt", f"{name}.txt"), sort_keys=False))
+        else:
+            val = f"val-{name[len('train-') :]}"
+            val = f"{val}.txt" if val in lists else "images/val"
+            (out / f"{name}.yaml").write_text(yaml.safe_dump(data_yaml(f"{name}.txt", val), sort_keys=False))
     train: str | list[str] = "images/train"
     extra = [
         f"train-{src}.txt" for src, n in sorted((repeat or {}).items()) if f"train-{src}" in lists for _ in range(n - 1)

@@ -23,5 +23,9 @@ def test_repeat_lists_a_small_source_several_times_in_the_train_entry(tmp_path):
     assert data["train"] == ["images/train", "train-small.txt", "train-small.txt"]
     assert data["val"] == "images/val"
     assert (out / "train-small.txt").read_text().split() == ["./images/train/small__b.jpg"]
+    # each source alone, for single-source baselines and ablations, validated on its own held-out images
+    alone = yaml.safe_load((out / "train-small.yaml").read_text())
+    assert (alone["train"], alone["val"]) == ("train-small.txt", "val-small.txt")
+    assert yaml.safe_load((out / "train-big.yaml").read_text())["val"] == "images/val"  # no val images of its own
     write_dataset(samples, tmp_path / "plain")
     assert yaml.safe_load((tmp_path / "plain" / "data.yaml").read_text())["train"] == "images/train"
