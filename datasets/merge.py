@@ -90,12 +90,9 @@ def write_dataset(
     (out / "pseudo.json").write_text(json.dumps(pseudo, indent=0, sort_keys=True))
     for name, items in sorted(lists.items()):
         (out / f"{name}.txt").write_text("\n".join(sorted(items)) + "\n")
-        if name.startswith("val-"):
-            (out / f"{name}.yaml").write_text(yaml.safe_dump(data_yaml(f"{name}.txt", f"{name}.txt"), sort_keys=False))
-        else:
-            val = f"val-{name[len('train-') :]}"
-            val = f"{val}.txt" if val in lists else "images/val"
-            (out / f"{name}.yaml").write_text(yaml.safe_dump(data_yaml(f"{name}.txt", val), sort_keys=False))
+        val = name if name.startswith("val-") else f"val-{name.removeprefix('train-')}"
+        val = f"{val}.txt" if val in lists else "images/val"
+        (out / f"{name}.yaml").write_text(yaml.safe_dump(data_yaml(f"{name}.txt", val), sort_keys=False))
     train: str | list[str] = "images/train"
     extra = [
         f"train-{src}.txt" for src, n in sorted((repeat or {}).items()) if f"train-{src}" in lists for _ in range(n - 1)
