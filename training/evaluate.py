@@ -11,6 +11,8 @@ Building blocks, each small and testable on hand-made cases:
 - :func:`ap_per_class`: AP at each threshold, and precision/recall at the confidence that maximises the
   mean F1 over classes (ultralytics' ``ap_per_class``), for the classes that have ground truth.
 - :func:`confusion_matrix`: class-agnostic one-to-one matching at an operating confidence.
+- :func:`error_breakdown`: at that confidence, why each box of a class is missed and each detection is
+  false (a group boxed as one, a box misplaced, another class, nothing there), in the spirit of TIDE.
 
 :func:`load_split` reads a dataset split (data.yaml ``val``/``train``/``test`` or a list file) through the
 dataset tools' YOLO reader (:mod:`datasets.yolo`), with its classes mapped onto product classes;
@@ -35,7 +37,7 @@ from datasets.mapping import ClassMapping, identity_mapping
 from datasets.yolo import DataYaml, entry_images, label_path_for, load_data_yaml, read_label_file
 from models.classes import CLASS_IDS, CLASS_NAMES
 from pipeline.decode import ImageReadError, read_image
-from pipeline.detections import Detections, box_iou
+from pipeline.detections import Detections, box_ios, box_iou
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 EVAL_CONF = 0.001  # like ultralytics val: the whole precision/recall curve
@@ -173,6 +175,80 @@ def confusion_matrix(
         if j not in matched:
             m[index[int(pred[j])], k] += 1
     return m
+
+
+#: Where a ground-truth box that no detection matched went (first that applies).
+MISS_KINDS = ("grouped", "mislocated", "other_class", "no_detection")
+#: What an unmatched detection is (first that applies).
+FALSE_KINDS = ("grouping", "mislocated", "other_class", "background")
+
+
+def error_breakdown(
+    gt_boxes: np.ndarray,
+    gt_classes: np.ndarray,
+    dets: Detections,
+    classes: Sequence[int],
+    conf: float = 0.25,
+) -> dict[int, dict[str, Any]]:
+    """Per product class id: ``n_gt``, the boxes ``found`` at IoU 0.5 and ``conf`` (one-to-one by descending
+    confidence, as :func:`match_detections` matches), and why the rest fail.
+
+    ``misses`` counts the boxes no detection matched: ``grouped`` when 80 % of the box lies inside a
+    detection of its class at least twice its size (the model boxed a group, the labels its parts),
+    ``mislocated`` when one overlaps it at IoU 0.1-0.5, ``other_class`` when a detection of another class
+    covers it at IoU 0.5, else ``no_detection``. ``false`` counts the unmatched detections: ``grouping``
+    when one holds 80 % of two or more boxes of its class, ``mislocated`` at IoU 0.1-0.5 with one,
+    ``other_class`` at IoU 0.5 with a box of another class, else ``background``.
+    """
+    gt_boxes = np.asarray(gt_boxes, np.float32).reshape(-1, 4)
+    gt_classes = np.asarray(gt_classes, np.int64)
+    keep = dets.confidence >= conf
+    order = np.argsort(-dets.confidence[keep], kind="stable")
+    boxes, pred = dets.xyxy[keep][order], dets.class_id[keep][order]
+    iou, ios = box_iou(gt_boxes, boxes), box_ios(gt_boxes, boxes)
+    gt_area = np.prod(gt_boxes[:, 2:] - gt_boxes[:, :2], axis=1)
+    det_area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    inside = (ios >= 0.8) & (det_area[None, :] >= gt_area[:, None])  # (G, D): the box lies in the detection
+    same = gt_classes[:, None] == pred[None, :]
+    claimed, matched = np.zeros(len(gt_boxes), bool), np.zeros(len(boxes), bool)
+    for j in range(len(boxes)):  # by descending confidence, the unclaimed same-class box it overlaps most
+        overlap = np.where(same[:, j] & ~claimed, iou[:, j], 0.0)
+        if len(overlap) and overlap.max() >= 0.5:
+            claimed[overlap.argmax()] = matched[j] = True
+    out = {
+        int(c): {"n_gt": 0, "found": 0, "misses": dict.fromkeys(MISS_KINDS, 0), "false": dict.fromkeys(FALSE_KINDS, 0)}
+        for c in classes
+    }
+    for g, c in enumerate(gt_classes.tolist()):
+        if c not in out:
+            continue
+        out[c]["n_gt"] += 1
+        if claimed[g]:
+            out[c]["found"] += 1
+            continue
+        if (inside[g] & same[g] & (det_area >= 2 * gt_area[g])).any():
+            kind = "grouped"
+        elif ((iou[g] > 0.1) & same[g]).any():
+            kind = "mislocated"
+        elif ((iou[g] >= 0.5) & ~same[g]).any():
+            kind = "other_class"
+        else:
+            kind = "no_detection"
+        out[c]["misses"][kind] += 1
+    for j in np.flatnonzero(~matched):
+        c = int(pred[j])
+        if c not in out:
+            continue
+        if (inside[:, j] & same[:, j]).sum() >= 2:
+            kind = "grouping"
+        elif ((iou[:, j] > 0.1) & same[:, j]).any():
+            kind = "mislocated"
+        elif ((iou[:, j] >= 0.5) & ~same[:, j]).any():
+            kind = "other_class"
+        else:
+            kind = "background"
+        out[c]["false"][kind] += 1
+    return out
 
 
 # ------------------------------------------------------------------------------------------- dataset
@@ -366,6 +442,7 @@ class EvalResult:
     confusion_conf: float = 0.25
     unreadable: list[str] = field(default_factory=list)
     image_level: dict[str, Any] | None = None
+    errors: dict[str, dict[str, Any]] = field(default_factory=dict)  # error_breakdown at confusion_conf, per class
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` report: model, mAP50, mAP50-95 and per-class figures over classes with ground truth
@@ -393,6 +470,12 @@ class EvalResult:
         lines.append(f"(P and R at confidence {self.f1_conf:.3f}, where mean F1 is highest)")
         if self.unreadable:
             lines.append(f"{len(self.unreadable)} unreadable images skipped: {', '.join(self.unreadable[:5])}")
+        if self.errors:
+            lines.append(f"at confidence {self.confusion_conf}, IoU 0.5: found, and why the rest fail")
+            for name, e in self.errors.items():
+                misses = ", ".join(f"{k} {v}" for k, v in e["misses"].items())
+                false = ", ".join(f"{k} {v}" for k, v in e["false"].items())
+                lines.append(f"  {name}: found {e['found']}/{e['n_gt']}; missed: {misses}; false: {false}")
         if self.image_level is not None:
             il = self.image_level
             lines.append(
@@ -422,6 +505,7 @@ def evaluate(
     level = {"found": [], "missed": [], "alarms": [], "quiet": []}
     tps, confs, preds, targets = [], [], [], []
     confusion = np.zeros((len(split.mapped) + 1,) * 2, np.int64)
+    errors = error_breakdown(np.zeros((0, 4)), np.zeros(0), Detections.empty(), split.mapped)
     unreadable = []
     mapped = np.asarray(split.mapped)
     for item in tqdm(split.images, desc="evaluate", unit="img", disable=not progress or None, file=sys.stderr):
@@ -440,6 +524,12 @@ def evaluate(
         preds.append(dets.class_id)
         targets.append(item.classes)
         confusion += confusion_matrix(gt, item.classes, dets, split.mapped, conf=confusion_conf)
+        for c, e in error_breakdown(gt, item.classes, dets, split.mapped, conf=confusion_conf).items():
+            errors[c]["n_gt"] += e["n_gt"]
+            errors[c]["found"] += e["found"]
+            for side in ("misses", "false"):
+                for kind, n in e[side].items():
+                    errors[c][side][kind] += n
         if image_level:
             shows = bool(np.isin(item.classes, level_ids).any())
             flagged = bool((np.isin(dets.class_id, level_ids) & (dets.confidence >= operating_conf)).any())
@@ -479,6 +569,7 @@ def evaluate(
         confusion_conf=confusion_conf,
         unreadable=unreadable,
         image_level=_image_level_summary(level, image_level, operating_conf) if image_level else None,
+        errors={CLASS_NAMES[c]: e for c, e in errors.items() if e["n_gt"]},  # as per_class: classes with labels
     )
 
 
@@ -546,6 +637,7 @@ def write_report(result: EvalResult, path: Path) -> Path:
         "images": result.images,
         "f1_conf": result.f1_conf,
         "confusion": {"classes": [*result.confusion_classes, "background"], "matrix": result.confusion.tolist()},
+        "errors": {"conf": result.confusion_conf, "iou": 0.5, "per_class": result.errors},
         "unreadable": result.unreadable,
     }
     path.write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n")

@@ -22,6 +22,7 @@ from training.evaluate import (
     ap_per_class,
     average_precision,
     confusion_matrix,
+    error_breakdown,
     evaluate,
     load_split,
     make_predictor,
@@ -150,6 +151,37 @@ def test_confusion_matrix_counts_confusions_misses_and_background():
     assert m.tolist() == [[1, 0, 0], [1, 0, 1], [0, 1, 0]]
 
 
+def test_error_breakdown_says_why_each_box_is_missed_and_each_detection_is_false():
+    signs = [[0, 0, 40, 20], [50, 0, 90, 20]]  # two plates of one shop front, labelled apart
+    gt_boxes = np.array([*signs, [200, 0, 240, 40], [300, 0, 340, 40], [400, 0, 440, 40], [500, 0, 540, 40]])
+    gt_cls = np.array([LITTER, LITTER, LITTER, LITTER, BIN, LITTER])
+    dets = Detections(
+        np.array(
+            [
+                [0, 0, 90, 20],  # one box over both plates
+                [200, 0, 240, 40],  # right
+                [320, 0, 360, 40],  # half a box off: IoU 1/3
+                [400, 0, 440, 40],  # litter on a bin
+                [700, 0, 740, 40],  # nothing there
+                [500, 0, 540, 40],  # right, but below the operating confidence
+            ],
+            np.float32,
+        ),
+        np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.1]),
+        np.array([LITTER] * 6),
+    )
+    got = error_breakdown(gt_boxes, gt_cls, dets, [LITTER, BIN], conf=0.25)
+    litter, bins = got[LITTER], got[BIN]
+    assert (litter["n_gt"], litter["found"]) == (5, 1)
+    assert litter["misses"] == {"grouped": 2, "mislocated": 1, "other_class": 0, "no_detection": 1}
+    assert litter["false"] == {"grouping": 1, "mislocated": 1, "other_class": 1, "background": 1}
+    assert (bins["n_gt"], bins["found"]) == (1, 0)
+    assert bins["misses"] == {"grouped": 0, "mislocated": 0, "other_class": 1, "no_detection": 0}
+    # every box and every detection above the confidence is counted once
+    assert litter["found"] + sum(litter["misses"].values()) == litter["n_gt"]
+    assert litter["found"] + sum(litter["false"].values()) == 5
+
+
 # --------------------------------------------------------------------------------- dataset reading
 
 
@@ -222,6 +254,10 @@ def test_evaluate_table_and_confusion_plot(use_tiny_registry, shapes_data: Path,
     assert str(png) in out and cv2.imread(str(png)).shape[0] > 200
     report = json.loads((tmp_path / "evaluation.json").read_text())
     assert report["confusion"]["classes"] == ["litter", "car", "background"]
+    errors = report["errors"]["per_class"]
+    assert set(errors) == {"litter", "car"} and "why the rest fail" in out
+    for name, e in errors.items():  # the breakdown accounts for every labelled box
+        assert e["found"] + sum(e["misses"].values()) == e["n_gt"] == report["per_class"][name]["n_gt"]
 
 
 def test_tiled_evaluation_runs_the_sliced_detector(use_tiny_registry, shapes_data: Path):
