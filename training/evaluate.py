@@ -23,6 +23,7 @@ together into an :class:`EvalResult`.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -62,19 +63,30 @@ def match_detections(
     """(N, T) bool: detection i (in the given order, which must be descending confidence) is a true
     positive at IoU threshold t. Each ground-truth box is claimed by at most one detection per threshold;
     a detection takes the unclaimed same-class box it overlaps most."""
+    return _greedy_match(gt_boxes, gt_classes, det_boxes, det_classes, thresholds)[0]
+
+
+def _greedy_match(
+    gt_boxes: np.ndarray,
+    gt_classes: np.ndarray,
+    det_boxes: np.ndarray,
+    det_classes: np.ndarray,
+    thresholds: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`match_detections`' (N, T) ``correct`` and the (M, T) ground-truth boxes it ``claimed``."""
     correct = np.zeros((len(det_boxes), len(thresholds)), bool)
+    claimed = np.zeros((len(gt_boxes), len(thresholds)), bool)
     if not len(gt_boxes) or not len(det_boxes):
-        return correct
+        return correct, claimed
     iou = box_iou(np.asarray(gt_boxes, np.float32), np.asarray(det_boxes, np.float32)).astype(np.float64)
     iou *= np.asarray(gt_classes)[:, None] == np.asarray(det_classes)[None, :]
-    claimed = np.zeros((len(gt_boxes), len(thresholds)), bool)
     cols = np.arange(len(thresholds))
     for j in np.flatnonzero((iou >= thresholds.min()).any(0)):
         available = np.where(claimed, 0.0, iou[:, j, None])  # (M, T): IoU with boxes still unclaimed
         best = available.argmax(0)
         correct[j] = available[best, cols] >= thresholds
         claimed[best, cols] |= correct[j]
-    return correct
+    return correct, claimed
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -189,9 +201,10 @@ def error_breakdown(
     dets: Detections,
     classes: Sequence[int],
     conf: float = 0.25,
+    totals: dict[int, dict[str, Any]] | None = None,
 ) -> dict[int, dict[str, Any]]:
-    """Per product class id: ``n_gt``, the boxes ``found`` at IoU 0.5 and ``conf`` (one-to-one by descending
-    confidence, as :func:`match_detections` matches), and why the rest fail.
+    """Per product class id: ``n_gt``, the boxes ``found`` at IoU 0.5 and ``conf`` (matched by
+    :func:`match_detections`), and why the rest fail; added into ``totals`` (an earlier result) if given.
 
     ``misses`` counts the boxes no detection matched: ``grouped`` when 80 % of the box lies inside a
     detection of its class at least twice its size (the model boxed a group, the labels its parts),
@@ -210,15 +223,11 @@ def error_breakdown(
     det_area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
     inside = (ios >= 0.8) & (det_area[None, :] >= gt_area[:, None])  # (G, D): the box lies in the detection
     same = gt_classes[:, None] == pred[None, :]
-    claimed, matched = np.zeros(len(gt_boxes), bool), np.zeros(len(boxes), bool)
-    for j in range(len(boxes)):  # by descending confidence, the unclaimed same-class box it overlaps most
-        overlap = np.where(same[:, j] & ~claimed, iou[:, j], 0.0)
-        if len(overlap) and overlap.max() >= 0.5:
-            claimed[overlap.argmax()] = matched[j] = True
-    out = {
-        int(c): {"n_gt": 0, "found": 0, "misses": dict.fromkeys(MISS_KINDS, 0), "false": dict.fromkeys(FALSE_KINDS, 0)}
-        for c in classes
-    }
+    matched, claimed = (m[:, 0] for m in _greedy_match(gt_boxes, gt_classes, boxes, pred, np.array([0.5])))
+    out = totals
+    if out is None:
+        empty = {"n_gt": 0, "found": 0, "misses": dict.fromkeys(MISS_KINDS, 0), "false": dict.fromkeys(FALSE_KINDS, 0)}
+        out = {int(c): copy.deepcopy(empty) for c in classes}
     for g, c in enumerate(gt_classes.tolist()):
         if c not in out:
             continue
@@ -505,7 +514,7 @@ def evaluate(
     level = {"found": [], "missed": [], "alarms": [], "quiet": []}
     tps, confs, preds, targets = [], [], [], []
     confusion = np.zeros((len(split.mapped) + 1,) * 2, np.int64)
-    errors = error_breakdown(np.zeros((0, 4)), np.zeros(0), Detections.empty(), split.mapped)
+    errors: dict[int, dict[str, Any]] | None = None  # error_breakdown totals
     unreadable = []
     mapped = np.asarray(split.mapped)
     for item in tqdm(split.images, desc="evaluate", unit="img", disable=not progress or None, file=sys.stderr):
@@ -524,12 +533,7 @@ def evaluate(
         preds.append(dets.class_id)
         targets.append(item.classes)
         confusion += confusion_matrix(gt, item.classes, dets, split.mapped, conf=confusion_conf)
-        for c, e in error_breakdown(gt, item.classes, dets, split.mapped, conf=confusion_conf).items():
-            errors[c]["n_gt"] += e["n_gt"]
-            errors[c]["found"] += e["found"]
-            for side in ("misses", "false"):
-                for kind, n in e[side].items():
-                    errors[c][side][kind] += n
+        errors = error_breakdown(gt, item.classes, dets, split.mapped, conf=confusion_conf, totals=errors)
         if image_level:
             shows = bool(np.isin(item.classes, level_ids).any())
             flagged = bool((np.isin(dets.class_id, level_ids) & (dets.confidence >= operating_conf)).any())
