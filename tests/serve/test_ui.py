@@ -78,8 +78,13 @@ def test_reviewer_confirms_and_dispatches_in_the_browser(browser, tmp_path):
         rows = page.locator("tr[data-case]")
         assert rows.count() == 4
         assert page.locator(f"tr[data-case='{parking}'] .status").inner_text().startswith("待审核")
-        thumbs = page.eval_on_selector_all("td.thumb img", "imgs => imgs.map(i => i.complete && i.naturalWidth)")
-        assert len(thumbs) == 4 and all(w > 0 for w in thumbs)  # evidence thumbnails load through the API
+        # Evidence thumbnails load through the API. They are lazy, so the page's load event does not wait
+        # for them: wait until every one has decoded (a broken image never gets a width, and this times out).
+        assert page.locator("td.thumb img").count() == 4
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('td.thumb img')].every(i => i.complete && i.naturalWidth > 0)",
+            timeout=15_000,
+        )
 
         page.select_option("select[name=type]", "illegal_parking")
         page.click("form.filters button[type=submit]")
