@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from synth import write_h264
+from waiting import wait_for
 
 from models.registry import load_card, set_default, write_card
 from pipeline.cameras import CameraConfig, CamerasConfig, NoParkingZone
@@ -32,15 +32,6 @@ def parked_cars(seconds: float = 14, fps: int = 5, second_after: float = 8):
         if i >= second_after * fps:
             cv2.circle(frame, (240, 130), 38, (230, 60, 20), -1)
         yield np.clip(frame + rng.normal(0, 2, frame.shape), 0, 255).astype(np.uint8)
-
-
-def wait_for(cond, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow

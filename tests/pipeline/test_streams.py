@@ -13,13 +13,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from synth import still_scene, write_h264
+from waiting import wait_for
 
 from models.registry import resolve
 from pipeline.cameras import CameraConfig, CamerasConfig, NoParkingZone
@@ -34,15 +34,6 @@ RTSP_SERVER = Path(__file__).with_name("rtsp_server.py")
 PHOTO = REPO / "pipeline" / "samples" / "photos" / "patrol-bikes-cardboard.jpg"
 # the pavement of the patrol photo: the scooter and a bicycle stand on it, the parked car is outside
 PAVEMENT = [[0.0, 0.30], [0.60, 0.30], [0.76, 0.45], [1.0, 0.62], [1.0, 1.0], [0.0, 1.0]]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def require_rtsp_server() -> None:

@@ -9,8 +9,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 import yaml
 from PIL import ExifTags, Image
 from servetest import REPO, ServiceProcess
+from waiting import wait_for
 
 from pipeline.cameras import DEMO_CAMERAS
 from serve.store import CaseFilter, CaseStore
@@ -26,19 +25,6 @@ from serve.store import CaseFilter, CaseStore
 pytestmark = pytest.mark.slow
 GPS = (31.2304, 121.4737)  # People's Square, Shanghai
 VEHICLE_PHOTOS = ("patrol-bikes-cardboard", "patrol-posters-scooter")
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str, proc: subprocess.Popen | None = None):
-    """Poll ``condition`` until it is truthy; fail naming ``what`` (and the worker's output if it died)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"the worker exited ({proc.returncode}) before {what}: {proc.stderr.read()[-3000:]}")
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def filed_cases(db_url: str, data_dir: Path) -> dict[str, list]:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from waiting import wait_for
 
 from models.registry import load_card, rollback_default, set_default, write_card
 from pipeline.detect import DetectorConfig
@@ -34,15 +34,6 @@ def registry(tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     variant(root, "tiny-v3", "t3")
     monkeypatch.setenv("STREETWATCH_MODELS_DIR", str(root))
     return root
-
-
-def wait_for(cond, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from waiting import wait_for
 
 from serve.config import WebhookConfig
 from serve.outbox import WebhookDispatcher
@@ -52,14 +52,6 @@ class Receiver:
         return [r for r in self.requests if r["ok"]]
 
 
-def wait_for(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-
-
 def webhook(url: str, **kw) -> WebhookConfig:
     return WebhookConfig(url=url, backoff_s=0.05, max_backoff_s=0.2, poll_s=0.05, timeout_s=2, **kw)
 
@@ -72,7 +64,7 @@ def test_confirmed_case_is_pushed_with_retries_and_the_idempotency_key(db_url, t
     try:
         cid = store.ingest(violation(key="cam1:42")).case_id
         store.review(cid, "confirm", ALICE)
-        wait_for(lambda: store.outbox_counts().get("delivered") == 1)
+        wait_for(lambda: store.outbox_counts().get("delivered") == 1, 15, "the delivery")
     finally:
         dispatcher.stop()
         receiver.close()
@@ -101,7 +93,7 @@ def test_undelivered_events_survive_a_restart(db_url, tmp_path, violation):
     dispatcher.start()
     cid = store.ingest(violation()).case_id
     store.review(cid, "confirm", ALICE)
-    wait_for(lambda: dispatcher.failed_attempts >= 1)
+    wait_for(lambda: dispatcher.failed_attempts >= 1, 15, "a failed attempt")
     dispatcher.stop()
     store.dispose()  # the service stops with the event undelivered
     receiver = Receiver(port=port)
@@ -109,7 +101,7 @@ def test_undelivered_events_survive_a_restart(db_url, tmp_path, violation):
     dispatcher = WebhookDispatcher(store, store.webhook)
     dispatcher.start()  # ... and starts again
     try:
-        wait_for(lambda: store.outbox_counts().get("delivered") == 1)
+        wait_for(lambda: store.outbox_counts().get("delivered") == 1, 15, "the delivery")
     finally:
         dispatcher.stop()
         receiver.close()
@@ -125,7 +117,7 @@ def test_gives_up_after_max_attempts_and_keeps_the_event(tmp_path, violation):
     dispatcher.start()
     try:
         store.review(store.ingest(violation()).case_id, "confirm", ALICE)
-        wait_for(lambda: store.outbox_counts().get("failed") == 1)
+        wait_for(lambda: store.outbox_counts().get("failed") == 1, 15, "the delivery to fail")
     finally:
         dispatcher.stop()
         receiver.close()
@@ -155,7 +147,7 @@ def test_admin_lists_failed_events_and_retries_them_once_the_receiver_is_fixed(t
             cid = store.ingest(violation(key="cam1:7")).case_id
             store.review(cid, "confirm", ALICE)
             app.state.dispatcher.wake()
-            wait_for(lambda: store.outbox_counts().get("failed") == 1)
+            wait_for(lambda: store.outbox_counts().get("failed") == 1, 15, "the delivery to fail")
             assert client.get("/v1/outbox", headers=reviewer).status_code == 403
             failed = client.get("/v1/outbox", params={"status": "failed"}, headers=admin).json()
             assert [(e["case_id"], e["attempts"]) for e in failed] == [(cid, 2)]
@@ -166,7 +158,7 @@ def test_admin_lists_failed_events_and_retries_them_once_the_receiver_is_fixed(t
             receiver.fail_first = 0  # the external system is fixed
             r = client.post("/v1/outbox/retry", json={}, headers=admin)
             assert r.status_code == 200 and r.json() == {"retried": [failed[0]["id"]]}
-            wait_for(lambda: store.outbox_counts().get("delivered") == 1)
+            wait_for(lambda: store.outbox_counts().get("delivered") == 1, 15, "the delivery")
             assert client.get("/v1/outbox", params={"status": "failed"}, headers=admin).json() == []
             assert client.post("/v1/outbox/retry", json={}, headers=admin).json() == {"retried": []}
             actions = [h.action for h in store.history(cid)]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -36,6 +35,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from servetest import ServiceProcess  # noqa: E402
 from synth import draw_sample  # noqa: E402
+from waiting import wait_for  # noqa: E402
 
 SMOKE = REPO / "training" / "configs" / "smoke.yaml"
 FINE_TUNE = ["imgsz=160", "optimizer=SGD", "augment.enabled=false", "ultralytics.warmup_epochs=0", "mosaic=0"]
@@ -43,15 +43,6 @@ FINE_TUNE = ["imgsz=160", "optimizer=SGD", "augment.enabled=false", "ultralytics
 
 def sets(*items: str) -> list[str]:
     return [arg for item in items for arg in ("--set", item)]
-
-
-def wait_for(cond, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def base_dataset(src: Path, dst: Path) -> Path:
