@@ -12,6 +12,10 @@ Rules, each with per-zone thresholds (:mod:`pipeline.cameras`):
 - ``illegal_parking``: a car, motorbike or bicycle standing still (its box keeps overlapping the box
   where it stopped by ``stationary_iou``) inside a ``no_parking`` zone for ``dwell_s`` seconds.
 - ``street_vending``: a vending stall present inside a ``no_vending`` zone for ``dwell_s`` seconds.
+
+The dwell counts time the object was seen: a gap in its detections up to ``BRIDGE_S`` (missed
+detections, a passing bus) counts, a longer one does not. Without that, a car glimpsed at a spot and
+another glimpsed at the same spot half a minute later would be one car that "stood" there all along.
 - ``small_ad`` / ``exposed_garbage`` / ``overflowing_bin``: present in at least ``min_fraction`` of the
   last ``window`` samples inside a ``watch`` zone.
 
@@ -48,6 +52,8 @@ MOVE_SAMPLES = 2
 DUPLICATE_IOS = 0.85
 #: Better evidence replaces the current one when its score is higher by this much.
 EVIDENCE_GAIN = 0.1
+#: Seconds an object may go unseen and still count as present for its dwell; longer gaps are left out.
+BRIDGE_S = 10.0
 
 
 def violation_of_class(name: str) -> str | None:
@@ -69,7 +75,7 @@ class WatchedObject:
     box: np.ndarray
     score: float
     anchor: np.ndarray
-    still_since: float
+    dwell_since: float  # start of the dwell: arrival, or where a vehicle stopped; long unseen gaps push it on
     best_score: float = 0.0
     moved: int = 0
     seen_now: bool = True
@@ -123,6 +129,7 @@ class RuleEngine:
         self.evidence_interval_s = evidence_interval_s
         self.objects: dict[int, WatchedObject] = {}
         self._by_track: dict[int, int] = {}
+        self._last_ts: float | None = None  # the previous sample
         self._uids = itertools.count(1)
         # which zones judge each detector class
         self._zones_of: dict[int, list[Zone]] = {}
@@ -169,6 +176,7 @@ class RuleEngine:
             self._associate(unmatched, dets, ts, frame_wh)
         for obj in self.objects.values():
             obj.history.append(obj.seen_now)
+        self._last_ts = ts
         return self._judge(ts)
 
     def _associate(self, unmatched: list[int], dets: Detections, ts: float, frame_wh: tuple[int, int]) -> None:
@@ -198,7 +206,7 @@ class RuleEngine:
                 box=dets.xyxy[i],
                 score=float(dets.confidence[i]),
                 anchor=dets.xyxy[i].copy(),
-                still_since=ts,
+                dwell_since=ts,
             )
             self.objects[obj.uid] = obj
             self._observe(obj, dets, i, ts, frame_wh, new=True)
@@ -221,6 +229,9 @@ class RuleEngine:
         self, obj: WatchedObject, dets: Detections, i: int, ts: float, frame_wh: tuple[int, int], new: bool = False
     ) -> None:
         box = dets.xyxy[i]
+        missed = (self._last_ts or ts) - obj.last_seen  # unseen from its last sighting to the previous sample
+        if missed > BRIDGE_S:
+            obj.dwell_since = min(obj.dwell_since + missed, ts)
         obj.box, obj.score, obj.last_seen, obj.seen_now = box, float(dets.confidence[i]), ts, True
         obj.best_score = max(obj.best_score, obj.score)
         if dets.tracker_id is not None and dets.tracker_id[i] >= 0:
@@ -235,7 +246,7 @@ class RuleEngine:
             else:
                 obj.moved += 1
                 if obj.moved >= MOVE_SAMPLES:  # it really moved: where it stands now is its new stop
-                    obj.anchor, obj.still_since, obj.moved = box.copy(), ts, 0
+                    obj.anchor, obj.dwell_since, obj.moved = box.copy(), ts, 0
         foot = np.array([[(box[0] + box[2]) / 2, box[3]]])
         for zone in zones:
             obj.membership.update(zone, bool(zone.contains(foot, frame_wh)[0]), ts)
@@ -253,13 +264,9 @@ class RuleEngine:
         if on_since is None or not obj.membership.inside.get(zone.name):
             return False
         cfg = zone.config
-        if obj.violation == "illegal_parking":
-            if obj.moved:
-                return False
-            start = max(obj.still_since, obj.membership.since.get(zone.name, ts), on_since)
-            return ts - start >= cfg.dwell_s
-        if obj.violation == "street_vending":
-            return ts - max(obj.membership.since.get(zone.name, ts), on_since) >= cfg.dwell_s
+        if obj.violation in ("illegal_parking", "street_vending"):  # a vehicle moving off (moved) is not parked
+            start = max(obj.dwell_since, obj.membership.since.get(zone.name, ts), on_since)
+            return not obj.moved and ts - start >= cfg.dwell_s
         recent = list(obj.history)[-cfg.window :]
         return sum(recent) >= cfg.min_fraction * cfg.window
 

@@ -120,6 +120,29 @@ def test_a_car_that_leaves_and_a_new_one_that_parks_are_two_violations():
     assert events[0][2] != events[2][2]
 
 
+def test_glimpses_at_one_spot_are_not_a_stay():
+    # cars passing the same spot every 15 s (a lane, a looping clip): each glimpse overlaps the last one's
+    # box, but nothing was seen in between, so no car stood there for dwell_s
+    engine = parking_engine()
+    script = {t: dets(("car", PARKED, 0.9, t)) for t in range(0, 80, 15)}
+    assert run(engine, script, 80) == []
+    vending = NoVendingZone(kind="no_vending", name="square", polygon=BOTTOM_HALF, dwell_s=12, inertia=1)
+    engine = RuleEngine("cam", build_zones([vending]), update_s=1e9)
+    script = {t: dets(("street_vending", [300, 260, 560, 460], 0.6, t)) for t in range(0, 80, 15)}
+    assert run(engine, script, 80) == []
+
+
+def test_the_dwell_bridges_short_gaps_and_leaves_long_ones_out():
+    engine = parking_engine()
+    # seen 0-1, unseen 2-16 (longer than BRIDGE_S), then standing: 15 s left out -> opens 10 s after t=0 + 15
+    script = {t: dets(("car", PARKED, 0.8, 1)) for t in [0, 1, *range(17, 40)]}
+    assert [(t, k) for t, k, _ in run(engine, script, 40)] == [(25, "open")]
+    engine = parking_engine()
+    # a car hidden for 6 s (a passing bus) keeps its dwell: opens at t=10 as if always seen
+    script = {t: dets(("car", PARKED, 0.8, 1)) for t in range(40) if not 3 <= t < 9}
+    assert [(t, k) for t, k, _ in run(engine, script, 40)] == [(10, "open")]
+
+
 def test_schedule_gates_the_dwell_across_midnight():
     # parking forbidden 22:00-06:00; the car arrives 21:59:50 and may stand until 22:00
     cfg = NoParkingZone(
