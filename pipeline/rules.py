@@ -13,9 +13,10 @@ Rules, each with per-zone thresholds (:mod:`pipeline.cameras`):
   where it stopped by ``stationary_iou``) inside a ``no_parking`` zone for ``dwell_s`` seconds.
 - ``street_vending``: a vending stall present inside a ``no_vending`` zone for ``dwell_s`` seconds.
 
-The dwell counts time the object was seen: a gap in its detections up to ``BRIDGE_S`` (missed
-detections, a passing bus) counts, a longer one does not. Without that, a car glimpsed at a spot and
-another glimpsed at the same spot half a minute later would be one car that "stood" there all along.
+A dwell is one stay that was seen. A gap in the object's detections (missed detections, a passing bus)
+is bridged only when it is no longer than the object had already been seen staying, and at most
+``BRIDGE_S``; after a longer gap the stay starts again. Without that, cars glimpsed now and then at the
+same spot (a lane cars leave by, a looping clip) would add up to one car that "stood" there all along.
 - ``small_ad`` / ``exposed_garbage`` / ``overflowing_bin``: present in at least ``min_fraction`` of the
   last ``window`` samples inside a ``watch`` zone.
 
@@ -52,7 +53,7 @@ MOVE_SAMPLES = 2
 DUPLICATE_IOS = 0.85
 #: Better evidence replaces the current one when its score is higher by this much.
 EVIDENCE_GAIN = 0.1
-#: Seconds an object may go unseen and still count as present for its dwell; longer gaps are left out.
+#: The longest gap in an object's detections that its stay (the dwell) bridges.
 BRIDGE_S = 10.0
 
 
@@ -75,9 +76,10 @@ class WatchedObject:
     box: np.ndarray
     score: float
     anchor: np.ndarray
-    dwell_since: float  # start of the dwell: arrival, or where a vehicle stopped; long unseen gaps push it on
+    dwell_since: float  # start of its stay: arrival, where a vehicle stopped, or return after a long gap
     best_score: float = 0.0
     moved: int = 0
+    seen_s: float = 0.0  # seconds of its stay it was seen (between consecutive samples)
     seen_now: bool = True
     membership: Membership = field(default_factory=Membership)
     history: deque[bool] = field(default_factory=lambda: deque(maxlen=1000))
@@ -229,9 +231,11 @@ class RuleEngine:
         self, obj: WatchedObject, dets: Detections, i: int, ts: float, frame_wh: tuple[int, int], new: bool = False
     ) -> None:
         box = dets.xyxy[i]
-        missed = (self._last_ts or ts) - obj.last_seen  # unseen from its last sighting to the previous sample
-        if missed > BRIDGE_S:
-            obj.dwell_since = min(obj.dwell_since + missed, ts)
+        missed = (ts if self._last_ts is None else self._last_ts) - obj.last_seen  # unseen up to the last sample
+        if missed <= 0:
+            obj.seen_s += ts - obj.last_seen
+        elif missed > min(BRIDGE_S, obj.seen_s):  # a gap longer than the stay seen so far: a new stay
+            obj.dwell_since, obj.seen_s = ts, 0.0
         obj.box, obj.score, obj.last_seen, obj.seen_now = box, float(dets.confidence[i]), ts, True
         obj.best_score = max(obj.best_score, obj.score)
         if dets.tracker_id is not None and dets.tracker_id[i] >= 0:
@@ -246,7 +250,7 @@ class RuleEngine:
             else:
                 obj.moved += 1
                 if obj.moved >= MOVE_SAMPLES:  # it really moved: where it stands now is its new stop
-                    obj.anchor, obj.dwell_since, obj.moved = box.copy(), ts, 0
+                    obj.anchor, obj.dwell_since, obj.moved, obj.seen_s = box.copy(), ts, 0, 0.0
         foot = np.array([[(box[0] + box[2]) / 2, box[3]]])
         for zone in zones:
             obj.membership.update(zone, bool(zone.contains(foot, frame_wh)[0]), ts)

@@ -122,25 +122,30 @@ def test_a_car_that_leaves_and_a_new_one_that_parks_are_two_violations():
 
 def test_glimpses_at_one_spot_are_not_a_stay():
     # cars passing the same spot every 15 s (a lane, a looping clip): each glimpse overlaps the last one's
-    # box, but nothing was seen in between, so no car stood there for dwell_s
+    # box, but nothing was seen in between, so no car stood there for dwell_s however long it goes on
     engine = parking_engine()
-    script = {t: dets(("car", PARKED, 0.9, t)) for t in range(0, 80, 15)}
-    assert run(engine, script, 80) == []
+    script = {t + d: dets(("car", PARKED, 0.9, t)) for t in range(0, 300, 15) for d in (0, 1)}
+    assert run(engine, script, 300) == []
     vending = NoVendingZone(kind="no_vending", name="square", polygon=BOTTOM_HALF, dwell_s=12, inertia=1)
     engine = RuleEngine("cam", build_zones([vending]), update_s=1e9)
-    script = {t: dets(("street_vending", [300, 260, 560, 460], 0.6, t)) for t in range(0, 80, 15)}
-    assert run(engine, script, 80) == []
+    script = {t + d: dets(("street_vending", [300, 260, 560, 460], 0.6, t)) for t in range(0, 300, 15) for d in (0, 1)}
+    assert run(engine, script, 300) == []
 
 
-def test_the_dwell_bridges_short_gaps_and_leaves_long_ones_out():
+def test_a_stay_bridges_gaps_no_longer_than_it_was_seen_and_at_most_bridge_s():
     engine = parking_engine()
-    # seen 0-1, unseen 2-16 (longer than BRIDGE_S), then standing: 15 s left out -> opens 10 s after t=0 + 15
-    script = {t: dets(("car", PARKED, 0.8, 1)) for t in [0, 1, *range(17, 40)]}
-    assert [(t, k) for t, k, _ in run(engine, script, 40)] == [(25, "open")]
-    engine = parking_engine()
-    # a car hidden for 6 s (a passing bus) keeps its dwell: opens at t=10 as if always seen
-    script = {t: dets(("car", PARKED, 0.8, 1)) for t in range(40) if not 3 <= t < 9}
+    # seen standing 0-4, hidden 5-8 (a passing bus, 4 s): bridged, it opens at t=10 as if always seen
+    script = {t: dets(("car", PARKED, 0.8, 1)) for t in range(40) if not 5 <= t < 9}
     assert [(t, k) for t, k, _ in run(engine, script, 40)] == [(10, "open")]
+    engine = parking_engine()
+    # seen 0-1 (a 1 s stay), then nothing until t=17: a new stay from 17 -> opens at 27
+    script = {t: dets(("car", PARKED, 0.8, 1)) for t in [0, 1, *range(17, 40)]}
+    assert [(t, k) for t, k, _ in run(engine, script, 40)] == [(27, "open")]
+    cfg = NoParkingZone(kind="no_parking", name="curb", polygon=BOTTOM_HALF, dwell_s=30, gone_s=30)
+    for back, opened in [(25, 30), (28, 58)]:  # seen 0-15, unseen for 9 s (bridged) or 12 s (> BRIDGE_S)
+        engine = RuleEngine("cam", build_zones([cfg]), update_s=1e9)
+        script = {t: dets(("car", PARKED, 0.8, 1)) for t in [*range(0, 16), *range(back, 70)]}
+        assert [(t, k) for t, k, _ in run(engine, script, 70)] == [(opened, "open")]
 
 
 def test_schedule_gates_the_dwell_across_midnight():
