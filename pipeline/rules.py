@@ -12,13 +12,14 @@ Rules, each with per-zone thresholds (:mod:`pipeline.cameras`):
 - ``illegal_parking``: a car, motorbike or bicycle standing still (its box keeps overlapping the box
   where it stopped by ``stationary_iou``) inside a ``no_parking`` zone for ``dwell_s`` seconds.
 - ``street_vending``: a vending stall present inside a ``no_vending`` zone for ``dwell_s`` seconds.
-
-A dwell is one stay that was seen. A gap in the object's detections (missed detections, a passing bus)
-is bridged only when it is no longer than the object had already been seen staying, and at most
-``BRIDGE_S``; after a longer gap the stay starts again. Without that, cars glimpsed now and then at the
-same spot (a lane cars leave by, a looping clip) would add up to one car that "stood" there all along.
 - ``small_ad`` / ``exposed_garbage`` / ``overflowing_bin``: present in at least ``min_fraction`` of the
   last ``window`` samples inside a ``watch`` zone.
+
+A dwell is one stay that was seen. A gap in the object's detections (missed detections, a passing bus)
+is bridged only when it is no longer than the time the object had been seen in its stay so far, and at
+most ``BRIDGE_S``; after a longer gap the stay starts again. So an object seen at least half the time
+keeps its dwell, while cars glimpsed now and then at the same spot (a lane cars leave by, a looping
+clip) never add up to one car that "stood" there all along.
 
 Zone schedules gate the rules: time only counts while a zone's schedule is on. An object's violation
 opens once (event ``open``), is updated when clearly better evidence is seen or every ``update_s``
@@ -79,7 +80,7 @@ class WatchedObject:
     dwell_since: float  # start of its stay: arrival, where a vehicle stopped, or return after a long gap
     best_score: float = 0.0
     moved: int = 0
-    seen_s: float = 0.0  # seconds of its stay it was seen (between consecutive samples)
+    seen_s: float = 0.0  # seconds of its stay it was seen: the sample intervals ending in a sighting
     seen_now: bool = True
     membership: Membership = field(default_factory=Membership)
     history: deque[bool] = field(default_factory=lambda: deque(maxlen=1000))
@@ -231,11 +232,10 @@ class RuleEngine:
         self, obj: WatchedObject, dets: Detections, i: int, ts: float, frame_wh: tuple[int, int], new: bool = False
     ) -> None:
         box = dets.xyxy[i]
-        missed = (ts if self._last_ts is None else self._last_ts) - obj.last_seen  # unseen up to the last sample
-        if missed <= 0:
-            obj.seen_s += ts - obj.last_seen
-        elif missed > min(BRIDGE_S, obj.seen_s):  # a gap longer than the stay seen so far: a new stay
+        step = 0.0 if self._last_ts is None else ts - self._last_ts
+        if not new and ts - step - obj.last_seen > min(BRIDGE_S, obj.seen_s):  # unseen longer than seen: a new stay
             obj.dwell_since, obj.seen_s = ts, 0.0
+        obj.seen_s += step
         obj.box, obj.score, obj.last_seen, obj.seen_now = box, float(dets.confidence[i]), ts, True
         obj.best_score = max(obj.best_score, obj.score)
         if dets.tracker_id is not None and dets.tracker_id[i] >= 0:

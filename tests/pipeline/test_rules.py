@@ -138,6 +138,14 @@ def test_a_stay_bridges_gaps_no_longer_than_it_was_seen_and_at_most_bridge_s():
     script = {t: dets(("car", PARKED, 0.8, 1)) for t in range(40) if not 5 <= t < 9}
     assert [(t, k) for t, k, _ in run(engine, script, 40)] == [(10, "open")]
     engine = parking_engine()
+    # seen every other second from t=1 (night, a weak detector): each 1 s gap is bridged -> opens at 11
+    script = {t: dets(("car", PARKED, 0.4, 1)) for t in range(1, 40, 2)}
+    assert [(t, k) for t, k, _ in run(engine, script, 40)] == [(11, "open")]
+    engine = parking_engine()
+    # seen one second in three: unseen longer than seen, never a stay
+    script = {t: dets(("car", PARKED, 0.4, 1)) for t in range(1, 40, 3)}
+    assert run(engine, script, 40) == []
+    engine = parking_engine()
     # seen 0-1 (a 1 s stay), then nothing until t=17: a new stay from 17 -> opens at 27
     script = {t: dets(("car", PARKED, 0.8, 1)) for t in [0, 1, *range(17, 40)]}
     assert [(t, k) for t, k, _ in run(engine, script, 40)] == [(27, "open")]
