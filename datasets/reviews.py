@@ -428,7 +428,8 @@ def _write_label_studio(result: ExportResult, image_prefix: str) -> None:
 
 
 def _write_recipe(result: ExportResult, base_recipe: str, base_name: str, name: str) -> None:
-    """``recipe.yaml``: the base recipe extended by this folder as a ``folder`` source (product classes)."""
+    """``recipe.yaml``: the base recipe extended by this folder as a ``folder`` source (product classes),
+    labelling no class exhaustively, so that the teacher pseudo-labels people and vehicles in it."""
     base_path = Path(base_recipe)
     base = str(base_path.resolve()) if base_path.is_file() else base_recipe
     out = result.out.resolve()
@@ -443,6 +444,7 @@ def _write_recipe(result: ExportResult, base_recipe: str, base_name: str, name: 
                 "path": str(out / "images"),
                 "labels": str(out / "labels"),
                 "mapping": "product",
+                "labelled": [],  # a frame is labelled only where cases were filed: the teacher adds the rest
             }
         ],
     }
@@ -450,6 +452,10 @@ def _write_recipe(result: ExportResult, base_recipe: str, base_name: str, name: 
         f"# Written by `streetwatch data export-reviews`: {base} plus the reviewed cases of {out.name}.\n"
         "# Build:  streetwatch data build THIS_FILE --out DATASET_DIR   (the manifest fingerprints the result)\n"
         "# Several exports: point `extends` of a later export's recipe at an earlier one's recipe.yaml.\n"
+        "# labelled: []  a frame is labelled only where cases were filed, so no class counts as labelled\n"
+        "#   exhaustively and the teacher pseudo-labels people and vehicles as in every training image (a\n"
+        "#   dismissed parking case is usually a real vehicle). After relabelling every box of some classes\n"
+        "#   (Label Studio, CVAT: `data import`), list those classes here.\n"
     )
     (result.out / RECIPE_FILE).write_text(header + yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
 

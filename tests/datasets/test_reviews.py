@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import yaml
 
+from datasets.checks import scan_samples
+from datasets.pseudo import add_pseudo_labels
 from datasets.recipe import load_recipe
 from datasets.reviews import ExportError, export_reviews, import_annotations, read_export_labels
 from datasets.sources import load_source
@@ -21,7 +23,7 @@ from models.classes import CLASS_IDS, CLASS_NAMES
 from pipeline.cases import EvidenceImage, Violation
 from pipeline.cli import main
 from pipeline.decode import read_image
-from pipeline.detections import Detections
+from pipeline.detections import Detections, box_iou
 from pipeline.evidence import render_evidence
 from pipeline.photos import find_violations, photo_violations
 from serve.store import Actor, CaseStore
@@ -199,6 +201,18 @@ def test_export_applies_corrections_keeps_hard_negatives_and_case_ids(filed, tmp
     assert len(data.samples) == 4 and {s.split for s in data.samples} == {"train"}
     car_sample = next(s for s in data.samples if s.image.stem == cam_item.stem)
     assert car_sample.boxes[:, 0].tolist() == [CLASS_IDS["car"]]
+    # a frame is labelled only where cases were filed: no class is exhaustive, so the build's teacher adds
+    # the other vehicles (a CCTV frame's unfiled cars are not background) but not a second box on the case's
+    assert all(s.labelled == frozenset() for s in data.samples)
+    scan_samples([car_sample], features=False)  # as the build does: the image's size
+    filed_car = car_sample.xyxy()[0]
+    other_car = np.array([0, 0, car_sample.width / 4, car_sample.height / 4], np.float32)
+    assert box_iou(other_car, filed_car)[0, 0] == 0
+    teacher = Detections(
+        np.stack([filed_car + 1, other_car]), np.array([0.9, 0.8], np.float32), np.array([CLASS_IDS["car"]] * 2)
+    )
+    add_pseudo_labels([car_sample], [teacher], conf=0.5)
+    assert car_sample.xyxy(car_sample.pseudo) == pytest.approx(other_car[None], abs=0.5)
 
     assert recipe.name == "product-v1+field-1"
     with pytest.raises(ExportError, match="not empty"):
