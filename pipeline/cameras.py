@@ -147,6 +147,13 @@ class WatchZone(_RuleZone):
     min_fraction: float = Field(
         0.6, gt=0, le=1, description="Fraction of the last K samples the object must be seen in to be a violation"
     )
+    stationary_iou: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="Minimum box overlap (IoU) with where it was first seen; moving off it (garbage carried past) "
+        "starts its count again",
+    )
 
 
 class MaskZone(_ZoneBase):

@@ -13,7 +13,8 @@ Rules, each with per-zone thresholds (:mod:`pipeline.cameras`):
   where it stopped by ``stationary_iou``) inside a ``no_parking`` zone for ``dwell_s`` seconds.
 - ``street_vending``: a vending stall present inside a ``no_vending`` zone for ``dwell_s`` seconds.
 - ``small_ad`` / ``exposed_garbage`` / ``overflowing_bin``: present in at least ``min_fraction`` of the
-  last ``window`` samples inside a ``watch`` zone.
+  last ``window`` samples inside a ``watch`` zone, at one place (its box keeps overlapping where it was
+  first seen by ``stationary_iou``): a bag carried past the bins is not exposed garbage.
 
 A dwell is one stay that was seen. A gap in the object's detections (missed detections, a passing bus)
 is bridged only when it is no longer than the time the object had been seen in its stay so far, and at
@@ -48,7 +49,7 @@ ZONE_KIND_OF_VIOLATION = {
     "exposed_garbage": "watch",
     "overflowing_bin": "watch",
 }
-#: Consecutive samples away from where it stopped before a vehicle counts as moved (one jumpy box is not a move).
+#: Consecutive samples away from where it stopped before an object counts as moved (one jumpy box is not a move).
 MOVE_SAMPLES = 2
 #: A new box this much inside (intersection over the smaller box) a seen object's box is the same object.
 DUPLICATE_IOS = 0.85
@@ -243,14 +244,15 @@ class RuleEngine:
             obj.track_ids.add(tid)
             self._by_track[tid] = obj.uid
         zones = self._zones_of[obj.class_id]
-        if not new and obj.violation == "illegal_parking":
+        if not new and obj.violation != "street_vending":  # a stall's box changes with the people around it
             need = min(z.config.stationary_iou for z in zones)
             if float(box_iou(box, obj.anchor)[0, 0]) >= need:
                 obj.moved = 0
             else:
                 obj.moved += 1
-                if obj.moved >= MOVE_SAMPLES:  # it really moved: where it stands now is its new stop
+                if obj.moved >= MOVE_SAMPLES:  # it really moved: where it stands now is a new stay
                     obj.anchor, obj.dwell_since, obj.moved, obj.seen_s = box.copy(), ts, 0, 0.0
+                    obj.history.clear()
         foot = np.array([[(box[0] + box[2]) / 2, box[3]]])
         for zone in zones:
             obj.membership.update(zone, bool(zone.contains(foot, frame_wh)[0]), ts)

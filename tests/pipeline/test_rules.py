@@ -203,6 +203,25 @@ def test_watch_zone_needs_most_of_the_last_k_samples():
     assert [e[1] for e in events] == ["open"]
 
 
+def test_garbage_carried_through_a_watch_zone_is_not_exposed_garbage():
+    cfg = WatchZone(kind="watch", name="bins", polygon=BOTTOM_HALF, window=10, min_fraction=0.6)
+    engine = RuleEngine("cam", build_zones([cfg]), update_s=1e9)
+    # a bag carried to the bins: seen in every sample, 40 px further each second (IoU 0.43 step to step)
+    carried = {t: dets(("litter", [40 * t, 380, 40 * t + 100, 460], 0.7, 1)) for t in range(20)}
+    assert run(engine, carried, 20) == []
+    # the bag set down at the kerb stays: exposed garbage once it has been there for most of the window
+    engine = RuleEngine("cam", build_zones([cfg]), update_s=1e9)
+    jitter = np.random.default_rng(1).normal(0, 6, (40, 4))
+    dropped = {
+        t: dets(("litter", list(np.add([40 * min(t, 12), 380, 40 * min(t, 12) + 100, 460], jitter[t])), 0.7, 1))
+        for t in range(40)
+    }
+    events = run(engine, dropped, 40)
+    assert [(k, engine.objects[1].anchor[0] > 400) for _, k, _ in events] == [("open", True)]
+    # 6 samples at its place: counted from t=11 or 12 (at t=11 it was one step short of where it stopped)
+    assert 16 <= events[0][0] <= 18
+
+
 def test_no_zones_watch_the_whole_frame_and_do_not_judge_parking():
     engine = RuleEngine("cam", build_zones([]), update_s=1e9)
     assert "car" not in engine.watched_classes and "small_ad" in engine.watched_classes
