@@ -233,10 +233,10 @@ class RuleEngine:
         self, obj: WatchedObject, dets: Detections, i: int, ts: float, frame_wh: tuple[int, int], new: bool = False
     ) -> None:
         box = dets.xyxy[i]
-        step = 0.0 if self._last_ts is None else ts - self._last_ts
-        if not new and ts - step - obj.last_seen > min(BRIDGE_S, obj.seen_s):  # unseen longer than seen: a new stay
+        previous = ts if self._last_ts is None else self._last_ts
+        if not new and previous - obj.last_seen > min(BRIDGE_S, obj.seen_s):  # unseen longer than seen: a new stay
             obj.dwell_since, obj.seen_s = ts, 0.0
-        obj.seen_s += step
+        obj.seen_s += ts - previous
         obj.box, obj.score, obj.last_seen, obj.seen_now = box, float(dets.confidence[i]), ts, True
         obj.best_score = max(obj.best_score, obj.score)
         if dets.tracker_id is not None and dets.tracker_id[i] >= 0:
