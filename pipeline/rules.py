@@ -20,7 +20,8 @@ A dwell is one stay that was seen. A gap in the object's detections (missed dete
 is bridged only when it is no longer than the time the object had been seen in its stay so far, and at
 most ``BRIDGE_S``; after a longer gap the stay starts again. So an object seen at least half the time
 keeps its dwell, while cars glimpsed now and then at the same spot (a lane cars leave by, a looping
-clip) never add up to one car that "stood" there all along.
+clip) never add up to one car that "stood" there all along. A pause in the samples longer than
+``BRIDGE_S`` and three sample intervals (a camera outage) is such a gap for every object.
 
 Zone schedules gate the rules: time only counts while a zone's schedule is on. An object's violation
 opens once (event ``open``), is updated when clearly better evidence is seen or every ``update_s``
@@ -125,8 +126,11 @@ class RuleEngine:
         update_s: float = 60.0,
         reassociate_iou: float = 0.5,
         evidence_interval_s: float = 10.0,
+        sample_interval_s: float = 0.0,
     ):
         self.camera_id = camera_id
+        # no sample for this long (a camera outage, a stalled stream): nothing was seen meanwhile
+        self.outage_s = max(BRIDGE_S, 3 * sample_interval_s)
         self.zones = [z for z in zones if z.kind != "mask"]
         self.update_s = update_s
         self.reassociate_iou = reassociate_iou
@@ -233,7 +237,7 @@ class RuleEngine:
         self, obj: WatchedObject, dets: Detections, i: int, ts: float, frame_wh: tuple[int, int], new: bool = False
     ) -> None:
         box = dets.xyxy[i]
-        previous = ts if self._last_ts is None else self._last_ts
+        previous = ts if self._last_ts is None or ts - self._last_ts > self.outage_s else self._last_ts
         if not new and previous - obj.last_seen > min(BRIDGE_S, obj.seen_s):  # unseen longer than seen: a new stay
             obj.dwell_since, obj.seen_s = ts, 0.0
         obj.seen_s += ts - previous

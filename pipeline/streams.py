@@ -83,7 +83,7 @@ class CameraWorker:
         self.zones = build_zones(camera.zones, tz)
         self.masks = [z for z in self.zones if z.kind == "mask"]
         self.tracker = ByteTracker(camera.tracker)
-        self.rules = RuleEngine(camera.id, self.zones, update_s=update_s)
+        self.rules = RuleEngine(camera.id, self.zones, update_s=update_s, sample_interval_s=1 / camera.sample_fps)
         self.watched_ids = np.array([CLASS_IDS[c] for c in self.rules.watched_classes], np.int64)
         self.frames_processed = 0
         self.lag_s: float | None = None

@@ -156,6 +156,20 @@ def test_a_stay_bridges_gaps_no_longer_than_it_was_seen_and_at_most_bridge_s():
         assert [(t, k) for t, k, _ in run(engine, script, 70)] == [(opened, "open")]
 
 
+def test_a_camera_outage_is_unseen_time_not_a_stay():
+    # samples every second; the camera is down from t=6 to t=65 (no samples at all), a car at the spot before
+    # and after: it may not be the same car, so its stay starts again when the camera is back
+    engine = RuleEngine("cam", parking_engine().zones, update_s=1e9, sample_interval_s=1.0)
+    opened = []
+    for t in [*range(0, 6), *range(65, 90)]:
+        opened += [t for e in engine.update(T0 + t, dets(("car", PARKED, 0.8, 1)), WH) if e.kind == "open"]
+    assert opened == [75]
+    # sampled every 20 s (a slow camera): each step is a sample interval, not an outage
+    engine = RuleEngine("cam", parking_engine().zones, update_s=1e9, sample_interval_s=20.0)
+    opened = [t for t in range(0, 200, 20) for e in engine.update(T0 + t, dets(("car", PARKED, 0.8, 1)), WH)]
+    assert opened == [40]  # inside the zone after 3 samples (inertia)
+
+
 def test_schedule_gates_the_dwell_across_midnight():
     # parking forbidden 22:00-06:00; the car arrives 21:59:50 and may stand until 22:00
     cfg = NoParkingZone(
