@@ -20,7 +20,7 @@ A dwell is one stay that was seen. A gap in the object's detections (missed dete
 is bridged only when it is no longer than the time the object had been seen in its stay so far, and at
 most ``BRIDGE_S``; after a longer gap the stay starts again. So an object seen at least half the time
 keeps its dwell, while cars glimpsed now and then at the same spot (a lane cars leave by, a looping
-clip) never add up to one car that "stood" there all along. A pause in the samples longer than
+clip) never add up to one car that "stood" there all along. A pause in the samples longer than both
 ``BRIDGE_S`` and three sample intervals (a camera outage) is such a gap for every object.
 
 Zone schedules gate the rules: time only counts while a zone's schedule is on. An object's violation
