@@ -29,7 +29,8 @@ def history_lines(events: list[dict]) -> list[str]:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List registered models, or show one card."""
-    from models.registry import history_events, list_models, read_registry, resolve
+    from models.registry import ModelError, history_events, list_models, read_registry, resolve
+    from pipeline.cli import CLIError
 
     if args.history:
         if args.json:
@@ -38,7 +39,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         print("\n".join(history_lines(history_events(read_registry()))) or "no promotions recorded")
         return 0
     if args.name:
-        print(resolve(args.name).card.model_dump_json(indent=2))
+        try:
+            print(resolve(args.name).card.model_dump_json(indent=2))
+        except ModelError as exc:
+            raise CLIError(str(exc)) from None
         return 0
     default = read_registry().get("default")
     refs = list_models()

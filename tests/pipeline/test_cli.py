@@ -53,9 +53,11 @@ def test_missing_input_is_a_clear_cli_error(tmp_path):
     assert "nowhere.jpg: no such file" in out.stderr
 
 
-def test_unknown_model_is_a_clear_cli_error(sample_photos):
-    out = run_cli("detect", str(sample_photos[0]), "--model", "nope")
-    assert out.returncode == 2 and "nope: no such model" in out.stderr
+@pytest.mark.parametrize("command", ["detect", "models"])
+def test_unknown_model_is_a_clear_cli_error(command, sample_photos):
+    args = [str(sample_photos[0]), "--model", "nope"] if command == "detect" else ["nope"]
+    out = run_cli(command, *args)
+    assert out.returncode == 2 and "nope: no such model" in out.stderr and "Traceback" not in out.stderr
 
 
 @pytest.mark.parametrize("command", ["detect", "models", "export"])
