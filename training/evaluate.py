@@ -339,6 +339,12 @@ def load_split(data: Path | str, split: str = "val", mapping: ClassMapping | Non
     names = spec.names
     mapping = mapping or identity_mapping()
     id_map = mapping.id_map(names)
+    foreign = [n for n in names if n not in CLASS_IDS]
+    if mapping.name == identity_mapping().name and foreign and id_map:  # part of the labels would vanish unsaid
+        raise DatasetError(
+            f"{data}: classes {', '.join(foreign)} are not product classes, so their boxes would be left out; "
+            "pass --map NAME|FILE, a mapping that maps or drops them (streetwatch data mappings lists the shipped ones)"
+        )
     if not id_map:
         raise DatasetError(
             f"{data}: none of its classes ({', '.join(names)}) maps onto a product class with mapping "

@@ -226,6 +226,12 @@ def test_load_split_errors_name_the_file(tmp_path: Path):
         load_split(data, "val")  # 'garbage' is not a product class: a mapping is needed
     with pytest.raises(DatasetError, match="no split 'test'"):
         load_split(data, "test", mapping)
+    mixed = write_dataset(tmp_path / "mixed", ["garbage", "garbage_bin"], {"a": ["0 0.5 0.5 0.2 0.2"]})
+    with pytest.raises(DatasetError, match="classes garbage are not product classes.*pass --map"):
+        load_split(mixed)  # without a mapping, the 'garbage' boxes would silently not count
+    assert load_split(mixed, "val", ClassMapping(name="t", map={"garbage_bin": "garbage_bin"})).mapped == [
+        CLASS_IDS["garbage_bin"]
+    ]  # a mapping that leaves 'garbage' out drops it on purpose
     with pytest.raises(DatasetError, match="no such dataset file"):
         load_split(tmp_path / "missing.yaml")
 
