@@ -82,13 +82,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     if args.record:
         record_metrics(args.model, args.variant, args.data, args.split, result)
-    if args.json:
+    out = Path(args.out) if args.out else Path.cwd()
+    if args.json:  # stdout is the JSON alone; what was skipped still has to be said
+        if result.unreadable:
+            skipped = ", ".join(result.unreadable)
+            print(f"{len(result.unreadable)} unreadable images skipped: {skipped}", file=sys.stderr)
+        if args.out:
+            plot_confusion(result, out / "confusion_matrix.png")
+            write_report(result, out / "evaluation.json")
         print(json.dumps(result.to_json(), ensure_ascii=False))
         return 0
-    out = Path(args.out) if args.out else Path.cwd()
     print(result.table())
     plot = plot_confusion(result, out / "confusion_matrix.png")
-    print(f"confusion matrix (confidence > {args.conf}): {plot}")
+    print(f"confusion matrix (confidence > {args.conf}, IoU ≥ 0.5): {plot}")
     if args.out:
         print(f"report: {write_report(result, out / 'evaluation.json')}")
     return 0

@@ -161,11 +161,12 @@ def confusion_matrix(
     dets: Detections,
     classes: Sequence[int],
     conf: float = 0.25,
-    iou: float = 0.45,
+    iou: float = 0.5,
 ) -> np.ndarray:
     """(K+1, K+1) counts, rows = predicted, columns = true, last row/column = background, over the
     product class ids ``classes``; detections above ``conf`` are matched one-to-one to ground truth
-    regardless of class, best IoU first by descending confidence."""
+    regardless of class at IoU ``iou`` (0.5, as AP50 and the error breakdown), best IoU first by descending
+    confidence."""
     k = len(classes)
     index = {c: i for i, c in enumerate(classes)}
     m = np.zeros((k + 1, k + 1), np.int64)
@@ -630,7 +631,8 @@ def plot_confusion(result: EvalResult, out: Path) -> Path:
     ax.set_yticks(range(n), labels)
     ax.set_xlabel("true class")
     ax.set_ylabel("predicted class")
-    ax.set_title(f"{result.model}\n{result.data} [{result.split}], confidence > {result.confusion_conf}", fontsize=9)
+    where = f"{result.data} [{result.split}], confidence > {result.confusion_conf}, IoU ≥ 0.5"
+    ax.set_title(f"{result.model}\n{where}", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

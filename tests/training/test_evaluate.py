@@ -227,7 +227,7 @@ def test_load_split_errors_name_the_file(tmp_path: Path):
     with pytest.raises(DatasetError, match="no split 'test'"):
         load_split(data, "test", mapping)
     mixed = write_dataset(tmp_path / "mixed", ["garbage", "garbage_bin"], {"a": ["0 0.5 0.5 0.2 0.2"]})
-    with pytest.raises(DatasetError, match="classes garbage are not product classes.*pass --map"):
+    with pytest.raises(DatasetError, match=r"classes garbage are not product classes.*pass --map"):
         load_split(mixed)  # without a mapping, the 'garbage' boxes would silently not count
     assert load_split(mixed, "val", ClassMapping(name="t", map={"garbage_bin": "garbage_bin"})).mapped == [
         CLASS_IDS["garbage_bin"]
@@ -250,6 +250,25 @@ def test_evaluate_json_report(use_tiny_registry, shapes_data: Path, capsys: pyte
         assert 0 <= m["ap50_95"] <= m["ap50"] <= 1 and m["n_gt"] > 0
     assert report["map50"] == pytest.approx(np.mean([m["ap50"] for m in report["per_class"].values()]), abs=1e-3)
     assert report["map50"] > 0.5  # the tiny model does find the shapes
+
+
+def test_evaluate_json_names_skipped_images_and_writes_the_report(
+    use_tiny_registry, shapes_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    broken = tmp_path / "images" / "broken.jpg"  # beside a labels/ folder, like a dataset's own image
+    broken.parent.mkdir()
+    broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    images = sorted((shapes_data.parent / "val" / "images").glob("*.jpg"))
+    listing = tmp_path / "val-with-broken.txt"
+    listing.write_text("".join(f"{p}\n" for p in [*images, broken]))
+    out = tmp_path / "report"
+    assert main(["evaluate", "--data", str(shapes_data), "--split", str(listing), "--json", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["model"] == "tiny@t1/fp32"  # stdout stays the JSON alone
+    assert "1 unreadable images skipped" in captured.err and "broken.jpg" in captured.err
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["images"] == len(images) and "broken.jpg" in report["unreadable"][0]
+    assert (out / "confusion_matrix.png").is_file()
 
 
 def test_evaluate_table_and_confusion_plot(use_tiny_registry, shapes_data: Path, tmp_path: Path, capsys):
