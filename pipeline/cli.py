@@ -485,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"streetwatch: error: {exc}\n")
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as other commands do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
 
 
 if __name__ == "__main__":  # `python -m pipeline.cli`: run the importable module's main, one CLIError class

@@ -60,6 +60,16 @@ def test_unknown_model_is_a_clear_cli_error(command, sample_photos):
     assert out.returncode == 2 and "nope: no such model" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`streetwatch models NAME | head -1`: the reader goes away first; no traceback follows."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "models", "default"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # before the command has started writing
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 @pytest.mark.parametrize("command", ["detect", "models", "export"])
 def test_help_for_every_command(command):
     out = run_cli(command, "--help")
