@@ -14,6 +14,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from pydantic import ValidationError
 from tqdm import tqdm
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
@@ -22,6 +23,14 @@ COMMAND_MODULES = ("pipeline.cli", "models.cli", "datasets.cli", "training.cli",
 
 class CLIError(Exception):
     """A user-facing error: printed as ``streetwatch: error: ...`` with exit status 2."""
+
+
+def invalid_settings(exc: ValidationError) -> str:
+    """Settings built from command-line options that pydantic refused (``--conf 2``, ``--workers 0``), in one
+    line: each field with its reason."""
+    return "invalid option: " + "; ".join(
+        f"{'.'.join(str(part) for part in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors(include_url=False)
+    )
 
 
 def add_detector_args(parser: argparse.ArgumentParser) -> None:
@@ -175,8 +184,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             parking_anywhere=args.parking_anywhere,
             timezone=args.timezone,
         )
-    except ValueError as exc:  # pydantic's ValidationError: --workers 0 and the like
-        raise CLIError(f"invalid audit option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
+    except ValidationError as exc:  # --workers 0 and the like
+        raise CLIError(invalid_settings(exc)) from None
     sink = None
     if args.file_cases:
         from pipeline.cases import open_sink
@@ -477,12 +486,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
+    os.environ.setdefault("PYDANTIC_ERRORS_INCLUDE_URL", "0")  # messages that embed a ValidationError: no links
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except CLIError as exc:
         parser.exit(2, f"streetwatch: error: {exc}\n")
+    except ValidationError as exc:  # a command's settings, made from its options, that the config model refuses
+        parser.exit(2, f"streetwatch: error: {invalid_settings(exc)}\n")
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as other commands do

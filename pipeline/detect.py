@@ -53,7 +53,9 @@ class DetectorConfig(BaseModel):
         "cpu", description="onnxruntime execution provider; auto takes the best installed one"
     )
     threads: int | None = Field(None, ge=1, description="Intra-op threads; default: onnxruntime's choice")
-    imgsz: int | None = Field(None, ge=32, description="Inference size (long side); default: the model's")
+    imgsz: int | None = Field(
+        None, ge=32, multiple_of=32, description="Inference size (long side, a multiple of 32); default: the model's"
+    )
     conf: float = Field(0.25, ge=0.0, le=1.0, description="Minimum confidence to keep a detection")
     iou: float = Field(0.7, ge=0.0, le=1.0, description="IoU above which NMS suppresses a same-class box")
     class_conf: dict[str, float] = Field(

@@ -60,6 +60,20 @@ def test_unknown_model_is_a_clear_cli_error(command, sample_photos):
     assert out.returncode == 2 and "nope: no such model" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize(
+    ("option", "reason"),
+    [
+        (["--conf", "2"], "conf: Input should be less than or equal to 1"),
+        (["--imgsz", "100"], "imgsz: Input should be a multiple of 32"),  # the network's stride
+        (["--threads", "0"], "threads: Input should be greater than or equal to 1"),
+    ],
+)
+def test_invalid_detector_options_are_one_line_errors(option, reason, sample_photos):
+    out = run_cli("detect", str(sample_photos[0]), *option)
+    assert out.returncode == 2 and f"streetwatch: error: invalid option: {reason}" in out.stderr
+    assert "Traceback" not in out.stderr and "pydantic.dev" not in out.stderr
+
+
 def test_output_into_a_closed_pipe_ends_quietly():
     """`streetwatch models NAME | head -1`: the reader goes away first; no traceback follows."""
     proc = subprocess.Popen(
