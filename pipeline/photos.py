@@ -52,9 +52,14 @@ def violation_types(dets: Detections, parking_anywhere: bool) -> list[str | None
     return out
 
 
+def photo_key_prefix(sha256: str) -> str:
+    """What the keys of every violation in one photo start with."""
+    return f"photo:{sha256}:"
+
+
 def violation_key(sha256: str, kind: str, box: Sequence[float], taken: set[str] | None = None) -> str:
     """Deterministic idempotency key: photo hash + violation type + the box rounded to whole pixels."""
-    base = f"photo:{sha256}:{kind}:" + ",".join(str(round(float(v))) for v in box)
+    base = f"{photo_key_prefix(sha256)}{kind}:" + ",".join(str(round(float(v))) for v in box)
     key, n = base, 1
     while taken is not None and key in taken:  # two boxes of one type rounding alike: number them
         n += 1

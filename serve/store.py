@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, selectinload
 from models.classes import VIOLATIONS
 from pipeline.cases import Violation
 from pipeline.detections import box_iou
+from pipeline.photos import photo_key_prefix
 from serve import lifecycle
 from serve.config import DedupConfig, WebhookConfig
 from serve.db import ApiKey, Case, Evidence, History, Occurrence, OutboxEvent, make_engine, migrate, utcnow
@@ -299,6 +300,10 @@ class CaseStore:
             )
         else:
             query = query.where(Case.source_id == v.source_id)
+        if v.source == "photo":  # the other objects of one photo are other violations, however close they stand
+            prefix = photo_key_prefix(v.source_id)
+            in_photo = select(Occurrence.case_id).where(Occurrence.key.startswith(prefix, autoescape=True))
+            query = query.where(Case.id.not_in(in_photo))
         for case in s.scalars(query.order_by(Case.last_seen.desc()).limit(50)):
             if self._same_place(case, v):
                 return s.get(Case, case.id, with_for_update=True)

@@ -11,6 +11,7 @@ from sqlalchemy import create_engine, inspect, select
 from sqlalchemy.orm import Session
 
 from pipeline.cases import EvidenceImage, GeoPoint
+from pipeline.photos import violation_key
 from serve import lifecycle
 from serve.config import DedupConfig, WebhookConfig
 from serve.db import ApiKey, Case, OutboxEvent, make_engine, schema_revision
@@ -108,6 +109,19 @@ def test_dedup_by_gps_for_patrol_photos(store, violation):
     b = store.ingest(violation(key="p2", source_id="photo-b", location=near, **kw))
     c = store.ingest(violation(key="p3", source_id="photo-c", location=GeoPoint(lat=31.2404, lon=121.4737), **kw))
     assert b.outcome == "merged" and b.case_id == a.case_id and c.created
+    # two objects of one photo are two violations, even side by side at one GPS point; the same car
+    # photographed again from another photo is the first car's case
+    first = violation_key("d" * 64, "illegal_parking", (10, 20, 110, 90))
+    car = dict(source="photo", type="illegal_parking", detector_class="car", zone=None, location=here)
+    one = store.ingest(violation(key=first, source_id="d" * 64, **car))
+    two = store.ingest(
+        violation(key=violation_key("d" * 64, "illegal_parking", (12, 22, 112, 92)), source_id="d" * 64, **car)
+    )
+    again = store.ingest(
+        violation(key=violation_key("e" * 64, "illegal_parking", (0, 0, 90, 70)), source_id="e" * 64, **car)
+    )
+    assert one.created and two.created and two.case_id != one.case_id
+    assert again.outcome == "merged" and again.case_id in (one.case_id, two.case_id)
     # a camera's position is the camera's, not the object's: two places in one view stay two cases
     cam = dict(location=here, source_id="cam9")
     assert store.ingest(violation(key="c1", **cam)).created
