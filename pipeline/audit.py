@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -135,13 +135,17 @@ def resolve_timezone(name: str | None) -> tzinfo:
 
 
 def target_label(target: str) -> str:
-    """A sink target as recorded in the manifest: a URL's password is never written down."""
+    """A sink target as recorded in the manifest and shown in the report: a URL's password and API key
+    (``?key=``) are never written down."""
     parts = urlsplit(target)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if not parts.password and not any(k == "key" for k, _ in query):
+        return target  # as given (urlunsplit would turn sqlite:///x into sqlite:/x)
     if parts.password:
         host = parts.hostname or ""
-        netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return target
+        parts = parts._replace(netloc=f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else ""))
+    query = [(k, "***" if k == "key" else v) for k, v in query]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="*/")))
 
 
 # ----------------------------------------------------------------------------------------- manifest
@@ -209,8 +213,10 @@ class Manifest:
         elif kind == "filing_failed":
             self.last_target = event["target"]
             failed = self.failed.setdefault(event["target"], {})
+            filed = self.filed.get(event["target"], set())
             for key in event["keys"]:
                 failed[key] = event["error"]
+                filed.discard(key)  # handed over, then not accepted (a service that never answered)
 
     def append(self, event: dict[str, Any]) -> None:
         """Record one event durably and fold it into the in-memory state."""
@@ -396,6 +402,7 @@ class Audit:
         paths = [Path(os.path.abspath(p)) for p in paths]
         res = self._result = AuditResult(self.out, inputs=len(paths))
         self._attempted, self._failing_photos, self._sink_down = set(), 0, None
+        self._handed: dict[str, str] = {}  # violation key -> photo hash, of what the sink took in this run
         todo = []
         for path in paths:
             try:
@@ -415,6 +422,7 @@ class Audit:
         finally:
             if self._bar is not None:
                 self._bar.close()
+            self._confirm_delivery(wait=not res.interrupted)
             res.reports, data = self.write_reports()
             res.total_photos = len(data.photos)
             res.by_type = {kind: 0 for kind in VIOLATIONS}
@@ -718,6 +726,8 @@ class Audit:
                 self._sink_down = f"not tried: {self.target} kept failing ({error})"
         if filed:
             self.manifest.append({"event": "filed", "target": self.target, "sha256": record["sha256"], "keys": filed})
+            with self._lock:
+                self._handed.update(dict.fromkeys(filed, record["sha256"]))
         if failed:
             self.manifest.append(
                 {"event": "filing_failed", "target": self.target, "sha256": record["sha256"], "keys": list(failed)}
@@ -761,6 +771,28 @@ class Audit:
             filed, failed = self._file(record, image)
             self._result.filed += filed
             self._result.filing_failed += failed
+
+    def _confirm_delivery(self, wait: bool) -> None:
+        """A sink that delivers later (a service URL spools first) has filed only what its target accepted:
+        the rest is recorded as not filed, so the report says so, the run fails and the next run files it."""
+        undelivered = getattr(self.sink, "undelivered", None)
+        if undelivered is None or not self._handed:
+            return
+        missing = undelivered(None if wait else 0.0)
+        by_photo: dict[str, list[str]] = {}
+        for key, sha in self._handed.items():
+            if key in missing:
+                by_photo.setdefault(sha, []).append(key)
+        for sha, keys in by_photo.items():
+            error = missing[keys[0]]
+            self.manifest.append(
+                {"event": "filing_failed", "target": self.target, "sha256": sha, "keys": keys} | {"error": error}
+            )
+            self._result.filed -= len(keys)
+            self._result.filing_failed += len(keys)
+        if by_photo:
+            n = sum(len(k) for k in by_photo.values())
+            print(f"{n} violation(s) not accepted by {self.target}: {next(iter(missing.values()))}", file=sys.stderr)
 
     def close(self) -> None:
         """Release the manifest (the sink belongs to the caller)."""

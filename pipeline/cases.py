@@ -100,7 +100,11 @@ class Violation(BaseModel):
 
 @runtime_checkable
 class ViolationSink(Protocol):
-    """Where violations go. ``emit`` must be idempotent per ``violation.key`` and safe to call from threads."""
+    """Where violations go. ``emit`` must be idempotent per ``violation.key`` and safe to call from threads.
+
+    A sink that delivers after ``emit`` returns (the service URL's spool) also has
+    ``undelivered(timeout_s) -> {key: reason}``: what the target has not accepted yet, after waiting.
+    """
 
     def emit(self, violation: Violation) -> None:
         """File or update one violation."""

@@ -1,6 +1,6 @@
 """Violation sinks into the case queue (``pipeline.cases.open_sink`` hands these targets here).
 
-* ``http(s)://host:port[?key=KEY&spool=DIR]`` -> :class:`HttpSink`: posts to ``/v1/cases/ingest`` with
+* ``http(s)://host:port[?key=KEY&spool=DIR&wait=S]`` -> :class:`HttpSink`: posts to ``/v1/cases/ingest`` with
   retries and exponential backoff. Every violation is first written to a durable local spool (one
   fsynced file each) and removed only once the service has answered, so a worker never loses one while
   the service is down or restarting, and never duplicates one (the service is idempotent per key).
@@ -72,6 +72,10 @@ class HttpSink:
         self._idle = threading.Event()
         self.sent = 0
         self.refused = 0
+        self._mine: dict[str, str] = {}  # spool file name -> key, of what this sink emitted
+        self._refusals: dict[str, str] = {}  # spool file name -> why the service refused it
+        self._trouble = "no answer yet"  # why spooled violations are not sent, for undelivered()
+        self._waited_out = False
         self._thread = threading.Thread(target=self._run, name="http-sink", daemon=True)
         self._thread.start()
 
@@ -79,6 +83,7 @@ class HttpSink:
     def emit(self, violation: Violation) -> None:
         """Spool the violation durably (returns once it is on disk); it is sent in the background."""
         name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._counter):08d}"
+        self._mine[f"{name}.json"] = violation.key
         atomic_write(self.spool / f"{name}.json", violation.model_dump_json())
         self._idle.clear()
         self._wake.set()
@@ -98,9 +103,26 @@ class HttpSink:
             time.sleep(0.05)
         return True
 
+    def undelivered(self, timeout_s: float | None = None) -> dict[str, str]:
+        """Wait (up to ``timeout_s``, default ``close_timeout_s``) until the service has answered every
+        violation this sink emitted; the keys it has not accepted, with why. What is still spooled stays
+        there and is sent later; a refused one is in ``rejected/``."""
+        deadline = time.monotonic() + (self.close_timeout_s if timeout_s is None else timeout_s)
+        waiting = list(self._mine)
+        while waiting:
+            waiting = [n for n in waiting if (self.spool / n).exists()]
+            if not waiting or time.monotonic() >= deadline:
+                break
+            self._wake.set()
+            time.sleep(0.05)
+        self._waited_out = bool(waiting)  # close() need not wait for them a second time
+        out = {self._mine[n]: f"not delivered yet ({self._trouble}); it stays spooled in {self.spool}" for n in waiting}
+        out.update({self._mine[n]: reason for n, reason in list(self._refusals.items()) if n in self._mine})
+        return out
+
     def close(self) -> None:
         """Send what is spooled (up to ``close_timeout_s``); anything left is sent by the next sink on this spool."""
-        if not self.flush():
+        if not self.flush(0.0 if self._waited_out else None):
             log.warning(
                 "%d violation(s) left in %s; they are sent when a sink for this service opens again",
                 self.pending(),
@@ -141,6 +163,7 @@ class HttpSink:
             response = self._client.post(self.url, content=body, headers={"Content-Type": "application/json"})
         except httpx.HTTPError as exc:
             log.info("service unreachable (%s); %s stays spooled", type(exc).__name__, path.name)
+            self._trouble = f"service unreachable: {type(exc).__name__}"
             return "retry"
         if response.status_code < 300:
             path.unlink(missing_ok=True)
@@ -152,17 +175,16 @@ class HttpSink:
             (self.rejected / f"{path.stem}.reason.txt").write_text(f"HTTP {response.status_code}: {reason}\n")
             with contextlib.suppress(FileNotFoundError):
                 path.replace(self.rejected / path.name)
+            self._refusals[path.name] = f"refused by the service, HTTP {response.status_code}: {reason[:300]}"
             self.refused += 1
             log.error(
                 "service refused %s (HTTP %d): %s — kept in %s", path.name, response.status_code, reason, self.rejected
             )
             return "done"
+        self._trouble = f"HTTP {response.status_code}: {response.text[:200]}"
         if response.status_code in (401, 403):
-            log.error(
-                "service refused the API key (HTTP %d): %s; violations stay spooled",
-                response.status_code,
-                response.text[:200],
-            )
+            self._trouble = f"the service refused the API key, HTTP {response.status_code}: {response.text[:200]}"
+            log.error("%s; violations stay spooled", self._trouble)
         return "retry"
 
 
@@ -215,7 +237,13 @@ def open_case_sink(target: str) -> ViolationSink:
         if not key:
             raise ValueError(f"{parts.scheme}://{parts.netloc}: no API key; add ?key=KEY or set STREETWATCH_API_KEY")
         base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
-        return HttpSink(base, key, spool_dir=query.get("spool"))
+        try:
+            wait = float(query.get("wait", 60))
+        except ValueError:
+            wait = -1.0
+        if not 0 <= wait <= 86400:
+            raise ValueError(f"wait={query['wait']}: seconds to wait for the service at the end, 0-86400")
+        return HttpSink(base, key, spool_dir=query.get("spool"), close_timeout_s=wait)
     if scheme.startswith(("sqlite", "postgres")):
         url = make_url(target)
         if url.drivername.startswith("sqlite"):

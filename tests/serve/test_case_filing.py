@@ -148,10 +148,10 @@ def patrol(tmp_path, sample_photos) -> Path:
     return folder
 
 
-def audit(folder: Path, out: Path, target: str) -> subprocess.CompletedProcess:
+def audit(folder: Path, out: Path, target: str, status: int = 0) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "pipeline.cli", "audit", str(folder), "--out", str(out), "--parking-anywhere"]
     run = subprocess.run([*cmd, "--file-cases", target], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == status, run.stderr[-3000:]
     return run
 
 
@@ -205,11 +205,18 @@ def test_audit_and_the_detect_api_file_into_the_service_once(patrol, tmp_path):
         timeout=120
     )  # with the default model
     try:
-        ingest = service.key("ingest", "inspector")
-        target = f"{service.url}?key={ingest}&spool={tmp_path / 'spool'}"
-        first = audit(patrol, tmp_path / "out", target)
+        ingest, reviewer = service.key("ingest", "inspector"), service.key("reviewer", "not for filing")
+        # a key the service refuses: spooled is not filed; the run says so and fails
+        refused = audit(patrol, tmp_path / "out", f"{service.url}?key={reviewer}&wait=3", status=1)
         found = audited_violations(tmp_path / "out")
-        assert f"cases: {len(found)} filed" in first.stdout
+        assert f"cases: 0 filed, {len(found)} NOT filed" in refused.stdout and "HTTP 403" in refused.stderr
+        assert f"<b>{len(found)}</b> not filed" in (tmp_path / "out" / "report.html").read_text()
+        target = f"{service.url}?key={ingest}&spool={tmp_path / 'spool'}"
+        first = audit(patrol, tmp_path / "out", target)  # the same command with the right key files them
+        assert f"cases: {len(found)} filed" in first.stdout and "0 new photos audited" in first.stdout
+        for written in ("report.html", "manifest.jsonl"):  # the target is written down, its key never
+            text = (tmp_path / "out" / written).read_text()
+            assert ingest not in text and reviewer not in text and "key=***" in text
         again = audit(patrol, tmp_path / "out2", target)  # a fresh audit of the same photos
         assert f"cases: {len(found)} filed" in again.stdout
         # the same photo uploaded to the API: the same keys, so the same cases
