@@ -15,12 +15,26 @@ import sys
 import threading
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol, runtime_checkable
+from typing import IO, Annotated, Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from models.classes import CLASS_NAMES, VIOLATION_TYPES
 from pipeline.files import atomic_write
+
+#: Years a violation's times, a deadline or a date filter may name. Anything else is a typo or an unset
+#: clock, and these bounds keep every time far from datetime's limits, so no time zone conversion overflows.
+YEARS = (1900, 2999)
+
+
+def plausible_time(value: datetime) -> datetime:
+    """``value`` if its year is within :data:`YEARS`, else a ValueError saying so."""
+    if not YEARS[0] <= value.year <= YEARS[1]:
+        raise ValueError(f"year {value.year} is out of range ({YEARS[0]}-{YEARS[1]})")
+    return value
+
+
+PlausibleTime = Annotated[datetime, AfterValidator(plausible_time)]
 
 
 class EvidenceImage(BaseModel):
@@ -65,8 +79,8 @@ class Violation(BaseModel):
     source_id: str = Field(description="Camera id, or the photo's content hash")
     source_name: str | None = Field(None, description="Camera name or photo file name, for people")
     zone: str | None = Field(None, description="Zone name the object is in (None: whole frame / no zones)")
-    first_seen: datetime = Field(description="When the object was first seen (timezone-aware)")
-    last_seen: datetime = Field(description="When the object was last seen (timezone-aware)")
+    first_seen: PlausibleTime = Field(description="When the object was first seen (timezone-aware)")
+    last_seen: PlausibleTime = Field(description="When the object was last seen (timezone-aware)")
     detector_class: str = Field(description="Product detector class of the object")
     score: float = Field(ge=0, le=1, description="Best detector confidence seen for the object")
     box: tuple[float, float, float, float] = Field(description="xyxy box in frame pixels, on the evidence frame")

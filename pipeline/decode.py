@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 from PIL import ExifTags, Image
 
+from pipeline.cases import plausible_time
+
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # we report corrupt files ourselves
 
 try:  # HEIC/HEIF (iPhone photos): optional, decoded by libheif through Pillow
@@ -187,8 +189,8 @@ def _exif_datetime(value: object, offset: object) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        moment = datetime.strptime(value.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
-    except ValueError:
+        moment = plausible_time(datetime.strptime(value.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S"))
+    except ValueError:  # malformed, or a clock that was never set (0001:01:01)
         return None
     match = re.fullmatch(r"([+-])(\d{2}):(\d{2})", str(offset or "").strip("\x00 "))
     if match:
@@ -230,7 +232,7 @@ def _gps_time(gps: dict) -> datetime | None:
     if not isinstance(date, str) or hms is None:
         return None
     try:
-        day = datetime.strptime(date.strip("\x00 ")[:10], "%Y:%m:%d")
+        day = plausible_time(datetime.strptime(date.strip("\x00 ")[:10], "%Y:%m:%d"))
         h, m, s = (float(v) for v in hms)
         return day.replace(tzinfo=timezone.utc) + timedelta(hours=h, minutes=m, seconds=s)
     except (TypeError, ValueError, ZeroDivisionError, OverflowError):

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.classes import CLASS_NAMES, VIOLATION_TYPES
-from pipeline.cases import GeoPoint
+from pipeline.cases import GeoPoint, PlausibleTime
 
 Role = Literal["ingest", "reviewer", "admin"]
 Status = Literal["new", "confirmed", "dismissed", "dispatched", "resolved", "closed"]
@@ -139,7 +139,7 @@ class DispatchIn(Model):
     """Hand a confirmed case to a department with a deadline (责任落实 / 限期整改)."""
 
     department: str = Field(min_length=1, max_length=200, description="Responsible department")
-    deadline: datetime = Field(description="Rectification deadline (timezone-aware, in the future)")
+    deadline: PlausibleTime = Field(description="Rectification deadline (timezone-aware, in the future)")
     note: str | None = Field(None, max_length=2000, description="Instructions for the department")
 
     _aware = field_validator("deadline")(_aware)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from models.classes import VIOLATION_TYPES
-from pipeline.cases import Violation
+from pipeline.cases import PlausibleTime, Violation
 from pipeline.decode import ImageReadError, probe_image
 from serve.auth import require
 from serve.schemas import (
@@ -91,8 +90,8 @@ def list_cases(
     type: Annotated[list[str] | None, Query(description="Only these violation types (repeatable)")] = None,
     camera: Annotated[str | None, Query(description="Only this camera / photo source id")] = None,
     department: Annotated[str | None, Query(description="Only cases dispatched to this department")] = None,
-    since: Annotated[datetime | None, Query(description="First seen at or after (ISO 8601)")] = None,
-    until: Annotated[datetime | None, Query(description="First seen before (ISO 8601)")] = None,
+    since: Annotated[PlausibleTime | None, Query(description="First seen at or after (ISO 8601)")] = None,
+    until: Annotated[PlausibleTime | None, Query(description="First seen before (ISO 8601)")] = None,
     overdue: Annotated[bool | None, Query(description="Only (true) or no (false) overdue cases")] = None,
     offset: Annotated[int, Query(ge=0, le=10**9, description="Skip this many cases")] = 0,
     limit: Annotated[int, Query(ge=1, description="Page size")] = 50,

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from pipeline.cases import PlausibleTime
 from serve.auth import require
 from serve.routes.cases import ERRORS
 from serve.schemas import StatsOut
@@ -34,10 +35,10 @@ def stats(
     request: Request,
     actor: Annotated[Actor, Depends(require("read"))],
     since: Annotated[
-        datetime | None, Query(description="Start (date or ISO 8601); default: 30 days before until")
+        PlausibleTime | None, Query(description="Start (date or ISO 8601); default: 30 days before until")
     ] = None,
     until: Annotated[
-        datetime | None, Query(description="End, exclusive (date or ISO 8601); default: end of today")
+        PlausibleTime | None, Query(description="End, exclusive (date or ISO 8601); default: end of today")
     ] = None,
 ) -> StatsOut:
     since, until = date_range(request, since, until)

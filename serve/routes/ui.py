@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from models.classes import CLASS_NAMES, DETECTOR_CLASSES, VIOLATIONS
+from pipeline.cases import plausible_time
 from serve.auth import COOKIE, GRANTS
 from serve.lifecycle import STATUSES
 from serve.routes.stats import date_range
@@ -181,10 +182,12 @@ def stats_page(request: Request, since: str = "", until: str = "") -> Response:
     if user is None:
         return to_login(request)
     try:
-        start = datetime.fromisoformat(since) if since else None
-        end = datetime.fromisoformat(until) + timedelta(days=1) if until else None
-    except ValueError:
+        start = plausible_time(datetime.fromisoformat(since)) if since else None
+        end = plausible_time(datetime.fromisoformat(until)) + timedelta(days=1) if until else None
+    except ValueError:  # a hand-edited address: the default range
         start = end = None
+    if start and end and end <= start:  # the dates the wrong way round: the range they span
+        start, end = end - timedelta(days=1), start + timedelta(days=1)
     start, end = date_range(request, start, end)
     tz = request.app.state.config.tz
     stats = request.app.state.store.stats(start, end, tz)

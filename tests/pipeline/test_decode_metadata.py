@@ -92,6 +92,8 @@ def test_malformed_exif_never_refuses_a_photo():
     data = encode(taken="yesterday-ish", offset="+8h")
     assert read_metadata(data).taken_at is None
     assert read_metadata(b"not an image at all").location is None
+    unset = read_metadata(encode(taken="0001:01:01 00:00:00", gps_date="0001:01:01", gps_time=(0, 0, 0)))
+    assert unset.taken_at is None and unset.capture_time(SHANGHAI) == (None, "")  # a clock never set: no time
     assert decode_image(data).shape == (80, 120, 3)
 
 

@@ -183,6 +183,8 @@ def test_review_dispatch_resolve_close_over_http(env):
         ("/v1/cases/1/review", {"action": "confirm", "type": "small_ad"}, 422, "belong to relabel"),
         ("/v1/cases/1/dispatch", {"department": "x", "deadline": "2030-01-01T00:00:00"}, 422, "timezone-aware"),
         ("/v1/cases/1/dispatch", {"department": "", "deadline": "2030-01-01T00:00:00Z"}, 422, "department"),
+        # a time the review page could not show in the service's zone (year 10000 there)
+        ("/v1/cases/1/dispatch", {"department": "x", "deadline": "9999-12-31T23:00:00Z"}, 422, "year 9999"),
         ("/v1/cases/abc/review", {"action": "confirm"}, 422, "case_id"),
         ("/v1/cases/99999999999999999999/review", {"action": "confirm"}, 422, "case_id"),
         ("/v1/cases/0/review", {"action": "confirm"}, 422, "case_id"),
@@ -223,6 +225,7 @@ def test_malformed_json_is_a_400(env):
         ({"box": (50, 50, 10, 10)}, "not a finite"),
         ({"frame_size": (0, 480)}, "frame_size"),
         ({"last_seen": T0 - timedelta(hours=1)}, "before first_seen"),
+        ({"first_seen": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=8)))}, "year 1 is out of range"),
     ],
 )
 def test_ingest_refuses_what_the_store_cannot_keep(env, change, reason):
@@ -382,6 +385,9 @@ def test_stats_route(env):
     r = client.get("/v1/stats", params={"since": "2026-12-01", "until": "2026-11-01"}, headers=rv)
     assert r.status_code == 422 and "after" in r.json()["detail"]
     assert client.get("/v1/stats", params={"since": "yesterday"}, headers=rv).status_code == 422
+    for route, params in [("/v1/stats", {"since": "0001-01-01"}), ("/v1/cases", {"until": "9999-12-31T23:00-05:00"})]:
+        r = client.get(route, params=params, headers=rv)  # not a 500 from converting them to UTC
+        assert r.status_code == 422 and "out of range (1900-2999)" in str(r.json()["detail"]), r.text
 
 
 def test_admin_manages_keys(env):
@@ -492,6 +498,9 @@ def test_review_pages_need_a_reviewer_escape_content_and_refuse_cross_site_posts
     r = browser.post(f"/v1/cases/{cid}/review", json={"action": "confirm"}, headers={"Origin": "http://testserver"})
     assert r.status_code == 200 and r.json()["reviewed_by"] == "reviewer-1"
     assert browser.get("/ui/stats").status_code == 200
+    swapped = browser.get("/ui/stats", params={"since": "2026-11-28", "until": "2026-11-01"})  # the wrong way round
+    assert swapped.status_code == 200 and 'value="2026-11-01"' in swapped.text and 'value="2026-11-28"' in swapped.text
+    assert browser.get("/ui/stats", params={"since": "0001-01-01"}).status_code == 200  # the default range
     missing = browser.get("/ui/cases/999999")  # a stale link: a page saying so, with the way back
     assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
     assert "no case 999999" in missing.text and 'href="/ui/cases"' in missing.text
