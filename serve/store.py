@@ -15,7 +15,7 @@ import statistics
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any, TypeVar
@@ -103,6 +103,26 @@ class CaseFilter:
     since: datetime | None = None
     until: datetime | None = None
     overdue: bool | None = None
+
+    def conditions(self, now: datetime) -> list[Any]:
+        """The SQL conditions on ``Case`` this filter stands for."""
+        conds = []
+        if self.status:
+            conds.append(Case.status.in_(self.status))
+        if self.type:
+            conds.append(Case.type.in_(self.type))
+        if self.source_id:
+            conds.append(Case.source_id == self.source_id)
+        if self.department:
+            conds.append(Case.department == self.department)
+        if self.since:
+            conds.append(Case.first_seen >= self.since)
+        if self.until:
+            conds.append(Case.first_seen < self.until)
+        if self.overdue is not None:
+            late = (Case.status == "dispatched") & (Case.deadline < now)
+            conds.append(late if self.overdue else ~late)
+        return conds
 
 
 def hash_key(key: str) -> str:
@@ -588,22 +608,7 @@ class CaseStore:
     def list_cases(self, flt: CaseFilter, offset: int = 0, limit: int = 50) -> tuple[list[CaseOut], int]:
         """Cases matching the filter, newest first, and how many match in all."""
         now = utcnow()
-        conds = []
-        if flt.status:
-            conds.append(Case.status.in_(flt.status))
-        if flt.type:
-            conds.append(Case.type.in_(flt.type))
-        if flt.source_id:
-            conds.append(Case.source_id == flt.source_id)
-        if flt.department:
-            conds.append(Case.department == flt.department)
-        if flt.since:
-            conds.append(Case.first_seen >= flt.since)
-        if flt.until:
-            conds.append(Case.first_seen < flt.until)
-        if flt.overdue is not None:
-            late = (Case.status == "dispatched") & (Case.deadline < now)
-            conds.append(late if flt.overdue else ~late)
+        conds = flt.conditions(now)
         with self.reading() as s:
             total = s.scalar(select(func.count()).select_from(Case).where(*conds))
             rows = s.scalars(
@@ -705,10 +710,11 @@ class CaseStore:
                         out[sha].append((case_id, status))
         return out
 
-    def counts_by_status(self) -> dict[str, int]:
-        """Cases per status (all of them)."""
+    def counts_by_status(self, flt: CaseFilter | None = None) -> dict[str, int]:
+        """Cases per status, of those the filter (its status part aside) lets through; all by default."""
+        conds = replace(flt, status=()).conditions(utcnow()) if flt else []
         with self.reading() as s:
-            found = dict(s.execute(select(Case.status, func.count()).group_by(Case.status)).all())
+            found = dict(s.execute(select(Case.status, func.count()).where(*conds).group_by(Case.status)).all())
         return {status: int(found.get(status, 0)) for status in lifecycle.STATUSES}
 
     def sources(self) -> list[tuple[str, str]]:

@@ -128,6 +128,8 @@ def cases_page(
     items, total = store.list_cases(flt, (page - 1) * PAGE_SIZE, PAGE_SIZE)
     pages = max(1, math.ceil(total / PAGE_SIZE))
     query = {k: v for k, v in {"status": status, "type": type, "camera": camera}.items() if v}
+    if page > pages:  # an old link, or cases closed meanwhile: the last page there is
+        return RedirectResponse(f"/ui/cases?{urlencode({**query, 'page': pages})}", status_code=303)
     return render(
         request,
         "cases.html",
@@ -138,7 +140,7 @@ def cases_page(
         pages=pages,
         filters=query,
         query=lambda **kw: urlencode({**query, **kw}),
-        counts=store.counts_by_status(),
+        counts=store.counts_by_status(flt),  # the chips count within the type and source chosen
         sources=store.sources(),
     )
 
