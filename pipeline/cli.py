@@ -302,8 +302,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--file-cases",
         metavar="TARGET",
-        help="file violations as cases: case-queue URL (http://...), database URL (sqlite:///..., "
-        "postgresql://...) or a .jsonl file; idempotent across reruns",
+        help="file violations as cases: case-queue URL (http://HOST:PORT?key=KEY), database URL (sqlite:///..., "
+        "postgresql://...), a data folder (as serve --data-dir) or a .jsonl file; idempotent across reruns",
     )
     p.add_argument(
         "--workers", type=int, default=min(4, os.cpu_count() or 1), help="photo decoding threads (default: %(default)s)"

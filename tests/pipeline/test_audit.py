@@ -551,6 +551,8 @@ def test_report_sorts_photos_in_a_real_browser(audited):
     assert by_file == sorted(by_file, key=str.lower) and by_file != [c["data-file"] for c in default]
     counts = [int(c["data-count"]) for c in cards("#sort=count")]
     assert counts == sorted(counts, reverse=True)
+    taken = [datetime.fromisoformat(c["data-time"]) for c in cards("#sort=time")]  # offsets differ: by instant
+    assert taken == sorted(taken)
 
 
 def test_batched_detection_finds_what_single_photo_calls_find(sample_photos, tmp_path):
