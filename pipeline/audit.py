@@ -436,20 +436,23 @@ class Audit:
         """Fold the manifest into the audit folder's current state, reading each photo's result file."""
         data = AuditData()
         seen: set[str] = set()
-        for event in sorted(self.manifest.current(), key=lambda e: e["path"]):
-            if event.get("status") == "error":
-                data.errors.append(event)
-            elif "alias_of" in event:
+        events = sorted(self.manifest.current(), key=lambda e: e["path"])
+        data.errors = [e for e in events if e.get("status") == "error"]
+        # originals first; a copy stands in for its original once the original's file holds another picture
+        for event in sorted((e for e in events if e.get("status") == "ok"), key=lambda e: "alias_of" in e):
+            if event["sha256"] in seen:
                 data.copies.append(event)
-            elif event.get("status") == "ok" and event["sha256"] not in seen:
-                path = self.out / event["result"]
-                try:
-                    record = json.loads(path.read_text())
-                except (OSError, json.JSONDecodeError) as exc:
-                    data.errors.append({**event, "error": f"result file {path.name} unreadable: {exc}"})
-                    continue
-                seen.add(event["sha256"])
-                data.photos.append(record)
+                continue
+            path = self.out / event["result"]
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                data.errors.append({**event, "error": f"result file {path.name} unreadable: {exc}"})
+                continue
+            if "alias_of" in event:  # the picture is now only in this file: show it under this name
+                record = {**record, "file": event["path"], "name": Path(event["path"]).name}
+            seen.add(event["sha256"])
+            data.photos.append(record)
         data.target = self.target if self.sink is not None else self.manifest.last_target
         if data.target is not None:
             data.filed = set(self.manifest.filed.get(data.target, set()))
@@ -571,11 +574,31 @@ class Audit:
     def _stat_fields(self, photo: Photo) -> dict[str, Any]:
         return {"path": str(photo.path), "bytes": photo.bytes, "mtime_ns": photo.mtime_ns, "sha256": photo.sha256}
 
+    def _record_photo(self, event: dict[str, Any]) -> None:
+        """Record what became of a path; the results of the photo it held before (replaced since, or now
+        unreadable) are removed, unless another path still shows them, so the folder holds only current ones."""
+        with self._lock:
+            before = self.manifest.by_path.get(event["path"], {}).get("result")
+            self.manifest.append(event)
+            if not before or before == event.get("result"):
+                return
+            if any(e.get("result") == before for e in self.manifest.current()):
+                return
+        stale = self.out / before
+        try:
+            record = json.loads(stale.read_text())
+        except (OSError, ValueError):
+            return
+        extras = [record.get("thumbnail"), record.get("annotated"), *(v.get("crop") for v in record["violations"])]
+        for rel in [*extras, before]:
+            if rel:
+                (self.out / rel).unlink(missing_ok=True)
+
     def _record_error(self, photo: Photo) -> None:
         event = {"event": "photo", **self._stat_fields(photo), "status": "error", "error": photo.error}
         last = self.manifest.by_path.get(str(photo.path))
         if last is None or any(last.get(k) != v for k, v in event.items()):  # the same failure again: no news
-            self.manifest.append(event)
+            self._record_photo(event)
         (self._bar.write if self._bar is not None else print)(
             f"{photo.path}: unreadable: {photo.error}", file=sys.stderr
         )
@@ -586,7 +609,7 @@ class Audit:
         first = self.manifest.by_hash[photo.sha256]
         event = {"event": "photo", **self._stat_fields(photo), "alias_of": first["path"]}
         event.update({k: first[k] for k in ("status", "result", "violations") if k in first})
-        self.manifest.append(event)
+        self._record_photo(event)
         self._tick(duplicates=1)
 
     def _finish(self, photo: Photo, dets: Detections, tiled: bool) -> None:
@@ -646,15 +669,8 @@ class Audit:
                 atomic_write(self.out / v["crop"], encode_jpeg(crop, 80))
         result = f"{PHOTOS_DIR}/{name}.json"
         atomic_write(self.out / result, json.dumps(record, ensure_ascii=False, indent=1))
-        self.manifest.append(
-            {
-                "event": "photo",
-                **self._stat_fields(photo),
-                "status": "ok",
-                "result": result,
-                "violations": len(findings),
-            }
-        )
+        outcome = {"status": "ok", "result": result, "violations": len(findings)}
+        self._record_photo({"event": "photo", **self._stat_fields(photo), **outcome})
         filed = failed = 0
         if self.sink is not None and violations:
             filed, failed = self._file(record, image)
@@ -741,8 +757,9 @@ class Audit:
         """File violations of photos processed earlier that this target has not accepted yet."""
         done = self.manifest.filed.get(self.target, set())
         pending = []
-        for event in self.manifest.by_hash.values():
-            if event.get("status") != "ok" or not event.get("violations"):
+        current = {e["sha256"]: e for e in self.manifest.current() if e.get("status") == "ok"}
+        for event in current.values():  # photos in the folder now: not what a replaced file once held
+            if not event.get("violations"):
                 continue
             if event["sha256"] in self._attempted:  # tried (and retried) in this run already
                 continue

@@ -385,6 +385,30 @@ def test_interrupted_runs_resume_and_process_each_photo_once(sample_photos, tmp_
     assert not list(out.rglob("*.tmp"))  # temporary files of the crashed run are swept away
 
 
+def test_a_replaced_photo_leaves_only_its_current_results(sample_photos, tmp_path):
+    """The same file name with another picture in it (re-exported, swapped): the folder shows what is there now."""
+    by_name = {p.stem: p for p in sample_photos}
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    folder.mkdir()
+    shutil.copy(by_name["patrol-bikes-cardboard"], folder / "a.jpg")
+    shutil.copy(by_name["patrol-bikes-cardboard"], folder / "copy.jpg")  # the same picture twice
+    shutil.copy(by_name["patrol-posters-scooter"], folder / "b.jpg")
+    assert main(["audit", str(folder), "--out", str(out), "--parking-anywhere"]) == 0
+    first = {p.name for p in (out / "photos").glob("*.json")}
+    shutil.copy(by_name["facade-shop-signs"], folder / "b.jpg")  # b replaced
+    shutil.copy(by_name["facade-shop-signs"], folder / "a.jpg")  # a replaced, but its copy still shows it
+    assert main(["audit", str(folder), "--out", str(out), "--parking-anywhere"]) == 0
+    records = [json.loads(p.read_text()) for p in (out / "photos").glob("*.json")]
+    assert len(records) == 2 and len(first) == 2  # results of the bikes (still in copy.jpg) and the facade
+    shown = {p.relative_to(out).as_posix() for d in ("thumbs", "annotated", "crops") for p in (out / d).glob("*")}
+    wanted = {r["thumbnail"] for r in records} | {r["annotated"] for r in records if r["annotated"]}
+    wanted |= {v["crop"] for r in records for v in r["violations"]}
+    assert shown == wanted  # no picture of the old b.jpg is left
+    page = parse_report(out / "report.html")  # two pictures: the facade (b.jpg, a.jpg) and the bikes, now copy.jpg
+    assert page.text_of("kpi-photos") == "2"
+    assert {c["data-file"] for c in page.cards} >= {"copy.jpg"}
+
+
 def test_two_audits_cannot_write_one_folder_at_once(sample_photos, tmp_path):
     detector = Detector(threads=1)
     config = AuditConfig(out=tmp_path / "out")
