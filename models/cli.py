@@ -33,10 +33,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     from pipeline.cli import CLIError
 
     if args.history:
+        events = history_events(read_registry())
+        if args.name:  # the history of one model
+            events = [e for e in events if args.name in (e.get("name"), e.get("previous"))]
         if args.json:
-            print(json.dumps(history_events(read_registry()), ensure_ascii=False))
+            print(json.dumps(events, ensure_ascii=False))
             return 0
-        print("\n".join(history_lines(history_events(read_registry()))) or "no promotions recorded")
+        print("\n".join(history_lines(events)) or "no promotions recorded" + (f" for {args.name}" if args.name else ""))
         return 0
     if args.name:
         try:
@@ -60,11 +63,14 @@ def cmd_models(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    name_w = max((len(r.card.name) for r in refs), default=0)
+    version_w = max((len(r.card.version) for r in refs), default=0)
     for r in refs:
         mark = "*" if r.card.name == default else " "
         kinds = "+".join(k for k in ("fp32", "int8", "pt") if k in r.card.files)
         interim = " (interim)" if r.card.interim else ""
-        print(f"{mark} {r.card.name:32} {r.card.version:12} {kinds:14} {', '.join(r.card.product_classes())}{interim}")
+        classes = ", ".join(r.card.product_classes())
+        print(f"{mark} {r.card.name:{name_w}}  {r.card.version:{version_w}}  {kinds:12}  {classes}{interim}")
     return 0
 
 

@@ -233,6 +233,9 @@ def test_promote_and_rollback_commands(registry: Path, shapes_data: Path, capsys
     assert "tiny-v2@t2 is the default model again" in capsys.readouterr().out
     assert main(["models", "--history", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[-1]["reason"] == "bins look worse"
+    assert main(["models", "--history", "tiny-v3"]) == 0  # one model's part: promoted, then left for tiny-v2
+    history = capsys.readouterr().out.splitlines()
+    assert len(history) == 2 and "tiny-v3@t3" in history[0] and "bins look worse" in history[1]
 
 
 def test_compare_then_promote_on_real_models(registry: Path, shapes_data: Path):
