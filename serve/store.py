@@ -275,8 +275,11 @@ class CaseStore:
     def _absorb(
         self, s: Session, case: Case, v: Violation, occ: Occurrence, shas: list, now: datetime, first: bool = False
     ) -> bool:
-        """Fold a sighting into its case: times, best score and evidence. Returns whether evidence improved."""
+        """Fold a sighting into its case: times, position (when it had none), best score and evidence.
+        Returns whether evidence improved."""
         case.first_seen, case.last_seen = min(case.first_seen, v.first_seen), max(case.last_seen, v.last_seen)
+        if case.lat is None and v.location is not None:  # a photo filed again with the position it lacked
+            case.lat, case.lon = v.location.lat, v.location.lon
         case.updated_at = now
         better = first or v.score > case.score
         if better:

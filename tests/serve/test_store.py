@@ -59,6 +59,9 @@ def test_ingest_creates_then_updates_by_key(store, violation):
     again = store.ingest(later)
     assert (again.case_id, again.outcome, again.created) == (first.case_id, "updated", False)
     assert store.ingest(v).outcome == "updated"  # an old repeat: still the same case, no regression
+    placed = store.ingest(v.model_copy(update={"location": GeoPoint(lat=31.2304, lon=121.4737)}))
+    assert placed.outcome == "updated"  # filed again with the position it lacked: the case gets it
+    assert store.get_case(first.case_id).location == GeoPoint(lat=31.2304, lon=121.4737)
     case = store.get_case(first.case_id)
     assert case.occurrences == 1
     assert case.last_seen == T0 + timedelta(minutes=5) and case.score == pytest.approx(0.93)
