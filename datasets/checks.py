@@ -239,7 +239,11 @@ class CheckReport:
         header, rows = self._count_rows()
         lines = [self.title, "", _text_table(header, rows), ""]
         unreadable = sum(not s.readable for s in self.samples)
-        lines.append(f"images: {len(self.samples)} ({unreadable} unreadable); boxes as own+pseudo ('p')")
+        listed = {str(s.image) for s in self.samples}
+        left_out = len({i.file for i in self.issues if i.kind == "corrupt_image"} - listed)  # a build drops them
+        counted = [f"{unreadable} unreadable"] if unreadable or not left_out else []
+        counted += [f"{left_out} unreadable, not imported"] if left_out else []
+        lines.append(f"images: {len(self.samples)} ({'; '.join(counted)}); boxes as own+pseudo ('p')")
         if self.issue_counts():
             lines += [
                 "",

@@ -117,6 +117,8 @@ def _import_corrections(args: argparse.Namespace) -> int:
         f"before, {result.boxes_after} now); {result.unchanged} keep the reviewed labels "
         f"(kept as they were in {result.folder / 'labels.reviewed'})"
     )
+    for issue in result.warnings:
+        print(f"  {issue}")
     if result.unknown:
         print(
             f"not in this export, ignored: {', '.join(result.unknown[:10])}"
@@ -241,23 +243,36 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    """Paste synthetic small ads onto given photos (a preview of what the build generates)."""
+    """Paste synthetic small ads onto given photos (a preview of what the build generates); a rerun into the
+    same --out replaces the earlier run's images."""
+    import shutil
+
     import numpy as np
 
     from datasets.checks import scan_samples
+    from datasets.merge import prepare_output, write_dataset
     from datasets.preview import label_sheet
     from datasets.samples import Sample
     from datasets.synth_ads import generate
     from pipeline.cli import resolve_inputs
 
+    if args.n < 1:
+        raise _error(ValueError(f"--n must be at least 1 (the number of images to make), not {args.n}"))
     backgrounds = [Sample("photo", p) for p in resolve_inputs(args.paths)]
-    scan_samples(backgrounds, features=False)
+    _, issues = scan_samples(backgrounds, features=False)
+    for issue in issues:
+        print(f"warning: {issue.file}: {issue.message}; not used as a background", file=sys.stderr)
+    if not any(b.readable for b in backgrounds):
+        raise _error(ValueError(f"no readable background photos among the {len(backgrounds)} given"))
     out = Path(args.out)
-    made = generate(backgrounds, args.n, out / "work", "synth-ads", seed=args.seed, split="train")
-    if not made:
-        raise _error(ValueError("no readable background photos"))
-    from datasets.merge import write_dataset
-
+    try:
+        prepare_output(out)
+    except FileExistsError as exc:
+        raise _error(exc) from None
+    work = out / "work" / "synth-ads"
+    if work.exists():
+        shutil.rmtree(work)
+    made = generate(backgrounds, args.n, work, "synth-ads", seed=args.seed, split="train")
     write_dataset(made, out)
     sheet = label_sheet(out, "train", out / "synth-ads.jpg", n=min(args.n, 24), rng=np.random.default_rng(0))
     print(f"{len(made)} synthetic images with {sum(len(s.boxes) for s in made)} boxes in {out}; contact sheet: {sheet}")

@@ -9,8 +9,10 @@ budget, the quality and then the size are lowered, estimated on a sample first, 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +30,8 @@ from pipeline.decode import IMAGE_SUFFIXES, read_image
 PACK_INFO = "pack.json"
 #: the source dataset's manifest, copied into the pack
 SOURCE_MANIFEST = f"source-{MANIFEST}"
+#: the smallest longest side worth packing (the budget ladder lowers sizes to 256 px)
+MIN_SIDE = 32
 
 
 @dataclass
@@ -101,6 +105,12 @@ def pack(
     """Write a packed copy of the dataset at ``root`` into ``out`` (see the module docstring)."""
     if fmt not in ("webp", "jpeg"):
         raise ValueError(f"format must be webp or jpeg, not {fmt!r}")
+    if max_side < MIN_SIDE:
+        raise ValueError(f"--max-side must be at least {MIN_SIDE} px, not {max_side}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"--quality must be 1..100 (the encoders' quality scale), not {quality}")
+    if budget_mb is not None and not (math.isfinite(budget_mb) and budget_mb >= 0):
+        raise ValueError(f"--budget-mb must be a positive number of MB (0: no budget), not {budget_mb}")
     if not (root / "data.yaml").is_file():
         raise FileNotFoundError(f"{root}: not a dataset folder (no data.yaml)")
     for split in subset:
@@ -111,10 +121,38 @@ def pack(
         raise ValueError(f"{root}: no images in {', '.join(subset)}" + (f" of {', '.join(sources)}" if sources else ""))
     if out.resolve() == root.resolve():
         raise ValueError("the packed copy needs its own folder")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a folder; choose a new --out")
+    if out.exists() and any(out.iterdir()) and not (out / PACK_INFO).is_file():
+        raise FileExistsError(f"{out}: folder is not empty and is no earlier pack; choose a new --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        result = _pack(root, work, items, max_side, fmt, quality, subset, sources, budget_mb, workers, sample_size)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)  # a failed pack leaves nothing behind (nor touches an earlier one)
+        raise
     if out.exists():
-        if any(out.iterdir()) and not (out / PACK_INFO).is_file():
-            raise FileExistsError(f"{out}: folder is not empty and is no earlier pack; choose a new --out")
-        shutil.rmtree(out)
+        shutil.rmtree(out)  # the earlier pack, replaced only now that the new one is complete
+    work.rename(out)
+    result.out = out
+    return result
+
+
+def _pack(
+    root: Path,
+    out: Path,
+    items: list[tuple[str, Path]],
+    max_side: int,
+    fmt: str,
+    quality: int,
+    subset: Sequence[str],
+    sources: Sequence[str] | None,
+    budget_mb: float | None,
+    workers: int,
+    sample_size: int,
+) -> PackResult:
+    """Write the packed copy into ``out`` (a fresh folder), lowering the settings until it fits the budget."""
     budget = int(budget_mb * 1e6) if budget_mb else None
     suffix = ".webp" if fmt == "webp" else ".jpg"
     labels_bytes = sum(

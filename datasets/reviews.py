@@ -29,10 +29,11 @@ an export folder (the reviewed labels are kept in ``labels.reviewed/``).
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,11 +46,11 @@ from tqdm import tqdm
 
 from datasets.manifest import tool_version
 from datasets.mapping import load_mapping
-from datasets.samples import xywhn_to_xyxy, xyxy_to_xywhn
-from datasets.yolo import parse_label_lines, write_label_file
+from datasets.samples import Issue, xywhn_to_xyxy, xyxy_to_xywhn
+from datasets.yolo import check_box, parse_label_lines, write_label_file
 from models.classes import CLASS_IDS, CLASS_NAMES
 from pipeline.annotate import PALETTE, draw_detections
-from pipeline.decode import IMAGE_SUFFIXES
+from pipeline.decode import IMAGE_SUFFIXES, ImageReadError, read_image
 from pipeline.detections import Detections
 
 if TYPE_CHECKING:
@@ -501,13 +502,29 @@ def export_sheet(items: Sequence[ExportItem], root: Path, out: Path, n: int = 24
 # -------------------------------------------------------------------------------- import corrections
 
 
+_TOOL_PREFIX = re.compile(r"^[0-9a-f]{8}-")  # Label Studio prefixes uploaded files with 8 hex digits and '-'
+
+
 @dataclass
 class Annotations:
-    """Boxes per image file stem, by class name (pixel xyxy when the size is known, else normalised)."""
+    """Boxes per image file stem, by class name, and the findings (warnings) of reading them."""
 
     names: list[str]
     boxes: dict[str, np.ndarray]  # stem -> (N, 5) rows: class index into names, cx, cy, w, h (normalised)
     source: str
+    issues: list[Issue] = field(default_factory=list)
+
+
+def _refuse_errors(issues: Sequence[Issue]) -> list[Issue]:
+    """Corrections are imported whole or not at all: raise on any ``error`` finding; the rest is returned."""
+    errors = [i for i in issues if i.severity == "error"]
+    if errors:
+        more = f" (and {len(errors) - 3} more errors)" if len(errors) > 3 else ""
+        raise ExportError(
+            "; ".join(f"{i.file}:{i.line}: {i.message}" if i.line else f"{i.file}: {i.message}" for i in errors[:3])
+            + more
+        )
+    return list(issues)
 
 
 def read_yolo_annotations(src: Path) -> Annotations:
@@ -532,23 +549,58 @@ def read_yolo_annotations(src: Path) -> Annotations:
     if not names:
         raise ExportError(f"{src}: no class names (classes.txt, obj.names, notes.json or data.yaml)")
     boxes: dict[str, np.ndarray] = {}
+    found: list[Issue] = []
     skip = {"classes.txt", "obj.names", "train.txt", "valid.txt", "test.txt", "obj.data"}
     for path in sorted(src.rglob("*.txt")):
         if path.name in skip:
             continue
         rows, issues = parse_label_lines(path.read_text(encoding="utf-8"), len(names), str(path))
-        errors = [i for i in issues if i.severity == "error"]
-        if errors:
-            raise ExportError(f"{errors[0]}")
+        found += issues
         if path.stem in boxes:
             raise ExportError(f"{path}: a second label file for image {path.stem}")
         boxes[path.stem] = rows
-    return Annotations(names, boxes, str(src))
+    return Annotations(names, boxes, str(src), _refuse_errors(found))
 
 
-def read_coco_annotations(src: Path) -> Annotations:
+def _number(value: object) -> float:
+    """A finite JSON number (a numeric string passes too); ``ValueError`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(value)
+    number = float(value)
+    if not np.isfinite(number):
+        raise ValueError(value)
+    return number
+
+
+def _coco_image_size(path: Path, file_name: str, image_dirs: Sequence[Path]) -> tuple[float, float] | str:
+    """Width and height of a COCO image read from its file (beside the JSON file, in ``images/`` there or one
+    folder up, or in ``image_dirs``); a reason string when there is no readable file."""
+    name = re.split(r"[/=\\\\]", file_name)[-1]
+    rel = Path(file_name.lstrip("/"))
+    base = path.parent
+    candidates = [Path(file_name)] if Path(file_name).is_absolute() else []
+    candidates += [base / rel, base / "images" / name, base.parent / rel, base.parent / "images" / name]
+    candidates += [d / n for d in image_dirs for n in (name, _TOOL_PREFIX.sub("", name))]
+    file = next((c for c in candidates if c.is_file()), None)
+    if file is None:
+        where = ", ".join(str(d) for d in [base, *image_dirs])
+        return f"no image file {name!r} was found to read them from (looked in {where})"
+    try:
+        h, w = read_image(file).shape[:2]
+    except ImageReadError as exc:
+        return f"its image file is unreadable: {exc}"
+    return float(w), float(h)
+
+
+def read_coco_annotations(src: Path, image_dirs: Sequence[Path] = ()) -> Annotations:
     """A COCO export (Label Studio ``result.json``, CVAT ``annotations/instances_*.json``): boxes per image
-    file stem, normalised by each image's size."""
+    file stem, normalised by each image's size (read from the image file when the entry gives none).
+
+    Boxes are checked as YOLO label lines are (:func:`datasets.yolo.check_box`): a box partly outside its
+    image is clipped (a warning), one wholly outside or without area refuses the import, as does a missing
+    or non-numeric ``bbox``; an annotation with only a polygon ``segmentation`` gets the polygon's bounding
+    box. Errors name the JSON file and the annotation or image id.
+    """
     path = src
     if src.is_dir():
         found = [src / "result.json", *sorted((src / "annotations").glob("instances_*.json"))]
@@ -562,26 +614,89 @@ def read_coco_annotations(src: Path) -> Annotations:
         raise ExportError(f"{path}: invalid JSON: {exc}") from None
     if not isinstance(coco, dict) or not {"images", "annotations", "categories"} <= set(coco):
         raise ExportError(f"{path}: not a COCO file (needs images, annotations and categories)")
-    cats = sorted(coco["categories"], key=lambda c: c["id"])
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(coco[key], list) or not all(isinstance(x, dict) for x in coco[key]):
+            raise ExportError(f"{path}: {key!r} must be a list of objects")
+    for c in coco["categories"]:
+        if "id" not in c or "name" not in c:
+            raise ExportError(f"{path}: category {c} needs an 'id' and a 'name'")
+    try:
+        cats = sorted(coco["categories"], key=lambda c: c["id"])
+    except TypeError:
+        raise ExportError(f"{path}: category ids must all be numbers (or all strings)") from None
     names = [str(c["name"]) for c in cats]
     cat_index = {c["id"]: k for k, c in enumerate(cats)}
-    images = {}
+    images: dict[object, tuple[str, float, float]] = {}
     for im in coco["images"]:
-        stem = Path(re.split(r"[/=\\\\]", str(im["file_name"]))[-1]).stem
-        images[im["id"]] = (stem, float(im["width"]), float(im["height"]))
+        if "id" not in im or not isinstance(im.get("file_name"), str):
+            raise ExportError(f"{path}: image entry {im} needs an 'id' and a 'file_name'")
+        where = f"image {im['id']} ({im['file_name']})"
+        if im.get("width") is None or im.get("height") is None:
+            size = _coco_image_size(path, im["file_name"], image_dirs)
+            if isinstance(size, str):
+                raise ExportError(f"{path}: {where} gives no width/height and {size}")
+            w, h = size
+        else:
+            try:
+                w, h = _number(im["width"]), _number(im["height"])
+            except ValueError:
+                size = f"{im['width']!r}x{im['height']!r}"
+                raise ExportError(f"{path}: {where}: width/height {size} are not numbers") from None
+            if w <= 0 or h <= 0:
+                raise ExportError(f"{path}: {where}: width/height must be positive, not {w:g}x{h:g}")
+        stem = Path(re.split(r"[/=\\\\]", im["file_name"])[-1]).stem
+        images[im["id"]] = (stem, w, h)
     boxes: dict[str, list[list[float]]] = {stem: [] for stem, _, _ in images.values()}
+    issues: list[Issue] = []
     for ann in coco["annotations"]:
         if ann.get("image_id") not in images or ann.get("category_id") not in cat_index:
             raise ExportError(f"{path}: annotation {ann.get('id')} names an unknown image or category")
         stem, w, h = images[ann["image_id"]]
-        x, y, bw, bh = (float(v) for v in ann["bbox"])
-        if bw <= 0 or bh <= 0:
+        ref = f"annotation {ann.get('id')} (image {ann['image_id']}, {w:g}x{h:g} px)"
+
+        def report(severity: str, kind: str, msg: str, ref: str = ref) -> None:
+            issues.append(Issue(severity, kind, str(path), f"{ref}: {msg}"))  # type: ignore[arg-type]
+
+        xyxy = _coco_box(ann, report)
+        if xyxy is None:
             continue
-        boxes[stem].append([cat_index[ann["category_id"]], (x + bw / 2) / w, (y + bh / 2) / h, bw / w, bh / h])
-    return Annotations(names, {k: np.array(v, np.float32).reshape(-1, 5) for k, v in boxes.items()}, str(path))
+        box = check_box(xyxy[0] / w, xyxy[1] / h, xyxy[2] / w, xyxy[3] / h, report, tolerance=math.inf)
+        if box is not None:
+            x1, y1, x2, y2 = box
+            boxes[stem].append([cat_index[ann["category_id"]], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1])
+    rows = {k: np.array(v, np.float32).reshape(-1, 5) for k, v in boxes.items()}
+    return Annotations(names, rows, str(path), _refuse_errors(issues))
 
 
-_TOOL_PREFIX = re.compile(r"^[0-9a-f]{8}-")  # Label Studio prefixes uploaded files with 8 hex digits and '-'
+def _coco_box(ann: dict, report: Callable[[str, str, str], None]) -> tuple[float, float, float, float] | None:
+    """A COCO annotation's pixel xyxy box: its ``bbox``, else the bounding box of its polygon segmentation."""
+    bbox = ann.get("bbox")
+    if bbox is not None:
+        if not isinstance(bbox, list) or len(bbox) != 4:
+            report("error", "wrong_arity", f"bbox must be [x, y, width, height], not {bbox!r}")
+            return None
+        try:
+            x, y, bw, bh = (_number(v) for v in bbox)
+        except ValueError:
+            report("error", "not_a_number", f"bbox {bbox!r} holds a value that is not a number")
+            return None
+        return x, y, x + bw, y + bh
+    seg = ann.get("segmentation")
+    if not seg or not isinstance(seg, list) or not all(isinstance(p, list) for p in seg):
+        what = "its segmentation is not a polygon (RLE?)" if seg else "no segmentation"
+        report("error", "no_box", f"has no bbox and {what}")
+        return None
+    try:
+        points = [_number(v) for polygon in seg for v in polygon]
+    except ValueError:
+        report("error", "not_a_number", "segmentation holds a value that is not a number")
+        return None
+    if len(points) < 4 or len(points) % 2:
+        report("error", "wrong_arity", f"segmentation polygon of {len(points)} values is not a list of x, y points")
+        return None
+    xs, ys = points[0::2], points[1::2]
+    report("warning", "polygon", f"no bbox: the bounding box of its segmentation polygon ({len(xs)} points) is used")
+    return min(xs), min(ys), max(xs), max(ys)
 
 
 @dataclass
@@ -594,15 +709,17 @@ class ImportResult:
     unknown: list[str]
     boxes_before: int
     boxes_after: int
+    warnings: list[Issue] = field(default_factory=list)
 
 
 def import_annotations(src: Path, into: Path, fmt: str | None = None, mapping: str = "product") -> ImportResult:
     """Replace the labels of the export folder ``into`` with corrected annotations from ``src`` (YOLO folder
     or COCO JSON; ``fmt`` auto-detected), matched by file name (the case ids are in it); the reviewed labels
-    are kept in ``labels.reviewed/`` and the correction is recorded in ``export.json``."""
+    are kept in ``labels.reviewed/`` and the correction is recorded in ``export.json`` (with the warnings of
+    reading the annotations: clipped boxes, polygons)."""
     export = load_export(into)
     fmt = fmt or ("coco" if src.suffix == ".json" or (src.is_dir() and (src / "result.json").is_file()) else "yolo")
-    ann = read_coco_annotations(src) if fmt == "coco" else read_yolo_annotations(src)
+    ann = read_coco_annotations(src, [into / "images"]) if fmt == "coco" else read_yolo_annotations(src)
     class_map = load_mapping(mapping).class_map(ann.names)
     unmapped = [n for n, p in zip(ann.names, class_map, strict=True) if p is None]
     stems = {item["stem"]: item for item in export["items"]}
@@ -633,6 +750,7 @@ def import_annotations(src: Path, into: Path, fmt: str | None = None, mapping: s
         for stem in stems:
             if (labels / f"{stem}.txt").is_file():
                 shutil.copyfile(labels / f"{stem}.txt", backup / f"{stem}.txt")
+    warnings = [i for i in ann.issues if i.severity == "warning"]  # errors refused the import already
     before = after = 0
     for target, stem in sorted(matches.items()):
         rows = ann.boxes[stem].copy()
@@ -651,10 +769,11 @@ def import_annotations(src: Path, into: Path, fmt: str | None = None, mapping: s
             "images": sorted(matches),
             "boxes_before": before,
             "boxes_after": after,
+            "warnings": [str(i) for i in warnings],
         }
     )
     (into / EXPORT_FILE).write_text(json.dumps(export, indent=1, ensure_ascii=False) + "\n")
-    return ImportResult(into, sorted(matches), len(stems) - len(matches), sorted(unknown), before, after)
+    return ImportResult(into, sorted(matches), len(stems) - len(matches), sorted(unknown), before, after, warnings)
 
 
 def read_export_labels(folder: Path, stem: str) -> tuple[np.ndarray, np.ndarray]:

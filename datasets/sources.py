@@ -21,7 +21,7 @@ from datasets.mapping import ClassMapping, load_mapping
 from datasets.samples import Issue, Sample, class_counts
 from datasets.yolo import label_path_for, read_data_yaml, read_label_file
 from models.classes import CLASS_IDS, CLASS_NAMES
-from pipeline.decode import iter_image_paths
+from pipeline.decode import IMAGE_SUFFIXES, iter_image_paths
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_PREFIX = "{repo}/"
@@ -151,11 +151,24 @@ def apply_mapping(
     return mapped, context
 
 
+def _id_map(spec: SourceSpec, mapping: ClassMapping, names: list[str], where: Path) -> dict[int, int]:
+    """Source class id -> product class id; a mapping that maps none of the source's classes is an error
+    (it is the wrong mapping: every image would be imported without objects)."""
+    id_map = mapping.id_map(names)
+    if not id_map:
+        raise ValueError(
+            f"source {spec.name} ({where}): no class of the source is mapped onto a product class by mapping "
+            f"{spec.mapping!r}; the source's classes: {', '.join(names) or 'none'}; the mapping's keys: "
+            f"{', '.join(mapping.map) or 'none'} (streetwatch data mappings lists the shipped mappings)"
+        )
+    return id_map
+
+
 def _load_yolo(spec: SourceSpec, path: Path, mapping: ClassMapping) -> SourceData:
     if not path.exists():
         raise SourceMissing(f"source {spec.name}: {path} does not exist")
     names, splits = read_data_yaml(path)
-    id_map = mapping.id_map(names)
+    id_map = _id_map(spec, mapping, names, path)
     data = SourceData(spec, [], names=names, mapping=mapping, root=path if path.is_dir() else path.parent)
     # a set without a val split gives no split at all: its images are held out by val_fraction
     held_out = "val" not in splits
@@ -165,6 +178,12 @@ def _load_yolo(spec: SourceSpec, path: Path, mapping: ClassMapping) -> SourceDat
             data.issues.extend(issues)
             boxes, context = apply_mapping(rows, names, id_map)
             data.samples.append(Sample(spec.name, image, None if held_out else split, boxes, context=context))
+    folders: dict[Path, set[Path]] = {}  # labels folder -> the image folders whose labels it holds
+    for image in (i for images in splits.values() for i in images):
+        folders.setdefault(label_path_for(image).parent, set()).add(image.parent)
+    for labels_dir, image_dirs in folders.items():
+        if labels_dir not in image_dirs:  # labels beside the images: other .txt files there are lists
+            data.issues += _labels_without_images(labels_dir, image_dirs, spec.name)
     if held_out:
         data.issues.append(
             Issue(
@@ -196,7 +215,7 @@ def _load_folder(spec: SourceSpec, shared: Path, repo: Path, mapping: ClassMappi
         if mapping.name != "product":
             raise ValueError(f"source {spec.name}: give 'names' (or labels/classes.txt) for mapping {spec.mapping}")
         names = list(CLASS_NAMES)
-    id_map = mapping.id_map(names)
+    id_map = _id_map(spec, mapping, names, images_dir)
     split_path = resolve_path(spec.split_file, shared, repo) if spec.split_file else labels_dir / "split.yaml"
     given: dict[str, str] = {}
     extra: dict[str, list[str]] = {}
@@ -226,20 +245,21 @@ def _load_folder(spec: SourceSpec, shared: Path, repo: Path, mapping: ClassMappi
         for stem in stems:
             tags.setdefault(stem, set()).add(key)
     images = iter_image_paths([images_dir], recursive=False)
+    if not given and not any((labels_dir / f"{image.stem}.txt").is_file() for image in images):
+        raise SourceMissing(f"source {spec.name}: no labelled images in {images_dir} (labels: {labels_dir})")
     for image in images:
         label = labels_dir / f"{image.stem}.txt"
         if given and image.stem not in given:
             continue  # not labelled: the split file lists what is
-        if not given and not label.is_file():
-            continue
         rows, issues = read_label_file(label, len(names), spec.name)
-        if given and not label.is_file():
+        if not label.is_file():  # as in a YOLO set: an image without objects, but here it may be unlabelled
+            why = "listed in the split file but has" if given else "has"
             issues = [
                 Issue(
                     "warning",
                     "no_label_file",
                     str(label),
-                    "listed in the split file but has no label file; treated as an image without objects",
+                    f"{image.name} {why} no label file; treated as an image without objects",
                     None,
                     spec.name,
                 )
@@ -250,6 +270,7 @@ def _load_folder(spec: SourceSpec, shared: Path, repo: Path, mapping: ClassMappi
         sample.tags |= tags.get(image.stem, set())
         data.samples.append(sample)
     found = {i.stem for i in images}
+    data.issues += _labels_without_images(labels_dir, {images_dir}, spec.name, frozenset(given))
     for stem in given:
         if stem not in found:
             data.issues.append(
@@ -266,6 +287,19 @@ def _load_folder(spec: SourceSpec, shared: Path, repo: Path, mapping: ClassMappi
         raise SourceMissing(f"source {spec.name}: no labelled images in {images_dir} (labels: {labels_dir})")
     _check_unique_stems(data)
     return data
+
+
+def _labels_without_images(
+    labels_dir: Path, image_dirs: set[Path], source: str, skip: frozenset[str] = frozenset()
+) -> list[Issue]:
+    """A warning for each label file in ``labels_dir`` with no image of its stem in ``image_dirs`` (its labels
+    are not used: a misnamed or deleted image). ``skip``: stems already reported otherwise."""
+    stems = {p.stem for d in image_dirs if d.is_dir() for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    return [
+        Issue("warning", "no_image", str(label), "label file without an image: not used", None, source)
+        for label in sorted(labels_dir.glob("*.txt"))
+        if label.name != "classes.txt" and label.stem not in stems and label.stem not in skip
+    ]
 
 
 def _check_unique_stems(data: SourceData) -> None:

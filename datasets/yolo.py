@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from datasets.samples import Issue, empty_boxes
+from datasets.samples import Issue, Severity, empty_boxes
 from pipeline.decode import IMAGE_SUFFIXES, iter_image_paths
 
 #: Coordinates this far outside [0, 1] are clipped with a warning; further out, the line is dropped.
@@ -25,6 +26,37 @@ def label_path_for(image: Path) -> Path:
     if sa in text:
         text = sb.join(text.rsplit(sa, 1))
     return Path(text).with_suffix(".txt")
+
+
+def check_box(
+    x1: float,
+    y1: float,
+    x2: float,
+    y2: float,
+    report: Callable[[Severity, str, str], None],
+    tolerance: float = CLIP_TOLERANCE,
+) -> tuple[float, float, float, float] | None:
+    """Validate a normalised xyxy box: the clipped box, or ``None`` when it is dropped.
+
+    Findings go to ``report(severity, kind, message)``: a box without width or height, or with an edge more
+    than ``tolerance`` outside the image, or wholly outside it, is an ``error`` (dropped); a box partly
+    outside is clipped (``warning``). YOLO lines allow :data:`CLIP_TOLERANCE` (further out, the values are
+    usually not normalised); pixel boxes (COCO) are unambiguous and pass ``math.inf``: any overlap is clipped.
+    """
+    if not x2 > x1 or not y2 > y1:
+        report("error", "degenerate_box", f"box has no area (w={x2 - x1:g}, h={y2 - y1:g})")
+        return None
+    outside = f"box ({x1:.3f},{y1:.3f})-({x2:.3f},{y2:.3f}) lies outside the image"
+    if min(x1, y1) < -tolerance or max(x2, y2) > 1 + tolerance:
+        report("error", "out_of_range", f"{outside}; coordinates must be normalised to 0..1")
+        return None
+    if x2 <= 0 or y2 <= 0 or x1 >= 1 or y1 >= 1:
+        report("error", "out_of_range", f"{outside} entirely")
+        return None
+    if min(x1, y1) < 0 or max(x2, y2) > 1:
+        report("warning", "clipped", "box partly outside the image: clipped")
+        x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, 1.0), min(y2, 1.0)  # overlaps: area left
+    return x1, y1, x2, y2
 
 
 def parse_label_lines(text: str, nc: int, file: str = "<labels>", source: str = "") -> tuple[np.ndarray, list[Issue]]:
@@ -64,29 +96,14 @@ def parse_label_lines(text: str, nc: int, file: str = "<labels>", source: str = 
         elif len(values) >= 7 and len(values) % 2 == 1:
             xs, ys = values[1::2], values[2::2]
             x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
-            w, h = x2 - x1, y2 - y1
             issue("warning", "polygon", f"segment polygon of {len(xs)} points converted to its bounding box", n)
         else:
             issue("error", "wrong_arity", f"{len(values)} values; expected 5 (class cx cy w h)", n)
             continue
-        if w <= 0 or h <= 0:
-            issue("error", "degenerate_box", f"box has no area (w={w:g}, h={h:g})", n)
+        box = check_box(x1, y1, x2, y2, lambda severity, kind, msg, n=n: issue(severity, kind, msg, n))
+        if box is None:
             continue
-        if min(x1, y1) < -CLIP_TOLERANCE or max(x2, y2) > 1 + CLIP_TOLERANCE:
-            issue(
-                "error",
-                "out_of_range",
-                f"box ({x1:.3f},{y1:.3f})-({x2:.3f},{y2:.3f}) lies outside the image; coordinates must be "
-                "normalised to 0..1",
-                n,
-            )
-            continue
-        if min(x1, y1) < 0 or max(x2, y2) > 1:
-            issue("warning", "clipped", "box slightly outside the image: clipped", n)
-            x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, 1.0), min(y2, 1.0)
-            if x2 <= x1 or y2 <= y1:
-                issue("error", "degenerate_box", "box has no area after clipping", n)
-                continue
+        x1, y1, x2, y2 = box
         row = (cls, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1)
         key = tuple(round(v, 5) for v in row)
         if key in seen:

@@ -6,7 +6,7 @@ import numpy as np
 
 from datasets.checks import CheckReport, check_box_sizes, find_duplicates, scan_samples
 from datasets.dedup import group_pairs, hamming, near_duplicate_pairs, phash, phash_pair
-from datasets.samples import Sample
+from datasets.samples import Issue, Sample
 from datasets.sources import SourceSpec, load_source
 
 
@@ -95,3 +95,14 @@ def test_boxes_too_small_in_pixels_are_dropped():
     s.width, s.height = 640, 480
     issues = check_box_sizes([s])
     assert len(s.boxes) == 1 and issues[0].kind == "degenerate_box" and "0.6x240.0 px" in issues[0].message
+
+
+def test_the_image_count_says_how_many_unreadable_images_were_left_out():
+    kept = [Sample("x", Path(f"{i}.jpg"), "train") for i in range(3)]
+    kept[0].readable = False  # `data check` keeps an unreadable image in its list
+    corrupt = [Issue("error", "corrupt_image", f"{i}.jpg", "unreadable image: truncated") for i in (0, 7, 8)]
+    text = CheckReport("t", kept, corrupt).to_text()
+    assert "images: 3 (1 unreadable; 2 unreadable, not imported)" in text
+    text = CheckReport("t", kept[1:], corrupt[1:]).to_text()  # a build drops them before the report
+    assert "images: 2 (2 unreadable, not imported)" in text
+    assert "images: 2 (0 unreadable)" in CheckReport("t", kept[1:]).to_text()

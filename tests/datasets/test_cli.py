@@ -84,6 +84,69 @@ def test_synth_preview_on_the_bundled_photos(tmp_path: Path, capsys):
     assert code == 0 and "3 synthetic images" in text and (tmp_path / "s" / "synth-ads.jpg").is_file()
 
 
+def test_synth_rerun_replaces_the_first_run_and_names_a_bad_photo(tmp_path: Path, capsys):
+    photos = REPO / "pipeline" / "samples" / "photos"
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    out = tmp_path / "s"
+    code, _, err = run(
+        ["data", "synth-ads", str(photos / "garbage-bins-roadside.jpg"), str(broken), "--n", "2", "--out", str(out)],
+        capsys,
+    )
+    assert code == 0 and f"warning: {broken}: unreadable image" in err
+    first = {p.name for p in (out / "images" / "train").iterdir()}
+    assert len(first) == 2 and all("garbage-bins-roadside" in n for n in first)
+    code, text, _ = run(
+        ["data", "synth-ads", str(photos / "facade-shop-signs.jpg"), "--n", "1", "--out", str(out)], capsys
+    )
+    assert code == 0 and "1 synthetic images" in text
+    images = [p.name for p in (out / "images" / "train").iterdir()]
+    labels = [p.name for p in (out / "labels" / "train").iterdir()]
+    assert len(images) == len(labels) == 1 and "facade-shop-signs" in images[0]  # nothing left of the first run
+    assert [p.name for p in (out / "work" / "synth-ads" / "images").iterdir()] == [images[0].split("__", 1)[1]]
+    for n in ("0", "-3"):
+        code, _, err = run(["data", "synth-ads", str(broken), "--n", n, "--out", str(tmp_path / "t")], capsys)
+        assert code == 2 and f"--n must be at least 1 (the number of images to make), not {n}" in err
+    code, _, err = run(["data", "synth-ads", str(broken), "--out", str(tmp_path / "t")], capsys)
+    assert code == 2 and "no readable background photos among the 1 given" in err and not (tmp_path / "t").exists()
+
+
+def test_a_mapping_that_fits_none_of_the_classes_is_an_error(garbage_like: Path, tmp_path: Path, capsys):
+    code, _, err = run(
+        ["data", "check", str(garbage_like), "--map", "facades", "--report", str(tmp_path / "r"), "--strict"], capsys
+    )
+    assert code == 2 and "no class of the source is mapped onto a product class by mapping 'facades'" in err
+    assert "garbage, garbage_bin, overflow" in err and "win_ad" in err
+    out = tmp_path / "ds"
+    code, _, err = run(["data", "import", str(garbage_like), "--map", "facades", "--out", str(out)], capsys)
+    assert code == 2 and "no class of the source is mapped" in err and not (out / "data.yaml").exists()
+
+
+def test_import_counts_the_unreadable_images_it_leaves_out(garbage_like: Path, tmp_path: Path, capsys):
+    for k in range(2):
+        (garbage_like / "train" / "images" / f"broken{k}.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    code, text, _ = run(
+        ["data", "import", str(garbage_like), "--map", "garbage", "--out", str(tmp_path / "ds"), "--no-sheets"], capsys
+    )
+    assert code == 0 and "images: 9 (2 unreadable, not imported)" in text and text.count("corrupt_image") >= 1
+
+
+def test_pack_options_are_checked(garbage_like: Path, tmp_path: Path, capsys):
+    out = tmp_path / "ds"
+    run(["data", "import", str(garbage_like), "--map", "garbage", "--out", str(out), "--no-sheets"], capsys)
+    for option, value, needle in (
+        ("--max-side", "0", "--max-side must be at least 32 px, not 0"),
+        ("--quality", "200", "--quality must be 1..100"),
+        ("--budget-mb", "-5", "--budget-mb must be a positive number of MB (0: no budget), not -5.0"),
+    ):
+        code, _, err = run(["data", "pack", str(out), "--out", str(tmp_path / "p"), option, value], capsys)
+        assert code == 2 and needle in err and not (tmp_path / "p").exists()
+    code, _, err = run(["data", "pack", str(out), "--out", str(tmp_path / "p"), "--budget-mb", "0.001"], capsys)
+    assert code == 2 and "cannot fit" in err and not (tmp_path / "p").exists()
+    code, text, _ = run(["data", "pack", str(out), "--out", str(tmp_path / "p"), "--budget-mb", "0"], capsys)
+    assert code == 0 and "packed train 6, val 3 images" in text  # 0: no budget
+
+
 def test_shared_sources_import_with_their_mappings():
     """The real sources load with the shipped mappings and the counts their README gives."""
     from datasets.recipe import load_recipe

@@ -99,3 +99,33 @@ def test_a_run_on_a_packed_copy_names_the_source_manifest(dataset: Path, tmp_pat
     assert not fill_manifest(run)  # already named: left alone
     (run / RUN_NAME).write_text(json.dumps({"data": {"yaml": str(tmp_path / "gone.yaml"), "manifest": None}}))
     assert not fill_manifest(run)
+
+
+def test_a_failed_pack_leaves_nothing_behind_and_a_retry_works(dataset: Path, tmp_path: Path):
+    out = tmp_path / "pk"
+    with pytest.raises(ValueError, match="cannot fit"):
+        pack(dataset, out, budget_mb=0.01, workers=1)
+    assert list(tmp_path.iterdir()) == []  # neither OUT nor a partial copy beside it
+    result = pack(dataset, out, budget_mb=None, max_side=128, workers=1)
+    assert result.out == out and (out / "pack.json").is_file() and result.bytes_total == size_of(out)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(ValueError, match="cannot fit"):  # over an earlier pack: that pack stays as it was
+        pack(dataset, out, budget_mb=0.01, workers=1)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["pk"]
+
+
+@pytest.mark.parametrize(
+    "options, needle",
+    [
+        ({"max_side": 0}, "--max-side must be at least 32"),
+        ({"quality": 200}, "--quality must be 1..100"),
+        ({"quality": 0}, "--quality must be 1..100"),
+        ({"budget_mb": -5}, "--budget-mb must be a positive number"),
+        ({"budget_mb": float("nan")}, "--budget-mb must be a positive number"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_is_written(dataset: Path, tmp_path: Path, options, needle):
+    with pytest.raises(ValueError, match=needle):
+        pack(dataset, tmp_path / "pk", workers=1, **options)
+    assert list(tmp_path.iterdir()) == []

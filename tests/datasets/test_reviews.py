@@ -337,3 +337,76 @@ def test_after_an_export_the_next_one_takes_exactly_the_reviews_made_since(filed
     with pytest.raises(SystemExit):
         main([*args, "--after", str(tmp_path), "--out", str(tmp_path / "fourth")])
     assert "not an export-reviews folder" in capsys.readouterr().err
+
+
+def small_export(root: Path, stems: tuple[str, ...] = ("case-1_aaaa1111",), size: tuple[int, int] = (640, 480)) -> Path:
+    """An export-reviews folder as the export writes it (images, empty labels, export.json), without a store."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for stem in stems:
+        cv2.imwrite(str(root / "images" / f"{stem}.jpg"), np.full((size[1], size[0], 3), 90, np.uint8))
+        (root / "labels" / f"{stem}.txt").write_text("")
+    items = [{"stem": s, "image": f"images/{s}.jpg", "width": size[0], "height": size[1]} for s in stems]
+    (root / "export.json").write_text(json.dumps({"items": items, "corrections": []}))
+    return root
+
+
+def coco_file(path: Path, annotations: list[dict], image: dict | None = None) -> Path:
+    image = image or {"id": 1, "file_name": "images/case-1_aaaa1111.jpg", "width": 640, "height": 480}
+    body = {"images": [image], "categories": [{"id": 1, "name": "litter"}], "annotations": annotations}
+    path.write_text(json.dumps(body))
+    return path
+
+
+def test_coco_boxes_are_checked_like_yolo_lines(tmp_path: Path, capsys):
+    export = small_export(tmp_path / "field")
+    ann = [
+        {"id": 11, "image_id": 1, "category_id": 1, "bbox": [600, 400, 200, 200]},  # partly outside: clipped
+        {"id": 12, "image_id": 1, "category_id": 1, "segmentation": [[10, 20, 110, 20, 110, 70, 10, 70]]},
+    ]
+    assert main(["data", "import", str(coco_file(tmp_path / "ok.json", ann)), "--into", str(export)]) == 0
+    printed = capsys.readouterr().out
+    assert "ok.json: warning: annotation 11" in printed and "clipped" in printed
+    assert "annotation 12" in printed and "segmentation polygon" in printed
+    classes, boxes = read_export_labels(export, "case-1_aaaa1111")
+    assert classes.tolist() == [CLASS_IDS["litter"]] * 2
+    assert boxes[0] == pytest.approx([600, 400, 640, 480], abs=0.5)  # inside the image, never beyond
+    assert boxes[1] == pytest.approx([10, 20, 110, 70], abs=0.5)
+    correction = json.loads((export / "export.json").read_text())["corrections"][0]
+    assert len(correction["warnings"]) == 2
+
+    refused = {
+        "wholly outside": ([{"id": 21, "image_id": 1, "category_id": 1, "bbox": [700, 500, 20, 20]}], "outside"),
+        "no area": ([{"id": 22, "image_id": 1, "category_id": 1, "bbox": [10, 10, 0, 20]}], "no area"),
+        "not a number": ([{"id": 23, "image_id": 1, "category_id": 1, "bbox": [10, "x", 20, 20]}], "not a number"),
+        "no box": ([{"id": 24, "image_id": 1, "category_id": 1}], "has no bbox and no segmentation"),
+        "RLE only": (
+            [{"id": 25, "image_id": 1, "category_id": 1, "segmentation": {"counts": "a1", "size": [480, 640]}}],
+            "not a polygon",
+        ),
+    }
+    before = (export / "labels" / "case-1_aaaa1111.txt").read_text()
+    bad = coco_file(tmp_path / "outside.json", refused["wholly outside"][0])
+    with pytest.raises(SystemExit) as exit_info:  # the command: exit 2 with the file and annotation named
+        main(["data", "import", str(bad), "--into", str(export)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("streetwatch: error: ")
+    assert f"{bad}: annotation 21" in err and "outside the image" in err
+    for k, (anns, needle) in enumerate(refused.values()):
+        bad = coco_file(tmp_path / f"bad{k}.json", anns)
+        with pytest.raises(ExportError, match=rf"bad{k}\.json: annotation {anns[0]['id']} .*{needle}"):
+            import_annotations(bad, export)
+    assert (export / "labels" / "case-1_aaaa1111.txt").read_text() == before  # refused imports change nothing
+
+
+def test_coco_image_without_size_is_measured_from_its_file(tmp_path: Path):
+    export = small_export(tmp_path / "field", size=(320, 200))
+    ann = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [32, 20, 64, 40]}]
+    # Label Studio's upload prefix: the file is found in the export's images/ under its own name
+    unsized = {"id": 1, "file_name": "/data/upload/3/1a2b3c4d-case-1_aaaa1111.jpg"}
+    import_annotations(coco_file(tmp_path / "a.json", ann, unsized), export)
+    _, boxes = read_export_labels(export, "case-1_aaaa1111")
+    assert boxes[0] == pytest.approx([32, 20, 96, 60], abs=0.5)
+    nowhere = {"id": 5, "file_name": "elsewhere/zzz.jpg"}
+    with pytest.raises(ExportError, match=r"b\.json: image 5 \(elsewhere/zzz\.jpg\) gives no width/height"):
+        import_annotations(coco_file(tmp_path / "b.json", ann, nowhere), export)

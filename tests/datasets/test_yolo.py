@@ -1,10 +1,18 @@
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from datasets.yolo import format_label_lines, label_path_for, parse_label_lines, read_data_yaml, read_label_file
+from datasets.yolo import (
+    check_box,
+    format_label_lines,
+    label_path_for,
+    parse_label_lines,
+    read_data_yaml,
+    read_label_file,
+)
 
 
 def kinds(issues):
@@ -95,3 +103,21 @@ def test_bad_data_yaml_errors_name_the_file(tmp_path: Path):
     f.write_text("names: 3\ntrain: .\n")
     with pytest.raises(ValueError, match=r"data.yaml: 'names'"):
         read_data_yaml(f)
+
+
+def test_check_box_clips_any_overlap_when_pixel_boxes_allow_it():
+    found: list[tuple[str, str]] = []
+
+    def report(severity: str, kind: str, msg: str) -> None:
+        found.append((severity, kind))
+
+    assert check_box(0.9, 0.9, 1.3, 1.2, report) is None  # YOLO tolerance: not normalised, dropped
+    assert check_box(0.9, 0.9, 1.3, 1.2, report, tolerance=math.inf) == (0.9, 0.9, 1.0, 1.0)
+    assert check_box(1.1, 0.2, 1.3, 0.4, report, tolerance=math.inf) is None  # wholly outside
+    assert check_box(0.2, 0.2, 0.2, 0.4, report, tolerance=math.inf) is None
+    assert found == [
+        ("error", "out_of_range"),
+        ("warning", "clipped"),
+        ("error", "out_of_range"),
+        ("error", "degenerate_box"),
+    ]
