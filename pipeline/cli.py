@@ -25,10 +25,10 @@ class CLIError(Exception):
     """A user-facing error: printed as ``streetwatch: error: ...`` with exit status 2."""
 
 
-def invalid_settings(exc: ValidationError) -> str:
-    """Settings built from command-line options that pydantic refused (``--conf 2``, ``--workers 0``), in one
-    line: each field with its reason."""
-    return "invalid option: " + "; ".join(
+def invalid_settings(exc: ValidationError, what: str = "option") -> str:
+    """Settings that pydantic refused (``--conf 2``, ``--workers 0``, a config file's field), in one line: each
+    field with its reason."""
+    return f"invalid {what}: " + "; ".join(
         f"{'.'.join(str(part) for part in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors(include_url=False)
     )
 

@@ -9,7 +9,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.cli import CLIError
+from pipeline.cli import CLIError, invalid_settings
 
 
 def service_config(args: argparse.Namespace):  # -> ServiceConfig
@@ -31,7 +31,10 @@ def service_config(args: argparse.Namespace):  # -> ServiceConfig
         if getattr(args, "webhook", None):
             config.webhook = config.webhook.model_validate({**config.webhook.model_dump(), "url": args.webhook})
         return config
-    except (OSError, ValueError, ValidationError) as exc:
+    except ValidationError as exc:  # a field of the file (named) or an option
+        where = f"{args.config}: " if getattr(args, "config", None) else ""
+        raise CLIError(where + invalid_settings(exc, "service configuration")) from None
+    except (OSError, ValueError) as exc:
         raise CLIError(f"invalid service configuration: {exc}") from None
 
 

@@ -151,7 +151,12 @@ class ServiceConfig(BaseModel):
         """Config from a YAML file (optional) with keyword overrides on top (None values ignored)."""
         data: dict = {}
         if path is not None:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            try:
+                data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            except FileNotFoundError:
+                raise ValueError(f"{path}: no such configuration file") from None
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
             if not isinstance(data, dict):
                 raise ValueError(f"{path}: expected a mapping of settings")
         data.update({k: v for k, v in overrides.items() if v is not None})

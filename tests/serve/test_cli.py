@@ -47,10 +47,18 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["keys", "revoke", "7", "--data-dir", str(tmp_path)])
     assert "no key 7" in capsys.readouterr().err
-    (tmp_path / "bad.yaml").write_text("port: -4\n")
+    for content, reason in [
+        ("port: -4\n", "bad.yaml: invalid service configuration: port: Input should be greater than or equal to 0"),
+        ("webhok: http://x\n", "bad.yaml: invalid service configuration: webhok: Extra inputs are not permitted"),
+        ("limits: [\n", "bad.yaml: invalid YAML: while parsing"),
+    ]:
+        (tmp_path / "bad.yaml").write_text(content)
+        with pytest.raises(SystemExit):
+            main(["serve", "--config", str(tmp_path / "bad.yaml"), "--data-dir", str(tmp_path)])
+        assert reason in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["serve", "--config", str(tmp_path / "bad.yaml"), "--data-dir", str(tmp_path)])
-    assert "invalid service configuration" in capsys.readouterr().err
+        main(["serve", "--config", str(tmp_path / "none.yaml"), "--data-dir", str(tmp_path)])
+    assert "none.yaml: no such configuration file" in capsys.readouterr().err
 
 
 @pytest.mark.slow
