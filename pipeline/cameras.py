@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -66,6 +67,20 @@ class ScheduleWindow(BaseModel):
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
         default_factory=lambda: list(WEEKDAYS), description="Days on which the window starts (default: every day)"
     )
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _clock_time(cls, value: object) -> object:
+        """Only "HH:MM[:SS]" text: YAML reads an unquoted 7:00 as the number 420 (seconds), which pydantic would
+        take for 00:07; and a window is in the camera's local time, so it carries no UTC offset of its own."""
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            hours, minutes = divmod(int(value), 60)  # YAML's base 60: 7:00 -> 420
+            raise ValueError(
+                f'write times in quotes, "{hours:02d}:{minutes:02d}": YAML reads {hours}:{minutes:02d} as {value}'
+            )
+        if isinstance(value, str) and re.search(r"(Z|[+-]\d\d:?\d\d)$", value.strip()):
+            raise ValueError(f"{value!r}: a local time without a UTC offset (the camera's timezone applies)")
+        return value
 
     @model_validator(mode="after")
     def _not_empty(self) -> ScheduleWindow:

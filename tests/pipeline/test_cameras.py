@@ -89,6 +89,14 @@ def test_the_demo_config_is_valid_and_attributes_the_video():
             ('end: "22:00"', 'end: "07:00"'),
             "cams.yaml:12: camera 'gate-2': zones[0].schedule[0]: start and end are equal",
         ),
+        (  # unquoted, YAML reads 7:00 as the number 420: not 00:07
+            ('start: "07:00"', "start: 7:00"),
+            "cams.yaml:12: camera 'gate-2': zones[0].schedule[0].start: write times in quotes, \"07:00\"",
+        ),
+        (
+            ('start: "07:00"', 'start: "07:00+08:00"'),
+            "cams.yaml:12: camera 'gate-2': zones[0].schedule[0].start: '07:00+08:00': a local time without",
+        ),
         (("    url: rtsp://127.0.0.1:8554/cam\n", ""), "cams.yaml:3: camera 'gate-2': url: required field is missing"),
         (
             ("rtsp://127.0.0.1:8554/cam", "ftp://x/cam"),
