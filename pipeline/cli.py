@@ -10,8 +10,12 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -23,6 +27,19 @@ COMMAND_MODULES = ("pipeline.cli", "models.cli", "datasets.cli", "training.cli",
 
 class CLIError(Exception):
     """A user-facing error: printed as ``streetwatch: error: ...`` with exit status 2."""
+
+
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """A stopped job (SIGTERM: systemd, docker stop, kill) stops as Ctrl-C stops it, cleanly (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def invalid_settings(exc: ValidationError, what: str = "option") -> str:
@@ -163,9 +180,6 @@ def resolve_inputs(paths: list[str]) -> list[Path]:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Audit patrol photos: per-photo JSON, CSV, GeoJSON, an HTML report and (optionally) cases."""
-    import signal
-    import threading
-
     from pipeline.audit import Audit, AuditConfig, AuditError
     from pipeline.detect import TileConfig
 
@@ -202,14 +216,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         if sink is not None:
             sink.close()
         raise CLIError(str(exc)) from None
-    main_thread = threading.current_thread() is threading.main_thread()
-    if main_thread:  # a stopped job (SIGTERM) stops like Ctrl-C: photos in hand finished, report written
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        result = audit.run(files)
+        with sigterm_as_ctrl_c():  # photos in hand finished, report written
+            result = audit.run(files)
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
         audit.close()
         if sink is not None:
             sink.close()
@@ -335,8 +345,10 @@ def format_status(status) -> str:
     line += f"  lag {status.lag_s:.2f}s" if status.lag_s is not None else "  lag -"
     line += f"  reconnects {status.reconnects}  open {status.open_violations}"
     if status.state == "failed":
-        retry = f"retry in {status.retry_in_s:.0f}s" if status.retry_in_s is not None else "retrying"
+        retry = f"retry in {status.retry_in_s:.0f}s" if status.retry_in_s is not None else "not retried"
         line += f"  {retry}: {status.error}"
+    elif status.error and status.state in ("live", "stalled", "ended", "stopped"):
+        line += f"  last error: {status.error}"
     return line
 
 
@@ -440,7 +452,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        proc.run(duration=args.duration, on_tick=tick, tick_s=1.0)
+        with sigterm_as_ctrl_c():  # the frame in hand finished, open violations flushed
+            proc.run(duration=args.duration, on_tick=tick, tick_s=1.0)
     except KeyboardInterrupt:
         proc.stop()
     finally:

@@ -9,10 +9,11 @@ frame not taken before the next one arrives is dropped, so a slow detector never
 A stream that fails, stalls (no data for ``stall_timeout_s``) or never answers is retried with
 exponential backoff (``backoff.initial_s`` doubling up to ``backoff.max_s``, reset once frames flow
 again); each camera has its own thread, so the others carry on. Video files are played at real time
-(times ``speed``) so they behave like a camera, and can ``loop``.
+(times ``speed``) so they behave like a camera, and can ``loop``; a file that cannot be decoded is not
+retried (it would fail the same way every time).
 
 States: ``connecting`` -> ``live`` -> (``stalled`` | ``failed``) -> ``connecting`` ...; a file that is
-not looped ends in ``ended``.
+not looped ends in ``ended`` (also when it is cut short), one that gives no frame in ``failed``.
 """
 
 from __future__ import annotations
@@ -139,6 +140,13 @@ class CameraReader:
             except Exception as exc:  # FFmpeg/network errors of any kind: retry; the other cameras carry on
                 if self._stop.is_set():
                     break
+                if not cfg.is_stream and (self.frames_decoded == got or not cfg.loop):
+                    # a file reads the same every time: one that gives no frame never will, and one cut
+                    # short has been played as far as it goes
+                    self.error = f"{type(exc).__name__}: {exc}"
+                    self.state = "failed" if self.frames_decoded == got else "ended"
+                    log.warning("camera %s: %s; not retried (a file)", cfg.id, self.error)
+                    return
                 if self.frames_decoded > got:
                     failures = 0  # it was live: start the backoff from the beginning
                 delay = min(cfg.backoff.max_s, cfg.backoff.initial_s * 2**failures) * random.uniform(0.9, 1.1)
@@ -146,6 +154,8 @@ class CameraReader:
                 quiet = time.monotonic() - (self.last_data_mono or started)
                 self.state = "stalled" if self.frames_decoded > got and quiet >= cfg.stall_timeout_s else "failed"
                 self.error = f"{type(exc).__name__}: {exc}"
+                if quiet >= cfg.stall_timeout_s:  # FFmpeg's own words for its timeout: "Immediate exit requested"
+                    self.error = f"no data for {quiet:.0f} s ({self.error})"
                 self.retry_at = time.monotonic() + delay
                 log.warning("camera %s: %s; retrying in %.1f s", cfg.id, self.error, delay)
                 self._stop.wait(delay)

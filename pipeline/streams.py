@@ -69,7 +69,7 @@ class CameraStatus(BaseModel):
     frames_dropped: int = Field(description="Sampled frames replaced by a newer one before processing")
     reconnects: int = Field(description="Connection attempts after the first")
     lag_s: float | None = Field(description="Seconds between a frame being live and its processing finishing (last)")
-    error: str | None = Field(description="Last connection or decoding error")
+    error: str | None = Field(description="Last connection, decoding or processing error")
     retry_in_s: float | None = Field(description="Seconds until the next connection attempt while failed")
     open_violations: int = Field(description="Violations currently open on this camera")
 
@@ -249,7 +249,7 @@ class StreamProcessor:
                     frames_dropped=reader.frames_dropped,
                     reconnects=reader.reconnects,
                     lag_s=None if worker.lag_s is None else round(worker.lag_s, 3),
-                    error=reader.error,
+                    error=reader.error if reader.state == "failed" else (worker.error or reader.error),
                     retry_in_s=round(reader.retry_at - now, 1)
                     if reader.retry_at and reader.state == "failed"
                     else None,

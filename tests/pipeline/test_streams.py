@@ -258,6 +258,40 @@ def test_keyframe_only_decoding_and_newest_frame_slot(still_clip):
     assert full / full_t > 4 and key / key_t < 1.5, counts
 
 
+def test_a_file_that_cannot_be_decoded_fails_once_and_the_watch_ends(tmp_path, still_clip):
+    """A file reads the same every time: it is not retried for ever, and `watch` ends with the reason."""
+    (tmp_path / "notes.mp4").write_text("not a video")
+    (tmp_path / "cut.mp4").write_bytes(still_clip.read_bytes()[:600])  # the header and no frame
+    (tmp_path / "cams.yaml").write_text(
+        "cameras:\n  - {id: notes, url: notes.mp4, loop: true}\n  - {id: cut, url: cut.mp4}\n"
+    )
+    cmd = [sys.executable, "-m", "pipeline.cli", "watch", str(tmp_path / "cams.yaml")]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "no camera delivered any frame" in run.stderr, run.stderr[-2000:]
+    final = [line for line in run.stderr.splitlines() if line.startswith(("notes ", "cut "))][-2:]
+    assert len(final) == 2 and all(" failed " in line and "not retried" in line for line in final), final
+    assert "reconnects 0" in final[0] and "reconnects 0" in final[1]
+
+
+def test_sigterm_stops_watch_like_ctrl_c(tmp_path):
+    """systemd, docker stop: open violations get their last update, the summary is printed, exit 0."""
+    out = tmp_path / "v.jsonl"
+    cmd = [sys.executable, "-m", "pipeline.cli", "watch", "--demo", "--speed", "2", "--sink", str(out)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: out.exists() and '"open"' in out.read_text(), 90, "a violation")
+        time.sleep(3)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "violation(s):" in err, err[-2000:]
+    records = read_jsonl(out)
+    opened = {r["key"] for r in records if r["extra"]["event"] == "open"}
+    flushed = [r for r in records if r["key"] in opened and r["extra"]["event"] == "update"]
+    assert opened and flushed  # the stop was flushed, not cut off
+
+
 @pytest.mark.slow
 def test_watch_demo_end_to_end(tmp_path):
     out = tmp_path / "demo.jsonl"
