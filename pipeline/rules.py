@@ -18,14 +18,18 @@ Rules, each with per-zone thresholds (:mod:`pipeline.cameras`):
 
 A dwell is one stay that was seen. A gap in the object's detections (missed detections, a passing bus)
 is bridged only when it is no longer than the time the object had been seen in its stay so far, and at
-most ``BRIDGE_S``; after a longer gap the stay starts again. So an object seen at least half the time
-keeps its dwell, while cars glimpsed now and then at the same spot (a lane cars leave by, a looping
-clip) never add up to one car that "stood" there all along. A pause in the samples longer than both
-``BRIDGE_S`` and three sample intervals (a camera outage) is such a gap for every object.
+most ``BRIDGE_S`` (or one step between samples, when the camera's samples come further apart: keyframes
+12 s apart); after a longer gap the stay starts again. So an object seen at least half the time keeps
+its dwell, while cars glimpsed now and then at the same spot (a lane cars leave by, a looping clip) never
+add up to one car that "stood" there all along. A pause in the samples longer than both ``BRIDGE_S``
+and three steps (a camera outage) is such a gap for every object. The step is the camera's sample
+interval, or the usual (median) time between its recent samples when that is longer.
 
 Zone schedules gate the rules: time only counts while a zone's schedule is on. An object's violation
 opens once (event ``open``), is updated when clearly better evidence is seen or every ``update_s``
-seconds (``update``), and ends when the object has been unseen for the zone's ``gone_s`` (``ended``).
+seconds (``update``), and ends when the object has been unseen for the zone's ``gone_s``, or when the
+zone's schedule ends (``ended``: parking there is allowed from then on; if the object is still there when
+the schedule starts again, that is a new violation).
 """
 
 from __future__ import annotations
@@ -129,8 +133,10 @@ class RuleEngine:
         sample_interval_s: float = 0.0,
     ):
         self.camera_id = camera_id
-        # no sample for this long (a camera outage, a stalled stream): nothing was seen meanwhile
-        self.outage_s = max(BRIDGE_S, 3 * sample_interval_s)
+        self.sample_interval_s = sample_interval_s
+        self._steps: deque[float] = deque(maxlen=15)  # recent times between samples
+        self._bridge_s = BRIDGE_S  # the longest gap in an object's detections its stay bridges
+        self._outage_s = BRIDGE_S  # no sample for longer (a camera outage): nothing was seen meanwhile
         self.zones = [z for z in zones if z.kind != "mask"]
         self.update_s = update_s
         self.reassociate_iou = reassociate_iou
@@ -167,6 +173,9 @@ class RuleEngine:
     # ------------------------------------------------------------------------------------ per sample
     def update(self, ts: float, dets: Detections, frame_wh: tuple[int, int]) -> list[RuleEvent]:
         """One sample: tracked detections (``tracker_id`` set) of a frame of (width, height) at ``ts`` seconds."""
+        recent = self._steps or ([ts - self._last_ts] if self._last_ts is not None else [0.0])  # first: its pace
+        step = max(self.sample_interval_s, float(np.median(recent)))
+        self._bridge_s, self._outage_s = max(BRIDGE_S, step), max(BRIDGE_S, 3 * step)
         for obj in self.objects.values():
             obj.seen_now = False
         relevant = np.array([int(c) in self._zones_of for c in dets.class_id], bool)
@@ -184,6 +193,8 @@ class RuleEngine:
             self._associate(unmatched, dets, ts, frame_wh)
         for obj in self.objects.values():
             obj.history.append(obj.seen_now)
+        if self._last_ts is not None:
+            self._steps.append(ts - self._last_ts)
         self._last_ts = ts
         return self._judge(ts)
 
@@ -237,8 +248,8 @@ class RuleEngine:
         self, obj: WatchedObject, dets: Detections, i: int, ts: float, frame_wh: tuple[int, int], new: bool = False
     ) -> None:
         box = dets.xyxy[i]
-        previous = ts if self._last_ts is None or ts - self._last_ts > self.outage_s else self._last_ts
-        if not new and previous - obj.last_seen > min(BRIDGE_S, obj.seen_s):  # unseen longer than seen: a new stay
+        previous = ts if self._last_ts is None or ts - self._last_ts > self._outage_s else self._last_ts
+        if not new and previous - obj.last_seen > min(self._bridge_s, obj.seen_s):  # unseen longer than seen: anew
             obj.dwell_since, obj.seen_s = ts, 0.0
         obj.seen_s += ts - previous
         obj.box, obj.score, obj.last_seen, obj.seen_now = box, float(dets.confidence[i]), ts, True
@@ -286,6 +297,11 @@ class RuleEngine:
             if not obj.seen_now and ts - obj.last_seen > self._gone_s(obj):
                 if obj.state == "open":
                     events.append(RuleEvent("ended", obj, self._zone(obj.zone), evidence=False))
+                self._forget(obj)
+                continue
+            zone = self._zone(obj.zone) if obj.state == "open" else None
+            if zone is not None and zone.active_since(ts) is None:  # the schedule ended: allowed from now on
+                events.append(RuleEvent("ended", obj, zone, evidence=False))
                 self._forget(obj)
                 continue
             if not obj.seen_now:

@@ -170,6 +170,44 @@ def test_a_camera_outage_is_unseen_time_not_a_stay():
     assert opened == [40]  # inside the zone after 3 samples (inertia)
 
 
+def test_samples_further_apart_than_configured_are_the_cameras_pace_not_outages():
+    # decode: keyframes with a keyframe every 12 s: the camera asks for a sample a second but gets one per 12 s;
+    # the parked car is missed in one of them (a passing bus) and still opens once, after its 30 s
+    cfg = NoParkingZone(kind="no_parking", name="curb", polygon=BOTTOM_HALF, dwell_s=30, gone_s=60)
+    engine = RuleEngine("cam", build_zones([cfg], ZoneInfo("Asia/Shanghai")), update_s=1e9, sample_interval_s=1.0)
+    events = []
+    for t in range(0, 180, 12):
+        seen = dets() if t == 72 else dets(("car", PARKED, 0.8, 1))
+        events += [(t, e.kind) for e in engine.update(T0 + t, seen, WH)]
+    assert events == [(36, "open")]  # inside after 3 samples (inertia) at 24; 30 s standing by 36
+    # while at a second a sample, the same 12 s pause is an outage: the stay starts again
+    engine = RuleEngine("cam", build_zones([cfg], ZoneInfo("Asia/Shanghai")), update_s=1e9, sample_interval_s=1.0)
+    times = [*range(0, 20), *range(32, 80)]
+    opened = [t for t in times for e in engine.update(T0 + t, dets(("car", PARKED, 0.8, 1)), WH) if e.kind == "open"]
+    assert opened == [62]
+
+
+def test_a_violation_ends_when_its_zone_schedule_does():
+    # parking forbidden 07:00-09:00: a car parked at 08:50 is a violation until 09:00, when parking is allowed
+    cfg = NoParkingZone(
+        kind="no_parking",
+        name="morning",
+        polygon=BOTTOM_HALF,
+        dwell_s=60,
+        schedule=[{"start": "07:00", "end": "09:00"}],
+    )
+    engine = RuleEngine("cam", build_zones([cfg], ZoneInfo("Asia/Shanghai")), update_s=60)
+    start = datetime(2026, 11, 26, 8, 50, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
+    events = []
+    for t in range(0, 1200, 5):
+        events += [
+            (t, e.kind, e.obj.last_seen - start) for e in engine.update(start + t, dets(("car", PARKED, 0.8, 1)), WH)
+        ]
+    kinds = [(t, k) for t, k, _ in events]
+    assert kinds[0] == (60, "open") and kinds[-1] == (600, "ended")
+    assert all(t <= 600 for t, _ in kinds) and events[-1][2] == 600  # nothing after 09:00, when it still stood
+
+
 def test_schedule_gates_the_dwell_across_midnight():
     # parking forbidden 22:00-06:00; the car arrives 21:59:50 and may stand until 22:00
     cfg = NoParkingZone(
