@@ -130,7 +130,7 @@ class ViolationSink(Protocol):
 class JsonlSink:
     """Writes each emitted violation as one JSON line; evidence JPEGs go to files named by their hash.
 
-    The line carries ``evidence_files`` (paths) instead of image bytes. With no path, lines go to stdout.
+    The line carries ``evidence_files`` (absolute paths) instead of image bytes. With no path, lines go to stdout.
     Repeats of a key are written again (a JSON-lines log is an event log; readers keep the last per key).
     """
 
@@ -150,7 +150,7 @@ class JsonlSink:
                 target = self.evidence_dir / f"{image.sha256}.jpg"
                 if not target.exists():
                     atomic_write(target, image.jpeg)
-                files.append({"kind": image.kind, "path": str(target)})
+                files.append({"kind": image.kind, "path": str(target.resolve())})  # whatever the reader's cwd
         record["evidence_files"] = files
         line = json.dumps(record, ensure_ascii=False)
         with self._lock:

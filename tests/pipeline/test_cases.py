@@ -28,8 +28,9 @@ def violation(**kw) -> Violation:
     return Violation(**{**base, **kw})
 
 
-def test_jsonl_sink_writes_lines_and_content_addressed_evidence(tmp_path):
-    sink = JsonlSink(tmp_path / "v.jsonl")
+def test_jsonl_sink_writes_lines_and_content_addressed_evidence(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sink = JsonlSink("v.jsonl")  # a relative target, as `--sink v.jsonl` gives
     assert isinstance(sink, ViolationSink)
     sink.emit(violation())
     sink.emit(violation(state="ended"))
@@ -38,7 +39,8 @@ def test_jsonl_sink_writes_lines_and_content_addressed_evidence(tmp_path):
     assert [x["state"] for x in lines] == ["open", "ended"] and lines[0]["key"] == lines[1]["key"]
     files = lines[0]["evidence_files"]
     assert len(files) == 1 and files[0]["kind"] == "crop"
-    assert Path(files[0]["path"]).read_bytes() == b"\xff\xd8fake"
+    monkeypatch.chdir(tmp_path.parent)  # a reader elsewhere still finds the pictures
+    assert Path(files[0]["path"]).is_absolute() and Path(files[0]["path"]).read_bytes() == b"\xff\xd8fake"
     assert "jpeg" not in json.dumps(lines[0])
 
 
@@ -48,6 +50,7 @@ def test_jsonl_sink_writes_lines_and_content_addressed_evidence(tmp_path):
         ("type", "jaywalking", "unknown violation type"),
         ("detector_class", "dog", "unknown detector class"),
         ("first_seen", datetime(2026, 1, 1), "timezone-aware"),
+        ("first_seen", datetime(1, 1, 1, tzinfo=timezone.utc), "year 1 is out of range"),
         ("score", 1.5, "less than or equal"),
         ("colour", "red", "Extra inputs"),
     ],
