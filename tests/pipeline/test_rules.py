@@ -187,16 +187,17 @@ def test_samples_further_apart_than_configured_are_the_cameras_pace_not_outages(
     assert opened == [62]
 
 
+def scheduled_engine(start: str, end: str, dwell_s: int, update_s: float = 1e9) -> RuleEngine:
+    """Parking forbidden from ``start`` to ``end`` (Shanghai time) on the bottom half of the frame."""
+    cfg = NoParkingZone(
+        kind="no_parking", name="hours", polygon=BOTTOM_HALF, dwell_s=dwell_s, schedule=[{"start": start, "end": end}]
+    )
+    return RuleEngine("cam", build_zones([cfg], ZoneInfo("Asia/Shanghai")), update_s=update_s)
+
+
 def test_a_violation_ends_when_its_zone_schedule_does():
     # parking forbidden 07:00-09:00: a car parked at 08:50 is a violation until 09:00, when parking is allowed
-    cfg = NoParkingZone(
-        kind="no_parking",
-        name="morning",
-        polygon=BOTTOM_HALF,
-        dwell_s=60,
-        schedule=[{"start": "07:00", "end": "09:00"}],
-    )
-    engine = RuleEngine("cam", build_zones([cfg], ZoneInfo("Asia/Shanghai")), update_s=60)
+    engine = scheduled_engine("07:00", "09:00", dwell_s=60, update_s=60)
     start = datetime(2026, 11, 26, 8, 50, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
     events = []
     for t in range(0, 1200, 5):
@@ -210,14 +211,7 @@ def test_a_violation_ends_when_its_zone_schedule_does():
 
 def test_schedule_gates_the_dwell_across_midnight():
     # parking forbidden 22:00-06:00; the car arrives 21:59:50 and may stand until 22:00
-    cfg = NoParkingZone(
-        kind="no_parking",
-        name="night",
-        polygon=BOTTOM_HALF,
-        dwell_s=30,
-        schedule=[{"start": "22:00", "end": "06:00"}],
-    )
-    engine = RuleEngine("cam", build_zones([cfg], ZoneInfo("Asia/Shanghai")), update_s=1e9)
+    engine = scheduled_engine("22:00", "06:00", dwell_s=30)
     start = datetime(2026, 11, 26, 21, 59, 50, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
     opened = []
     for t in range(60):
