@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from models.classes import VIOLATIONS
 from pipeline.annotate import blur_boxes, draw_detections
-from pipeline.cases import GeoPoint, Violation, ViolationSink
+from pipeline.cases import GeoPoint, Violation, ViolationSink, plausible_time
 from pipeline.decode import ImageMetadata, ImageReadError, decode_image, probe_image, read_file, read_metadata, tz_name
 from pipeline.detect import Detector, rect_shape
 from pipeline.detections import Detections
@@ -201,7 +201,15 @@ class Manifest:
     def _fold(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "photo":
+            before = self.by_path.get(event["path"])
             self.by_path[event["path"]] = event
+            gone = before.get("sha256") if before and before.get("sha256") != event.get("sha256") else None
+            if gone and self.by_hash.get(gone) is before:  # that picture left this file: who holds it now?
+                holder = next((e for e in self.by_path.values() if e.get("sha256") == gone and e.get("result")), None)
+                if holder is None:
+                    del self.by_hash[gone]  # nobody: it is audited afresh if it comes back
+                else:
+                    self.by_hash[gone] = holder
             if event.get("status") == "ok" and "alias_of" not in event:
                 self.by_hash[event["sha256"]] = event
         elif kind == "filed":
@@ -577,22 +585,21 @@ class Audit:
     def _record_photo(self, event: dict[str, Any]) -> None:
         """Record what became of a path; the results of the photo it held before (replaced since, or now
         unreadable) are removed, unless another path still shows them, so the folder holds only current ones."""
-        with self._lock:
+        with self._lock:  # held throughout: a copy recorded meanwhile cannot claim what is being removed
             before = self.manifest.by_path.get(event["path"], {}).get("result")
             self.manifest.append(event)
             if not before or before == event.get("result"):
                 return
             if any(e.get("result") == before for e in self.manifest.current()):
                 return
-        stale = self.out / before
-        try:
-            record = json.loads(stale.read_text())
-        except (OSError, ValueError):
-            return
-        extras = [record.get("thumbnail"), record.get("annotated"), *(v.get("crop") for v in record["violations"])]
-        for rel in [*extras, before]:
-            if rel:
-                (self.out / rel).unlink(missing_ok=True)
+            try:
+                record = json.loads((self.out / before).read_text())
+            except (OSError, ValueError):
+                return
+            extras = [record.get("thumbnail"), record.get("annotated"), *(v.get("crop") for v in record["violations"])]
+            for rel in [*extras, before]:
+                if rel:
+                    (self.out / rel).unlink(missing_ok=True)
 
     def _record_error(self, photo: Photo) -> None:
         event = {"event": "photo", **self._stat_fields(photo), "status": "error", "error": photo.error}
@@ -623,6 +630,11 @@ class Audit:
         if taken_at is None:
             taken_at = datetime.fromtimestamp(photo.mtime_ns // 1_000_000_000, self.tz)
             time_source = f"file modified time (no EXIF time), {tz_name(self.tz)}"
+            try:
+                plausible_time(taken_at)
+            except ValueError:  # a file dated 1899 or 3001: no usable time at all
+                taken_at = datetime.now(self.tz)
+                time_source = f"time of the audit (no EXIF time; the file's date is out of range), {tz_name(self.tz)}"
         records = dets.to_records()
         for rec in records:
             rec["violation"] = None
@@ -764,6 +776,8 @@ class Audit:
             if event["sha256"] in self._attempted:  # tried (and retried) in this run already
                 continue
             record = json.loads((self.out / event["result"]).read_text())
+            # the file that holds the picture now: a copy stands in for an original that holds another one
+            record["file"], record["name"] = event["path"], Path(event["path"]).name
             if any(v["key"] not in done for v in record["violations"]):
                 pending.append(record)
         if not pending:

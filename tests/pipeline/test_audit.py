@@ -407,6 +407,17 @@ def test_a_replaced_photo_leaves_only_its_current_results(sample_photos, tmp_pat
     page = parse_report(out / "report.html")  # two pictures: the facade (b.jpg, a.jpg) and the bikes, now copy.jpg
     assert page.text_of("kpi-photos") == "2"
     assert {c["data-file"] for c in page.cards} >= {"copy.jpg"}
+    # b's first picture comes back, whose results were removed: it is audited afresh, not pointed at them
+    shutil.copy(by_name["patrol-posters-scooter"], folder / "b.jpg")
+    assert (
+        main(["audit", str(folder), "--out", str(out), "--parking-anywhere", "--file-cases", str(tmp_path / "c.jsonl")])
+        == 0
+    )
+    page = parse_report(out / "report.html")
+    assert page.text_of("kpi-photos") == "3" and page.text_of("kpi-unreadable") == "0"
+    assert {c["data-file"] for c in page.cards} >= {"copy.jpg", "b.jpg"}
+    filed = {json.loads(line)["source_name"] for line in (tmp_path / "c.jsonl").read_text().splitlines()}
+    assert filed >= {"copy.jpg", "b.jpg"}  # the bikes filed from the copy that holds them
 
 
 def test_two_audits_cannot_write_one_folder_at_once(sample_photos, tmp_path):
