@@ -92,6 +92,10 @@ class ReviewedCase:
         return self.model_class != self.case.detector_class
 
 
+#: Two boxes of one photo overlapping more are one object (the detector's NMS never keeps both).
+SAME_OBJECT_IOU = 0.7
+
+
 @dataclass(frozen=True)
 class CaseFilter:
     """Filters of a case list."""
@@ -323,12 +327,17 @@ class CaseStore:
             )
         else:
             query = query.where(Case.source_id == v.source_id)
-        if v.source == "photo":  # the other objects of one photo are other violations, however close they stand
+        others: set[int] = set()  # cases of other objects in this photo
+        if v.source == "photo":  # another object of the same photo is another violation, however close it stands
             prefix = photo_key_prefix(v.source_id)
-            in_photo = select(Occurrence.case_id).where(Occurrence.key.startswith(prefix, autoescape=True))
-            query = query.where(Case.id.not_in(in_photo))
+            rows = s.execute(
+                select(Occurrence.case_id, Occurrence.box).where(Occurrence.key.startswith(prefix, autoescape=True))
+            )
+            for case_id, box in rows:  # the same object filed again with a box a few pixels off is not another
+                if float(box_iou([box], [v.box])[0, 0]) < SAME_OBJECT_IOU:
+                    others.add(case_id)
         for case in s.scalars(query.order_by(Case.last_seen.desc()).limit(50)):
-            if self._same_place(case, v):
+            if case.id not in others and self._same_place(case, v):
                 return s.get(Case, case.id, with_for_update=True)
         return None
 

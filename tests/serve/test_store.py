@@ -112,18 +112,21 @@ def test_dedup_by_gps_for_patrol_photos(store, violation):
     b = store.ingest(violation(key="p2", source_id="photo-b", location=near, **kw))
     c = store.ingest(violation(key="p3", source_id="photo-c", location=GeoPoint(lat=31.2404, lon=121.4737), **kw))
     assert b.outcome == "merged" and b.case_id == a.case_id and c.created
-    # two objects of one photo are two violations, even side by side at one GPS point; the same car
-    # photographed again from another photo is the first car's case
-    first = violation_key("d" * 64, "illegal_parking", (10, 20, 110, 90))
+    # two objects of one photo are two violations, even side by side at one GPS point (overlapping, as
+    # parked cars seen at an angle do); the first car filed again with a box a few pixels off (another
+    # model version) is its own case, and so is the same car photographed again from another photo
     car = dict(source="photo", type="illegal_parking", detector_class="car", zone=None, location=here)
-    one = store.ingest(violation(key=first, source_id="d" * 64, **car))
-    two = store.ingest(
-        violation(key=violation_key("d" * 64, "illegal_parking", (12, 22, 112, 92)), source_id="d" * 64, **car)
-    )
-    again = store.ingest(
-        violation(key=violation_key("e" * 64, "illegal_parking", (0, 0, 90, 70)), source_id="e" * 64, **car)
-    )
+
+    def photo_car(photo: str, box: tuple[int, int, int, int]):
+        return store.ingest(
+            violation(key=violation_key(photo * 64, "illegal_parking", box), source_id=photo * 64, box=box, **car)
+        )
+
+    one, two = photo_car("d", (10, 20, 110, 90)), photo_car("d", (70, 20, 170, 90))  # IoU 0.25
     assert one.created and two.created and two.case_id != one.case_id
+    refiled = photo_car("d", (12, 22, 112, 92))
+    assert refiled.outcome == "merged" and refiled.case_id == one.case_id
+    again = photo_car("e", (0, 0, 90, 70))
     assert again.outcome == "merged" and again.case_id in (one.case_id, two.case_id)
     # a camera's position is the camera's, not the object's: two places in one view stay two cases
     cam = dict(location=here, source_id="cam9")
