@@ -72,8 +72,8 @@ class HttpSink:
         self._idle = threading.Event()
         self.sent = 0
         self.refused = 0
-        self._mine: dict[str, str] = {}  # spool file name -> key, of what this sink emitted
-        self._refusals: dict[str, str] = {}  # spool file name -> why the service refused it
+        self._mine: dict[str, str] = {}  # spool file name -> key, of what this sink emitted and is not sent yet
+        self._refused: dict[str, str] = {}  # key -> why the service refused it (of what this sink emitted)
         self._trouble = "no answer yet"  # why spooled violations are not sent, for undelivered()
         self._waited_out = False
         self._thread = threading.Thread(target=self._run, name="http-sink", daemon=True)
@@ -108,17 +108,15 @@ class HttpSink:
         violation this sink emitted; the keys it has not accepted, with why. What is still spooled stays
         there and is sent later; a refused one is in ``rejected/``."""
         deadline = time.monotonic() + (self.close_timeout_s if timeout_s is None else timeout_s)
-        waiting = list(self._mine)
-        while waiting:
-            waiting = [n for n in waiting if (self.spool / n).exists()]
+        while True:
+            waiting = {n: k for n, k in list(self._mine.items()) if (self.spool / n).exists()}
             if not waiting or time.monotonic() >= deadline:
                 break
             self._wake.set()
             time.sleep(0.05)
         self._waited_out = bool(waiting)  # close() need not wait for them a second time
-        out = {self._mine[n]: f"not delivered yet ({self._trouble}); it stays spooled in {self.spool}" for n in waiting}
-        out.update({self._mine[n]: reason for n, reason in list(self._refusals.items()) if n in self._mine})
-        return out
+        out = {k: f"not delivered yet ({self._trouble}); it stays spooled in {self.spool}" for k in waiting.values()}
+        return out | dict(self._refused)
 
     def close(self) -> None:
         """Send what is spooled (up to ``close_timeout_s``); anything left is sent by the next sink on this spool."""
@@ -158,6 +156,7 @@ class HttpSink:
         try:
             body = path.read_bytes()
         except FileNotFoundError:  # another sender on this spool took it
+            self._mine.pop(path.name, None)
             return "done"
         try:
             response = self._client.post(self.url, content=body, headers={"Content-Type": "application/json"})
@@ -167,15 +166,18 @@ class HttpSink:
             return "retry"
         if response.status_code < 300:
             path.unlink(missing_ok=True)
+            self._mine.pop(path.name, None)  # kept only while unsent: a worker runs for weeks
             self.sent += 1
             return "done"
         if response.status_code in PERMANENT:
             self.rejected.mkdir(exist_ok=True)
             reason = response.text[:2000]
             (self.rejected / f"{path.stem}.reason.txt").write_text(f"HTTP {response.status_code}: {reason}\n")
+            key = self._mine.pop(path.name, None)
+            if key is not None:  # recorded before the file leaves the spool: undelivered() never misses it
+                self._refused[key] = f"refused by the service, HTTP {response.status_code}: {reason[:300]}"
             with contextlib.suppress(FileNotFoundError):
                 path.replace(self.rejected / path.name)
-            self._refusals[path.name] = f"refused by the service, HTTP {response.status_code}: {reason[:300]}"
             self.refused += 1
             log.error(
                 "service refused %s (HTTP %d): %s — kept in %s", path.name, response.status_code, reason, self.rejected

@@ -67,9 +67,15 @@ def test_http_sink_spools_while_the_service_is_down_then_delivers(tmp_path, monk
     sink.emit(make_violation(key="bad-evidence", evidence=[png]))
     sink.emit(good[0].model_copy(update={"state": "ended", "evidence": [EvidenceImage(kind="crop", jpeg=jpeg(7))]}))
     assert not sink.flush(timeout_s=1.0) and sink.pending() == 6  # nothing lost while down
+    down = sink.undelivered(timeout_s=0.5)  # what an audit asks before it calls anything filed
+    assert set(down) == {"down-0", "down-1", "down-2", "down-3", "bad-evidence"}
+    assert "service unreachable" in down["down-1"]
     service.start()
     try:
         assert sink.flush(timeout_s=30)
+        after = sink.undelivered(timeout_s=5)  # accepted: nothing left; refused: said so, with the reason
+        assert list(after) == ["bad-evidence"] and "HTTP 415" in after["bad-evidence"]
+        assert sink._mine == {}  # nothing kept of what was sent (a worker runs for weeks)
         sink.close()
         assert sink.sent == 5 and sink.refused == 1
         rejected = list((spool / "rejected").glob("*.json"))
