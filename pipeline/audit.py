@@ -135,16 +135,17 @@ def resolve_timezone(name: str | None) -> tzinfo:
 
 
 def target_label(target: str) -> str:
-    """A sink target as recorded in the manifest and shown in the report: a URL's password and API key
-    (``?key=``) are never written down."""
+    """A sink target as recorded in the manifest (what was filed where) and shown in the report: a URL's
+    password and API key (``?key=``) are never written down, and a service URL's delivery options
+    (``spool=``, ``wait=``) are left out, since changing them does not change where cases go."""
     parts = urlsplit(target)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    if not parts.password and not any(k == "key" for k, _ in query):
+    if not parts.password and not query:
         return target  # as given (urlunsplit would turn sqlite:///x into sqlite:/x)
     if parts.password:
         host = parts.hostname or ""
         parts = parts._replace(netloc=f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else ""))
-    query = [(k, "***" if k == "key" else v) for k, v in query]
+    query = [(k, "***" if k == "key" else v) for k, v in query if k not in ("spool", "wait")]
     return urlunsplit(parts._replace(query=urlencode(query, safe="*/")))
 
 

@@ -511,8 +511,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as other commands do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
-        return 141
+        try:  # was it stdout that went away? (a failed write leaves nothing to flush: write one more byte)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
+            return 141
+        raise  # another pipe or socket: a real error
 
 
 if __name__ == "__main__":  # `python -m pipeline.cli`: run the importable module's main, one CLIError class

@@ -173,8 +173,8 @@ class RuleEngine:
     # ------------------------------------------------------------------------------------ per sample
     def update(self, ts: float, dets: Detections, frame_wh: tuple[int, int]) -> list[RuleEvent]:
         """One sample: tracked detections (``tracker_id`` set) of a frame of (width, height) at ``ts`` seconds."""
-        recent = self._steps or ([ts - self._last_ts] if self._last_ts is not None else [0.0])  # first: its pace
-        step = max(self.sample_interval_s, float(np.median(recent)))
+        paced = len(self._steps) >= 3  # until then the configured interval: a stall at the start is no pace
+        step = max(self.sample_interval_s, float(np.median(self._steps)) if paced else 0.0)
         self._bridge_s, self._outage_s = max(BRIDGE_S, step), max(BRIDGE_S, 3 * step)
         for obj in self.objects.values():
             obj.seen_now = False

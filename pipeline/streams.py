@@ -294,6 +294,7 @@ class StreamProcessor:
                 log.exception("camera %s: processing failed", frame.camera_id)
                 continue
             worker.frames_processed += 1
+            worker.error = None  # it works again: an old failure is not the news
             worker.lag_s = time.monotonic() - frame.due
             for violation in violations:
                 self._emit(violation)

@@ -183,15 +183,16 @@ def stats_page(request: Request, since: str = "", until: str = "") -> Response:
     user = current_user(request)
     if user is None:
         return to_login(request)
-    try:
+    tz = request.app.state.config.tz
+    try:  # the form sends dates; a hand-edited address may hold times, with or without a zone
         start = plausible_time(datetime.fromisoformat(since)) if since else None
         end = plausible_time(datetime.fromisoformat(until)) + timedelta(days=1) if until else None
-    except ValueError:  # a hand-edited address: the default range
+    except ValueError:  # the default range
         start = end = None
+    start, end = (t.replace(tzinfo=tz) if t and t.tzinfo is None else t for t in (start, end))
     if start and end and end <= start:  # the dates the wrong way round: the range they span
         start, end = end - timedelta(days=1), start + timedelta(days=1)
     start, end = date_range(request, start, end)
-    tz = request.app.state.config.tz
     stats = request.app.state.store.stats(start, end, tz)
     return render(
         request,

@@ -501,6 +501,8 @@ def test_review_pages_need_a_reviewer_escape_content_and_refuse_cross_site_posts
     swapped = browser.get("/ui/stats", params={"since": "2026-11-28", "until": "2026-11-01"})  # the wrong way round
     assert swapped.status_code == 200 and 'value="2026-11-01"' in swapped.text and 'value="2026-11-28"' in swapped.text
     assert browser.get("/ui/stats", params={"since": "0001-01-01"}).status_code == 200  # the default range
+    mixed = browser.get("/ui/stats", params={"since": "2026-11-10T00:00+08:00", "until": "2026-11-05"})
+    assert mixed.status_code == 200 and 'value="2026-11-05"' in mixed.text  # a time with a zone and a date
     # the status chips count within the chosen source and type; a page past the end leads to the last one
     ingest(TestClient(app), keys, source_id="cam-ads", type="small_ad", detector_class="small_ad")
     ingest(TestClient(app), keys, source_id="cam-ads", box=(300, 200, 400, 300))  # a car there too
