@@ -121,13 +121,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     with --data, evaluate both and refuse an int8 model that loses more than the allowed mAP50."""
     from models.registry import models_root, set_default
     from pipeline.cli import CLIError, resolve_inputs
-    from training.export import build_model_folder, gate_int8
+    from training.export import build_model_folder, checkpoint_names, gate_int8
     from training.train import run_record
 
     weights = Path(args.weights)
     if not weights.is_file():
         raise CLIError(f"{weights}: no such weights file")
     folder = Path(args.out) if args.out else models_root() / args.name
+    if (folder / "card.json").is_file():  # promote and rollback rely on a registered version staying as it is
+        raise CLIError(f"{folder} already holds a model; export under a new --name (or another --out)")
     calib = resolve_inputs(args.calib) if args.calib else None
     split = None
     if args.data:
@@ -137,12 +139,23 @@ def cmd_export(args: argparse.Namespace) -> int:
             split = load_split(args.data, args.split, _load_mapping(args.data_map))
         except DatasetError as exc:
             raise CLIError(str(exc)) from None
+    mapping = _load_mapping(args.map)
+    try:
+        names = checkpoint_names(weights)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    dropped = [n for n, c in zip(names, mapping.class_map(names), strict=True) if c is None]
+    if len(dropped) == len(names):
+        raise CLIError(f"{weights}: none of its classes ({', '.join(names[:8])}...) is a product class; pass --map")
+    if dropped:  # say so: a name mapped to nothing (motorcycle, not motorbike) is a class the model loses
+        shown = ", ".join(dropped[:12]) + (f" and {len(dropped) - 12} more" if len(dropped) > 12 else "")
+        print(f"left out, mapped to no product class: {shown} ({len(dropped)} of {len(names)}; --map maps names)")
     ref = build_model_folder(
         weights,
         folder,
         name=args.name,
         version=args.version,
-        mapping=_load_mapping(args.map),
+        mapping=mapping,
         imgsz=args.imgsz,
         description=args.description,
         interim=args.interim,

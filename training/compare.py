@@ -394,7 +394,11 @@ def compare(
     """Evaluate both models on ``split``, judge the candidate with the gate, diff them on ``field_images``."""
     base = evaluate(baseline, split, data_name, progress=progress)
     cand = evaluate(candidate, split, data_name, progress=progress)
-    result = Comparison(base, cand, apply_gate(base, cand, gate), data_name, split.name, split_fingerprint(split))
+    verdict = apply_gate(base, cand, gate)
+    lost = [c for c in baseline.classes if c not in candidate.classes]
+    if lost:  # whatever the split holds: the cameras and audits rely on every class the baseline detects
+        verdict.failures.append(f"cannot detect {', '.join(lost)}, which the baseline detects")
+    result = Comparison(base, cand, verdict, data_name, split.name, split_fingerprint(split))
     result.conf = conf
     if field_images:
         result.field_items, result.field_unreadable = field_changes(baseline, candidate, field_images, conf, progress)

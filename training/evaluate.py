@@ -375,6 +375,7 @@ class ModelInfo:
     name: str
     predict: Predictor
     imgsz: int
+    classes: list[str] = field(default_factory=list)  # the product classes it can detect
 
 
 def make_predictor(
@@ -400,7 +401,7 @@ def make_predictor(
             tile=TileConfig(enabled=tile),
         )
     )
-    return ModelInfo(detector.version, detector.detect, detector.imgsz)
+    return ModelInfo(detector.version, detector.detect, detector.imgsz, detector.product_classes)
 
 
 def _pt_predictor(pt: Path, imgsz: int | None, model_map: ClassMapping | None) -> ModelInfo:
@@ -435,7 +436,7 @@ def _pt_predictor(pt: Path, imgsz: int | None, model_map: ClassMapping | None) -
         keep = cls >= 0
         return Detections(b.xyxy.cpu().numpy()[keep], b.conf.cpu().numpy()[keep], cls[keep])
 
-    return ModelInfo(str(pt), predict, size)
+    return ModelInfo(str(pt), predict, size, [c for c in CLASS_NAMES if c in class_map])
 
 
 # ------------------------------------------------------------------------------------------- evaluate

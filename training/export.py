@@ -28,8 +28,12 @@ def export_onnx(pt_path: Path, imgsz: int) -> Path:
 
 
 def checkpoint_names(pt_path: Path) -> list[str]:
-    """Class names stored in an ultralytics checkpoint, in output order."""
-    names = ultra.yolo(pt_path).names
+    """Class names stored in an ultralytics checkpoint, in output order; ``ValueError`` for a file that is
+    not one (a data.yaml, a truncated download)."""
+    try:
+        names = ultra.yolo(pt_path).names
+    except Exception as exc:  # torch and ultralytics raise anything here
+        raise ValueError(f"{pt_path}: not an ultralytics checkpoint ({type(exc).__name__}: {exc})") from None
     return [names[i] for i in range(len(names))]
 
 
@@ -56,6 +60,10 @@ def build_model_folder(
     and write the card. The class map comes from ``mapping`` (identity: names are product classes)."""
     from ultralytics.utils.torch_utils import strip_optimizer
 
+    names = checkpoint_names(pt_path)  # before anything is written: a wrong file leaves no folder behind
+    class_map = (mapping or identity_mapping()).class_map(names)
+    if not any(class_map):
+        raise ValueError(f"{pt_path}: none of the model's classes map onto a product class")
     folder.mkdir(parents=True, exist_ok=True)
     pt = folder / PT_NAME
     if pt_path.resolve() != pt.resolve():
@@ -64,10 +72,6 @@ def build_model_folder(
     onnx_path = export_onnx(pt, imgsz)
     if onnx_path.name != FP32_NAME:
         onnx_path.replace(folder / FP32_NAME)
-    names = checkpoint_names(pt)
-    class_map = (mapping or identity_mapping()).class_map(names)
-    if not any(class_map):
-        raise ValueError(f"{pt_path}: none of the model's classes map onto a product class")
     files = {"fp32": describe_file(folder, FP32_NAME), "pt": describe_file(folder, PT_NAME)}
     (folder / INT8_NAME).unlink(missing_ok=True)  # never leave an int8 file of an earlier export behind
     if int8_calibration:

@@ -14,6 +14,7 @@ from models.classes import CLASS_IDS
 from models.registry import load_card, write_card
 from pipeline.cli import main
 from pipeline.detections import Detections
+from training.cli import EXIT_GATE_REFUSED
 from training.compare import GATE_KEY, GateConfig, apply_gate, detection_changes, load_gate
 from training.evaluate import EvalResult
 
@@ -112,6 +113,15 @@ def test_compare_command_records_the_verdict_in_the_candidates_card(
     assert record["images"] == 8 and len(record["fingerprint"]) == 64
     report = json.loads((out / "compare.json").read_text())
     assert report["gate"]["classes"]["litter"]["delta"] == 0 and not (out / "field-changes.jpg").exists()
+
+    # a candidate that no longer reports a class the baseline does is refused, whatever the split labels
+    blind = root / "tiny-blind"
+    shutil.copytree(twin, blind)
+    card = load_card(blind)
+    class_map = [None if c == "car" else c for c in card.class_map]
+    write_card(blind, card.model_copy(update={"name": "tiny-blind", "version": "t1c", "class_map": class_map}))
+    assert main(["compare", "--candidate", "tiny-blind", "--data", str(shapes_data)]) == EXIT_GATE_REFUSED
+    assert "cannot detect car, which the baseline detects" in capsys.readouterr().out
 
     # errors name the problem
     with pytest.raises(SystemExit):

@@ -52,6 +52,27 @@ def _export(args: list[str]) -> int:
     return main(["export", *args])
 
 
+def test_export_never_replaces_a_registered_model_and_names_a_wrong_file(
+    tiny_pt: Path, shapes_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    monkeypatch.setenv("STREETWATCH_MODELS_DIR", str(tmp_path / "registry"))
+    assert _export([str(tiny_pt), "--name", "first", "--imgsz", "160"]) == 0
+    card = (tmp_path / "registry" / "first" / "card.json").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # promote and rollback rely on a registered version staying as it is
+        _export([str(tiny_pt), "--name", "first", "--imgsz", "160"])
+    assert exc.value.code == 2 and "already holds a model" in capsys.readouterr().err
+    assert (tmp_path / "registry" / "first" / "card.json").read_text() == card
+    with pytest.raises(SystemExit):  # a file that is no checkpoint: said so, and no folder left behind
+        _export([str(shapes_data), "--name", "wrong", "--imgsz", "160"])
+    assert "not an ultralytics checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "registry" / "wrong").exists()
+    litter_only = tmp_path / "litter-only.yaml"  # a mapping that keeps one of the two classes
+    litter_only.write_text("name: litter-only\nmap: {litter: litter}\n")
+    assert _export([str(tiny_pt), "--name", "second", "--imgsz", "160", "--map", str(litter_only)]) == 0
+    assert "left out, mapped to no product class: car (1 of 2" in capsys.readouterr().out  # the class the model loses
+
+
 def test_export_refuses_an_int8_model_that_loses_accuracy(
     tiny_pt: Path, shapes_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ):
