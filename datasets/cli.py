@@ -175,6 +175,9 @@ def cmd_export_reviews(args: argparse.Namespace) -> int:
     if len(result.skipped) > 10:
         print(f"  ... {len(result.skipped) - 10} more in {result.out / 'export.json'}")
     out = result.out
+    if not c["images"]:  # the window is recorded all the same: the next export continues after it
+        print(f"nothing to retrain on in this window; the next export continues with --after {out}")
+        return 0
     print(f"contact sheet: {out / 'sheet.jpg'}; Label Studio: {out / 'tasks.json'} (config {out / 'label-studio.xml'})")
     print(f"next: streetwatch data build {out / 'recipe.yaml'} --out DATASET_DIR")
     return 0

@@ -333,7 +333,9 @@ def test_after_an_export_the_next_one_takes_exactly_the_reviews_made_since(filed
     assert second["since"] == first["until"]
     assert {lb["case_id"] for i in second["items"] for lb in i["labels"]} == set(ids2)
     assert main([*args, "--after", str(tmp_path / "second"), "--out", str(tmp_path / "third")]) == 0
-    assert "0 reviewed cases -> 0 images" in capsys.readouterr().out
+    out = capsys.readouterr().out  # nothing new: said so, and no build of an empty recipe suggested
+    assert "0 reviewed cases -> 0 images" in out and f"continues with --after {tmp_path / 'third'}" in out
+    assert "next: streetwatch data build" not in out and "contact sheet" not in out
     with pytest.raises(SystemExit):
         main([*args, "--after", str(tmp_path), "--out", str(tmp_path / "fourth")])
     assert "not an export-reviews folder" in capsys.readouterr().err
