@@ -15,6 +15,8 @@ import yaml
 from datasets.samples import Issue, Severity, empty_boxes
 from pipeline.decode import IMAGE_SUFFIXES, iter_image_paths
 
+#: Coordinates this little outside [0, 1] are rounding (labels written with 6 decimals): clipped silently.
+ROUNDING = 1e-5
 #: Coordinates this far outside [0, 1] are clipped with a warning; further out, the line is dropped.
 CLIP_TOLERANCE = 0.02
 
@@ -54,7 +56,8 @@ def check_box(
         report("error", "out_of_range", f"{outside} entirely")
         return None
     if min(x1, y1) < 0 or max(x2, y2) > 1:
-        report("warning", "clipped", "box partly outside the image: clipped")
+        if min(x1, y1) < -ROUNDING or max(x2, y2) > 1 + ROUNDING:  # not worth a word: 6-decimal label rounding
+            report("warning", "clipped", "box partly outside the image: clipped")
         x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, 1.0), min(y2, 1.0)  # overlaps: area left
     return x1, y1, x2, y2
 

@@ -63,6 +63,8 @@ def test_slightly_outside_is_clipped_polygons_become_boxes_repeats_dropped():
     x2 = rows[0, 1] + rows[0, 3] / 2
     assert x2 == pytest.approx(1.0)
     np.testing.assert_allclose(rows[1], [1, 0.2, 0.25, 0.2, 0.3], atol=1e-6)
+    rounded, issues = parse_label_lines("3 0.481406 0.843594 0.962813 0.312187\n", nc=4)  # a box to the edge,
+    assert issues == [] and rounded[0, 1] - rounded[0, 3] / 2 >= 0  # in 6 decimals: clipped without a word
 
 
 def test_missing_label_file_means_no_objects(tmp_path: Path):
