@@ -165,8 +165,8 @@ class HttpSink:
             self._trouble = f"service unreachable: {type(exc).__name__}"
             return "retry"
         if response.status_code < 300:
+            self._mine.pop(path.name, None)  # kept only while unsent (a worker runs for weeks); before the file goes
             path.unlink(missing_ok=True)
-            self._mine.pop(path.name, None)  # kept only while unsent: a worker runs for weeks
             self.sent += 1
             return "done"
         if response.status_code in PERMANENT:
