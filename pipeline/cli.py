@@ -190,16 +190,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     # one single-threaded onnxruntime call per core at once: the audit's fastest setting on CPU
     threads = args.threads or (1 if args.provider == "cpu" else None)
     detector = detector_from_args(args, tile=tile, threads=threads)
-    try:
-        config = AuditConfig(
-            out=Path(args.out),
-            workers=args.workers,
-            batch=args.batch,
-            parking_anywhere=args.parking_anywhere,
-            timezone=args.timezone,
-        )
-    except ValidationError as exc:  # --workers 0 and the like
-        raise CLIError(invalid_settings(exc)) from None
+    config = AuditConfig(  # --workers 0 and the like: refused as every command's settings are, in main()
+        out=Path(args.out),
+        workers=args.workers,
+        batch=args.batch,
+        parking_anywhere=args.parking_anywhere,
+        timezone=args.timezone,
+    )
     sink = None
     if args.file_cases:
         from pipeline.cases import open_sink

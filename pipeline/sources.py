@@ -140,10 +140,10 @@ class CameraReader:
             except Exception as exc:  # FFmpeg/network errors of any kind: retry; the other cameras carry on
                 if self._stop.is_set():
                     break
+                self.error = f"{type(exc).__name__}: {exc}"
                 if not cfg.is_stream and (self.frames_decoded == got or not cfg.loop):
                     # a file reads the same every time: one that gives no frame never will, and one cut
                     # short has been played as far as it goes
-                    self.error = f"{type(exc).__name__}: {exc}"
                     self.state = "failed" if self.frames_decoded == got else "ended"
                     log.warning("camera %s: %s; not retried (a file)", cfg.id, self.error)
                     return
@@ -153,7 +153,6 @@ class CameraReader:
                 failures += 1
                 quiet = time.monotonic() - (self.last_data_mono or started)
                 self.state = "stalled" if self.frames_decoded > got and quiet >= cfg.stall_timeout_s else "failed"
-                self.error = f"{type(exc).__name__}: {exc}"
                 if quiet >= cfg.stall_timeout_s:  # FFmpeg's own words for its timeout: "Immediate exit requested"
                     self.error = f"no data for {quiet:.0f} s ({self.error})"
                 self.retry_at = time.monotonic() + delay

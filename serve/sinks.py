@@ -183,9 +183,11 @@ class HttpSink:
                 "service refused %s (HTTP %d): %s — kept in %s", path.name, response.status_code, reason, self.rejected
             )
             return "done"
-        self._trouble = f"HTTP {response.status_code}: {response.text[:200]}"
-        if response.status_code in (401, 403):
-            self._trouble = f"the service refused the API key, HTTP {response.status_code}: {response.text[:200]}"
+        key_refused = response.status_code in (401, 403)
+        self._trouble = ("the service refused the API key, " if key_refused else "") + (
+            f"HTTP {response.status_code}: {response.text[:200]}"
+        )
+        if key_refused:
             log.error("%s; violations stay spooled", self._trouble)
         return "retry"
 

@@ -332,10 +332,10 @@ class CaseStore:
             prefix = photo_key_prefix(v.source_id)
             rows = s.execute(
                 select(Occurrence.case_id, Occurrence.box).where(Occurrence.key.startswith(prefix, autoescape=True))
-            )
-            for case_id, box in rows:  # the same object filed again with a box a few pixels off is not another
-                if float(box_iou([box], [v.box])[0, 0]) < SAME_OBJECT_IOU:
-                    others.add(case_id)
+            ).all()
+            if rows:  # the same object filed again with a box a few pixels off is not another
+                overlap = box_iou([box for _, box in rows], [v.box])[:, 0]
+                others = {case_id for (case_id, _), iou in zip(rows, overlap, strict=True) if iou < SAME_OBJECT_IOU}
         for case in s.scalars(query.order_by(Case.last_seen.desc()).limit(50)):
             if case.id not in others and self._same_place(case, v):
                 return s.get(Case, case.id, with_for_update=True)

@@ -121,7 +121,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     with --data, evaluate both and refuse an int8 model that loses more than the allowed mAP50."""
     from models.registry import models_root, set_default
     from pipeline.cli import CLIError, resolve_inputs
-    from training.export import build_model_folder, checkpoint_names, gate_int8
+    from training.export import build_model_folder, gate_int8
     from training.train import run_record
 
     weights = Path(args.weights)
@@ -139,34 +139,32 @@ def cmd_export(args: argparse.Namespace) -> int:
             split = load_split(args.data, args.split, _load_mapping(args.data_map))
         except DatasetError as exc:
             raise CLIError(str(exc)) from None
-    mapping = _load_mapping(args.map)
-    try:
-        names = checkpoint_names(weights)
+    try:  # a file that is no checkpoint, or whose classes map to nothing, is refused before anything is written
+        ref = build_model_folder(
+            weights,
+            folder,
+            name=args.name,
+            version=args.version,
+            mapping=_load_mapping(args.map),
+            imgsz=args.imgsz,
+            description=args.description,
+            interim=args.interim,
+            training=run_record(weights),
+            notes=args.notes,
+            int8_calibration=calib,
+            calibration_method=args.calib_method,
+            calibration_max=args.calib_max,
+            float_output_convs=args.float_head_convs,
+            float_stem=args.float_stem,
+        )
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    dropped = [n for n, c in zip(names, mapping.class_map(names), strict=True) if c is None]
-    if len(dropped) == len(names):
-        raise CLIError(f"{weights}: none of its classes ({', '.join(names[:8])}...) is a product class; pass --map")
+    dropped = [n for n, c in zip(ref.card.names, ref.card.class_map, strict=True) if c is None]
     if dropped:  # say so: a name mapped to nothing (motorcycle, not motorbike) is a class the model loses
         shown = ", ".join(dropped[:12]) + (f" and {len(dropped) - 12} more" if len(dropped) > 12 else "")
-        print(f"left out, mapped to no product class: {shown} ({len(dropped)} of {len(names)}; --map maps names)")
-    ref = build_model_folder(
-        weights,
-        folder,
-        name=args.name,
-        version=args.version,
-        mapping=mapping,
-        imgsz=args.imgsz,
-        description=args.description,
-        interim=args.interim,
-        training=run_record(weights),
-        notes=args.notes,
-        int8_calibration=calib,
-        calibration_method=args.calib_method,
-        calibration_max=args.calib_max,
-        float_output_convs=args.float_head_convs,
-        float_stem=args.float_stem,
-    )
+        print(
+            f"left out, mapped to no product class: {shown} ({len(dropped)} of {len(ref.card.names)}; --map maps names)"
+        )
     print(
         f"exported {ref.card.name}@{ref.card.version} to {folder}: {', '.join(ref.card.files)}; "
         f"classes: {', '.join(ref.card.product_classes())}"

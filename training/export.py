@@ -63,7 +63,7 @@ def build_model_folder(
     names = checkpoint_names(pt_path)  # before anything is written: a wrong file leaves no folder behind
     class_map = (mapping or identity_mapping()).class_map(names)
     if not any(class_map):
-        raise ValueError(f"{pt_path}: none of the model's classes map onto a product class")
+        raise ValueError(f"{pt_path}: none of its classes ({', '.join(names[:8])}...) is a product class; pass --map")
     folder.mkdir(parents=True, exist_ok=True)
     pt = folder / PT_NAME
     if pt_path.resolve() != pt.resolve():

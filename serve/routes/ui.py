@@ -189,10 +189,9 @@ def stats_page(request: Request, since: str = "", until: str = "") -> Response:
         end = plausible_time(datetime.fromisoformat(until)) + timedelta(days=1) if until else None
     except ValueError:  # the default range
         start = end = None
-    start, end = (t.replace(tzinfo=tz) if t and t.tzinfo is None else t for t in (start, end))
-    if start and end and end <= start:  # the dates the wrong way round: the range they span
+    start, end = date_range(request, start, end)  # the service's zone for dates without one
+    if since and until and end <= start:  # the dates the wrong way round: the range they span
         start, end = end - timedelta(days=1), start + timedelta(days=1)
-    start, end = date_range(request, start, end)
     stats = request.app.state.store.stats(start, end, tz)
     return render(
         request,
