@@ -5,7 +5,8 @@ mappings and says how to deduplicate, pseudo-label and synthesise. :func:`build`
 
 1. import each source (a missing optional source is skipped with a warning);
 2. scan every image (corrupt files, size, hashes), drop degenerate boxes;
-3. find duplicates, near-duplicates and same-scene pairs; assign near-duplicate-safe splits;
+3. keep only the latest review export's copy of a frame exported twice (a case reviewed again after an
+   earlier export); find duplicates, near-duplicates and same-scene pairs; assign near-duplicate-safe splits;
 4. run the teacher (people, vehicles) over the real images;
 5. synthesise small ads on train backgrounds (train) and val backgrounds (val);
 6. add pseudo-labels to the training images (teacher run on the synthetic ones too);
@@ -250,6 +251,9 @@ def build(
         features = [features[i] for i in readable]
 
     with timer.step("find duplicates"):
+        superseded = superseded_exports(samples, loaded)
+        samples = [s for i, s in enumerate(samples) if i not in superseded]
+        features = [f for i, f in enumerate(features) if i not in superseded]
         pairs = find_duplicates(
             samples,
             features if recipe.dedup.scene else None,
@@ -263,6 +267,7 @@ def build(
         fractions = {d.spec.name: d.spec.val_fraction for d in loaded}
         pair_keys = [(samples[p.a].key, samples[p.b].key, p.kind, p.score) for p in pairs]
         samples, dropped = assign_splits(samples, pairs, fractions, recipe.seed, recipe.dedup.leak_policy)
+        dropped = [*superseded.values(), *dropped]
 
     teacher_dets: dict[str, object] = {}
     pseudo_stats = None
@@ -420,6 +425,24 @@ def build(
     return BuildResult(
         out, report, path, timer.timings, skipped, pseudo_stats.to_json() if pseudo_stats else None, synth_info
     )
+
+
+def superseded_exports(samples: list[Sample], loaded: list[SourceData]) -> dict[int, tuple[Sample, str]]:
+    """Frames that a later review export of the recipe exported again (a case relabelled or reviewed again
+    after the earlier export): index -> (sample, why), for every copy but the latest export's. The latest
+    copy carries every verdict on the frame as of its window, so an older copy would only contradict it."""
+    from datasets.reviews import EXPORT_FILE
+
+    rank = {d.spec.name: k for k, d in enumerate(loaded) if d.root and (d.root.parent / EXPORT_FILE).is_file()}
+    latest: dict[str, Sample] = {}
+    for s in samples:
+        if s.source in rank and (s.sha256 not in latest or rank[s.source] >= rank[latest[s.sha256].source]):
+            latest[s.sha256] = s
+    return {
+        i: (s, f"superseded by {latest[s.sha256].key}: the same frame in a later review export")
+        for i, s in enumerate(samples)
+        if s.source in rank and latest[s.sha256] is not s
+    }
 
 
 def background_source(sample: Sample) -> str | None:

@@ -452,7 +452,8 @@ def _write_recipe(result: ExportResult, base_recipe: str, base_name: str, name: 
     header = (
         f"# Written by `streetwatch data export-reviews`: {base} plus the reviewed cases of {out.name}.\n"
         "# Build:  streetwatch data build THIS_FILE --out DATASET_DIR   (the manifest fingerprints the result)\n"
-        "# Several exports: point `extends` of a later export's recipe at an earlier one's recipe.yaml.\n"
+        "# Several exports: point `extends` of a later export's recipe at an earlier one's recipe.yaml (a frame\n"
+        "#   both exported, a case reviewed again, is built from the later one).\n"
         "# labelled: []  a frame is labelled only where cases were filed, so no class counts as labelled\n"
         "#   exhaustively and the teacher pseudo-labels people and vehicles as in every training image (a\n"
         "#   dismissed parking case is usually a real vehicle). After relabelling every box of some classes\n"

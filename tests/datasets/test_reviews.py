@@ -16,8 +16,8 @@ import yaml
 
 from datasets.checks import scan_samples
 from datasets.pseudo import add_pseudo_labels
-from datasets.recipe import load_recipe
-from datasets.reviews import ExportError, export_reviews, import_annotations, read_export_labels
+from datasets.recipe import build, load_recipe
+from datasets.reviews import ExportError, export_reviews, export_window_end, import_annotations, read_export_labels
 from datasets.sources import load_source
 from models.classes import CLASS_IDS, CLASS_NAMES
 from pipeline.cases import EvidenceImage, Violation
@@ -339,6 +339,45 @@ def test_after_an_export_the_next_one_takes_exactly_the_reviews_made_since(filed
     with pytest.raises(SystemExit):
         main([*args, "--after", str(tmp_path), "--out", str(tmp_path / "fourth")])
     assert "not an export-reviews folder" in capsys.readouterr().err
+
+
+def test_a_frame_reviewed_again_after_an_export_is_built_from_the_later_export_only(
+    filed, garbage_like: Path, tmp_path: Path
+):
+    store = filed["store"]
+    (_, ids1), _ = filed["photos"]
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        yaml.safe_dump(
+            {
+                "name": "base",
+                "sources": [{"name": "garbage", "path": str(garbage_like), "mapping": "garbage"}],
+                "dedup": {"scene": False},
+                "pseudo": {"enabled": False},
+            }
+        )
+    )
+    for cid in ids1:
+        store.review(cid, "confirm", ALICE)
+    first = export_reviews(store, tmp_path / "first", base_recipe=str(base), source_name="field-1", progress=False)
+    # the reviewer changes her mind about one case: the next export takes the photo again, with the car
+    store.review(ids1[0], "relabel", ALICE, type="illegal_parking", detector_class="car")
+    after = export_window_end(tmp_path / "first")
+    second = export_reviews(
+        store, tmp_path / "second", since=after, base_recipe=str(tmp_path / "first" / "recipe.yaml"),
+        source_name="field-2", progress=False,
+    )
+    assert [i.sha256 for i in first.items] == [i.sha256 for i in second.items]  # the same frame twice
+    recipe = load_recipe(tmp_path / "second" / "recipe.yaml")
+    assert [s.name for s in recipe.sources] == ["garbage", "field-1", "field-2"]
+    result = build(recipe, tmp_path, tmp_path / "dataset", sheets=False)
+    # one copy of the frame trains, the later one with the car; the earlier copy is reported as superseded
+    (stem,) = [p.stem for p in (tmp_path / "dataset" / "images" / "train").iterdir() if "case-" in p.stem]
+    assert stem.startswith("field-2__")
+    labels = (tmp_path / "dataset" / "labels" / "train" / f"{stem}.txt").read_text().split()
+    assert labels[::5].count(str(CLASS_IDS["car"])) == 1
+    (dropped,) = [d for d in json.loads(result.manifest.read_text())["dedup"]["dropped"] if "field" in d["image"]]
+    assert dropped["image"].startswith("field-1/") and "later review export" in dropped["why"]
 
 
 def small_export(root: Path, stems: tuple[str, ...] = ("case-1_aaaa1111",), size: tuple[int, int] = (640, 480)) -> Path:
