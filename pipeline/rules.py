@@ -28,8 +28,10 @@ interval, or the usual (median) time between its recent samples when that is lon
 Zone schedules gate the rules: time only counts while a zone's schedule is on. An object's violation
 opens once (event ``open``), is updated when clearly better evidence is seen or every ``update_s``
 seconds (``update``), and ends when the object has been unseen for the zone's ``gone_s``, or when the
-zone's schedule ends (``ended``: parking there is allowed from then on; if the object is still there when
-the schedule starts again, that is a new violation).
+zone's schedule ends (``ended``: parking there is allowed from then on). An object whose violation ended
+with a schedule stays watched: another zone whose schedule is on judges its stay as it stands (a car in
+two zones does not dwell again), and if it is still there when the schedule starts again, that is a new
+violation, with its own key, once it has dwelt for the zone's time since the restart.
 """
 
 from __future__ import annotations
@@ -117,6 +119,11 @@ class RuleEvent:
     obj: WatchedObject
     zone: Zone | None
     evidence: bool
+    key: str = field(init=False)  # the violation's key when the event happened (an ended one's object may reopen)
+
+    def __post_init__(self) -> None:
+        assert self.obj.key is not None
+        self.key = self.obj.key
 
 
 class RuleEngine:
@@ -302,15 +309,14 @@ class RuleEngine:
             zone = self._zone(obj.zone) if obj.state == "open" else None
             if zone is not None and zone.active_since(ts) is None:  # the schedule ended: allowed from now on
                 events.append(RuleEvent("ended", obj, zone, evidence=False))
-                self._forget(obj)
-                continue
+                self._reopenable(obj)  # its stay goes on: another zone may judge it now, this one when it restarts
             if not obj.seen_now:
                 continue
             if obj.state == "candidate":
                 for zone in self._zones_of[obj.class_id]:
                     if self._due(obj, zone, ts):
                         obj.state, obj.zone = "open", zone.name
-                        obj.key = self._key(obj)
+                        obj.key = self._key(obj, ts)
                         self._mark(obj, ts, evidence=True)
                         events.append(RuleEvent("open", obj, zone, evidence=True))
                         break
@@ -353,6 +359,13 @@ class RuleEngine:
             if self._by_track.get(tid) == obj.uid:
                 del self._by_track[tid]
 
-    def _key(self, obj: WatchedObject) -> str:
-        first = datetime.fromtimestamp(obj.first_seen, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        return f"{self.camera_id}:{obj.violation}:{first}:{obj.uid}"
+    @staticmethod
+    def _reopenable(obj: WatchedObject) -> None:
+        """Its violation ended but the object stays watched (stay, zones): a later violation is a new one."""
+        obj.state, obj.key, obj.zone = "candidate", None, None
+        obj.evidence_score = obj.evidence_ts = obj.emitted_at = obj.emitted_last_seen = 0.0
+
+    def _key(self, obj: WatchedObject, opened: float) -> str:
+        """The violation's key: camera, type, when it opened and the object (one object may open several)."""
+        at = datetime.fromtimestamp(opened, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        return f"{self.camera_id}:{obj.violation}:{at}:{obj.uid}"

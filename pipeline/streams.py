@@ -113,7 +113,6 @@ class CameraWorker:
         self, event: RuleEvent, frame: Frame | None, dets: Detections | None, model_version: str | None
     ) -> Violation:
         obj = event.obj
-        assert obj.key is not None
         if event.evidence and frame is not None and dets is not None and model_version is not None:
             zone_name = event.zone.name if event.zone and event.zone.config is not WHOLE_FRAME else "whole frame"
             label = f"{obj.violation} {obj.class_name} {obj.score:.2f}"
@@ -126,13 +125,13 @@ class CameraWorker:
             polygon = event.zone.polygon_px(frame.size) if event.zone and event.zone.config is not WHOLE_FRAME else None
             images = render_evidence(frame.image, dets, obj.box, obj.class_id, label, caption, polygon)
             box = tuple(round(float(v), 1) for v in obj.box)
-            self._evidence[obj.key] = (images, box, frame.size, model_version)
-        images, box, size, version = self._evidence[obj.key]
+            self._evidence[event.key] = (images, box, frame.size, model_version)
+        images, box, size, version = self._evidence[event.key]
         if event.kind == "ended":
-            self._evidence.pop(obj.key, None)
+            self._evidence.pop(event.key, None)
         zone = event.zone.name if event.zone and event.zone.config is not WHOLE_FRAME else None
         return Violation(
-            key=obj.key,
+            key=event.key,
             type=obj.violation,
             state="ended" if event.kind == "ended" else "open",
             source="camera",

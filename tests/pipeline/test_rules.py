@@ -210,6 +210,34 @@ def test_a_violation_ends_when_its_zone_schedule_does():
     assert all(t <= 600 for t, _ in kinds) and events[-1][2] == 600  # nothing after 09:00, when it still stood
 
 
+def test_a_car_in_two_scheduled_zones_is_judged_by_the_second_when_the_first_ends():
+    # "school run" forbids parking 07:00-09:00, "market" 08:00-10:00, on the same kerb: a car parked from 08:50
+    # is a violation of the first until 09:00 and of the second from then on, without dwelling again
+    cfgs = [
+        NoParkingZone(kind="no_parking", name=name, polygon=BOTTOM_HALF, dwell_s=60, schedule=[{"start": a, "end": b}])
+        for name, a, b in (("school run", "07:00", "09:00"), ("market", "08:00", "10:00"))
+    ]
+    engine = RuleEngine("cam", build_zones(cfgs, ZoneInfo("Asia/Shanghai")), update_s=1e9)
+    start = datetime(2026, 11, 26, 8, 50, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
+    car = dets(("car", PARKED, 0.8, 1))
+    events = []
+    for t in range(0, 4500, 5):
+        events += [(t, e.kind, e.zone.name, e.key) for e in engine.update(start + t, car, WH)]
+    assert [e[:3] for e in events] == [
+        (60, "open", "school run"),
+        (600, "ended", "school run"),
+        (600, "open", "market"),
+        (4200, "ended", "market"),
+    ]
+    assert events[0][3] == events[1][3] != events[2][3] == events[3][3]  # two violations, each with its own key
+    # still there the next morning: a new violation once it has stood for the dwell after 07:00
+    morning = datetime(2026, 11, 27, 7, 0, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp() - start
+    later = []
+    for t in range(4500, int(morning) + 300, 30):
+        later += [(t - morning, e.kind, e.zone.name) for e in engine.update(start + t, car, WH)]
+    assert later == [(60, "open", "school run")]
+
+
 def test_schedule_gates_the_dwell_across_midnight():
     # parking forbidden 22:00-06:00; the car arrives 21:59:50 and may stand until 22:00
     engine = scheduled_engine("22:00", "06:00", dwell_s=30)
