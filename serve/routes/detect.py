@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from pipeline.cases import GeoPoint, Violation
+from pipeline.cases import GeoPoint, PlausibleTime, Violation
 from pipeline.decode import decode_image, probe_image, read_metadata
 from pipeline.detections import Detections
 from pipeline.photos import find_violations, photo_violations
@@ -65,6 +65,13 @@ async def detect(
     parking_anywhere: Annotated[
         bool, Query(description="File every vehicle as illegal parking (a photo has no zones), as the audit's option")
     ] = False,
+    file_time: Annotated[
+        PlausibleTime | None,
+        Query(
+            description="The photo file's time (ISO 8601; without an offset: the service's time zone): when it was "
+            "taken if its EXIF has no capture time, as `streetwatch audit` takes it (default: the upload time)"
+        ),
+    ] = None,
 ) -> DetectOut:
     state = request.app.state
     limits = state.config.limits
@@ -105,6 +112,7 @@ async def detect(
             source_name or (name if name not in (FIELD, "body") else None),
             lat,
             lon,
+            file_time,
         )
         for violation in found:
             r = await run_in_threadpool(state.store.ingest, violation, actor)
@@ -129,12 +137,15 @@ def violations_in_upload(
     source_name: str | None,
     lat: float | None,
     lon: float | None,
+    file_time: datetime | None = None,
 ) -> list[Violation]:
     """The violations of an uploaded photo, exactly as ``streetwatch audit`` files them (same keys, so a
-    photo filed both ways is one case): taken when its EXIF says (else now), where the request or its
-    EXIF GPS says."""
+    photo filed both ways is one case): taken when its EXIF says, else at its file time (to the second, as
+    the audit reads it) if the client sent one, else now; where the request or its EXIF GPS says."""
     meta = read_metadata(data)
-    taken_at = meta.capture_time(tz)[0] or datetime.now(timezone.utc)
+    if file_time is not None:
+        file_time = (file_time if file_time.tzinfo else file_time.replace(tzinfo=tz)).replace(microsecond=0)
+    taken_at = meta.capture_time(tz)[0] or file_time or datetime.now(timezone.utc)
     if lat is not None and lon is not None:
         location = GeoPoint(lat=lat, lon=lon)
     else:

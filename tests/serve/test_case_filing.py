@@ -219,11 +219,13 @@ def test_audit_and_the_detect_api_file_into_the_service_once(patrol, tmp_path):
             assert ingest not in text and reviewer not in text and "key=***" in text
         again = audit(patrol, tmp_path / "out2", target)  # a fresh audit of the same photos
         assert f"cases: {len(found)} filed" in again.stdout
-        # the same photo uploaded to the API: the same keys, so the same cases
+        # the same photo uploaded to the API: the same keys, so the same cases; it has no EXIF time, and with
+        # its file time (as an uploading app sends it) it is taken when the audit says, not at the upload
         photo = patrol / f"{VEHICLE_PHOTOS[1]}.jpg"
+        file_time = datetime.fromtimestamp(photo.stat().st_mtime).astimezone().isoformat()
         r = httpx.post(
             f"{service.url}/v1/detect",
-            params={"file": "true", "parking_anywhere": "true"},
+            params={"file": "true", "parking_anywhere": "true", "file_time": file_time},
             headers={"Authorization": f"Bearer {ingest}"},
             files={"image": (photo.name, photo.read_bytes(), "image/jpeg")},
             timeout=60,
@@ -236,5 +238,7 @@ def test_audit_and_the_detect_api_file_into_the_service_once(patrol, tmp_path):
     assert not list((tmp_path / "spool").glob("*.json"))
     filed = filed_cases(f"sqlite:///{service.data_dir / 'streetwatch.db'}", service.data_dir)
     check_audit_filed(found, filed, service.data_dir)
-    mine = {filed[k][0].id for k, (r, _) in found.items() if r["name"] == photo.name}
-    assert {c["case_id"] for c in uploaded} == mine
+    mine = [(filed[k][0], r) for k, (r, _) in found.items() if r["name"] == photo.name]
+    assert {c["case_id"] for c in uploaded} == {case.id for case, _ in mine}
+    for case, record in mine:  # first and last seen: the audit's capture time, unchanged by the upload
+        assert case.first_seen == case.last_seen == datetime.fromisoformat(record["taken_at"])
