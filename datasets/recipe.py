@@ -155,18 +155,30 @@ def load_recipe(ref: str | Path, _seen: tuple[Path, ...] = ()) -> Recipe:
         path = shipped
     if path.resolve() in _seen:
         raise ValueError(f"{path}: recipes extend each other in a circle ({' -> '.join(str(p) for p in _seen)})")
+    inherited = 0  # sources of the recipe it extends, which come first
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         if isinstance(raw, dict) and raw.get("extends"):
             base_ref = str(raw["extends"])
             relative = path.parent / base_ref
             base = load_recipe(relative if relative.is_file() else base_ref, (*_seen, path.resolve()))
-            raw = extend(base, raw)
+            raw, inherited = extend(base, raw), len(base.sources)
         return Recipe.model_validate(raw)
     except ValidationError as exc:
-        raise ValueError(f"{path}: invalid recipe: {exc}") from None
+        raise ValueError(f"{path}: invalid recipe: {_errors(exc, inherited)}") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: invalid YAML: {exc}") from None
+
+
+def _errors(exc: ValidationError, inherited: int) -> str:
+    """Each refused field with its reason, a source numbered as in the file (``sources.0``: its first)."""
+    parts = []
+    for e in exc.errors(include_url=False):
+        loc = list(e["loc"])
+        if inherited and len(loc) > 1 and loc[0] == "sources" and isinstance(loc[1], int):
+            loc[1] = loc[1] - inherited if loc[1] >= inherited else f"{loc[1]} (of the recipe it extends)"
+        parts.append(f"{'.'.join(map(str, loc)) or 'recipe'}: {e['msg']}")
+    return "; ".join(parts)
 
 
 def extend(base: Recipe, raw: dict) -> dict:

@@ -75,3 +75,14 @@ def test_repeat_must_name_a_source_and_stay_in_range(tmp_path: Path):
     write(tmp_path / "r.yaml", {"name": "r", "extends": "product-v1", "repeat": {"facades": 50}})
     with pytest.raises(ValueError, match=r"r\.yaml: invalid recipe"):
         load_recipe(tmp_path / "r.yaml")
+
+
+def test_errors_in_an_extending_recipe_number_its_own_sources(tmp_path: Path):
+    # the file's only source is its sources.0, though the recipe it extends brings four before it
+    own = {"name": "field", "kind": "folder", "path": "x", "labels": "y", "mapping": "product", "colour": "red"}
+    write(tmp_path / "e.yaml", {"name": "e", "extends": "product-v1", "sources": [own]})
+    with pytest.raises(ValueError) as refused:
+        load_recipe(tmp_path / "e.yaml")
+    message = str(refused.value)
+    assert "e.yaml: invalid recipe: sources.0.colour: Extra inputs are not permitted" in message
+    assert "\n" not in message  # one line, as every command's errors
