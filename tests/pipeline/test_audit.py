@@ -565,9 +565,9 @@ def test_report_sorts_photos_in_a_real_browser(audited):
     browser = chromium()
     if browser is None:
         pytest.skip("no Chromium on this machine")
-    url = (audited["out"] / "report.html").as_uri()
 
-    def cards(fragment: str = "") -> list[dict]:
+    def cards(fragment: str = "", out_dir: Path = audited["out"]) -> list[dict]:
+        url = (out_dir / "report.html").as_uri()
         out = subprocess.run(
             [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", url + fragment],
             capture_output=True,
@@ -586,8 +586,22 @@ def test_report_sorts_photos_in_a_real_browser(audited):
     assert by_file == sorted(by_file, key=str.lower) and by_file != [c["data-file"] for c in default]
     counts = [int(c["data-count"]) for c in cards("#sort=count")]
     assert counts == sorted(counts, reverse=True)
-    taken = [datetime.fromisoformat(c["data-time"]) for c in cards("#sort=time")]  # offsets differ: by instant
+    taken = [datetime.fromisoformat(c["data-time"]) for c in cards("#sort=time")]
     assert taken == sorted(taken)
+    # photos taken under different UTC offsets sort by instant, not by the text of their times: 09:00 in New
+    # York (14:00 UTC) comes after 20:00 in Shanghai (12:00 UTC) the same day
+    copy = audited["out"].parent / "offsets"
+    shutil.copytree(audited["out"], copy)
+    shown = {c["data-file"] for c in default}
+    records = [p for p in sorted((copy / "photos").glob("*.json")) if json.loads(p.read_text())["name"] in shown]
+    for path, when in zip(records, ["2026-11-20T09:00:00-05:00", "2026-11-20T20:00:00+08:00"], strict=False):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "taken_at": when}))
+    args = audited["args"]
+    out_at = args.index("--out") + 1
+    assert main(["audit", *args[:out_at], str(copy), *args[out_at + 1 :]]) == 0  # nothing new: the report again
+    by_time = [c["data-time"] for c in cards("#sort=time", copy)]
+    assert by_time.index("2026-11-20T20:00:00+08:00") < by_time.index("2026-11-20T09:00:00-05:00")
+    assert [datetime.fromisoformat(t) for t in by_time] == sorted(datetime.fromisoformat(t) for t in by_time)
 
 
 def test_batched_detection_finds_what_single_photo_calls_find(sample_photos, tmp_path):

@@ -220,6 +220,30 @@ def test_dead_cameras_are_retried_while_the_others_carry_on_and_a_failing_sink_l
     assert records[0]["extra"]["event"] == "open"
 
 
+def test_a_processing_error_shows_in_the_status_until_samples_work_again(tmp_path, still_clip, detector):
+    camera = CameraConfig(id="file", url=str(still_clip), sample_fps=2, speed=2)
+    proc = StreamProcessor(CamerasConfig(cameras=[camera]), detector, JsonlSink(tmp_path / "v.jsonl"))
+    worker = proc.workers["file"]
+    works, failing = worker.process, threading.Event()
+    failing.set()
+
+    def process(frame, dets, version):  # a fault in this camera's rules while it is set
+        if failing.is_set():
+            raise RuntimeError("zone geometry failed")
+        return works(frame, dets, version)
+
+    worker.process = process
+    try:
+        proc.start()
+        wait_for(lambda: proc.status()[0].error == "RuntimeError: zone geometry failed", 20, "the error shown")
+        assert proc.status()[0].state == "live" and proc.status()[0].frames_processed == 0
+        failing.clear()
+        wait_for(lambda: proc.status()[0].error is None, 20, "the error cleared once samples work again")
+        assert proc.status()[0].frames_processed > 0
+    finally:
+        proc.stop()
+
+
 def test_http_stream_source(tmp_path, still_clip, detector):
     image = cv2.resize(cv2.imread(str(PHOTO)), (320, 240))
     write_h264(tmp_path / "clip.ts", still_scene(image, 4, fps=5), fps=5)

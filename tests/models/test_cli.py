@@ -1,0 +1,22 @@
+"""``streetwatch models``: the registry's list as a person reads it."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from pipeline.cli import main
+
+
+def test_models_lists_every_model_in_aligned_columns_with_the_default_marked(capsys):
+    assert main(["models", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert len({len(m["name"]) for m in listed}) > 1 and len({len(m["version"]) for m in listed}) > 1
+    assert main(["models"]) == 0
+    rows = [re.match(r"([* ]) (\S+) +(\S+) +(\S+) +(\S.*)", line) for line in capsys.readouterr().out.splitlines()]
+    assert all(rows)
+    expected = [("*" if m["default"] else " ", m["name"], m["version"]) for m in listed]
+    assert [(r[1], r[2], r[3]) for r in rows] == expected
+    # names and versions of different lengths: version, files and classes each start at one place on every line
+    for column in (3, 4, 5):
+        assert len({r.start(column) for r in rows}) == 1, column
