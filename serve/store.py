@@ -205,7 +205,8 @@ class CaseStore:
             place = "photo-gps" if _by_gps(v) else v.source_id  # the scope _find_open_case searches
             lock = int.from_bytes(hashlib.sha256(f"{v.type}|{place}".encode()).digest()[:8], "big", signed=True)
             s.execute(select(func.pg_advisory_xact_lock(lock)))
-        occ = s.scalar(select(Occurrence).where(Occurrence.key == v.key))
+        # locked: two sightings of one key may hold different place locks (one with a GPS position, one without)
+        occ = s.scalar(select(Occurrence).where(Occurrence.key == v.key).with_for_update())
         if occ is not None:
             case = s.get(Case, occ.case_id, with_for_update=True)
             newer = v.last_seen >= occ.last_seen
@@ -336,9 +337,13 @@ class CaseStore:
             if rows:  # the same object filed again with a box a few pixels off is not another
                 overlap = box_iou([box for _, box in rows], [v.box])[:, 0]
                 others = {case_id for (case_id, _), iou in zip(rows, overlap, strict=True) if iou < SAME_OBJECT_IOU}
-        for case in s.scalars(query.order_by(Case.last_seen.desc()).limit(50)):
-            if case.id not in others and self._same_place(case, v):
-                return s.get(Case, case.id, with_for_update=True)
+        for case in s.scalars(query.order_by(Case.last_seen.desc()).limit(50)).all():
+            if case.id in others or not self._same_place(case, v):
+                continue
+            # locked and read again: a review that committed meanwhile (dismissed, relabelled) rules it out
+            locked = s.get(Case, case.id, with_for_update=True, populate_existing=True)
+            if locked is not None and locked.status in lifecycle.OPEN_STATUSES and locked.type == v.type:
+                return locked
         return None
 
     def _same_place(self, case: Case, v: Violation) -> bool:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from servetest import T0, jpeg
-from sqlalchemy import create_engine, inspect, select
+from servetest import T0, empty_database, jpeg
+from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.orm import Session
+from waiting import wait_for
 
 from pipeline.cases import EvidenceImage, GeoPoint
 from pipeline.photos import violation_key
@@ -317,3 +319,64 @@ def test_postgres_urls_use_psycopg3(pg_database):
     engine = create_engine(pg_database.replace("postgresql+psycopg", "postgresql"))
     engine.dispose()
     assert make_engine(pg_database.replace("postgresql+psycopg://", "postgresql://")).dialect.driver == "psycopg"
+
+
+# ---------------------------------------------------------------------- races on PostgreSQL, made exact
+def _in_flight(url: str, ingest) -> tuple[threading.Thread, list]:
+    """``ingest()`` in a thread, returned once it waits on a row lock the test holds."""
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(ingest()))
+    thread.start()
+    engine = create_engine(url)
+    waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    try:
+        with engine.connect() as conn:
+            wait_for(lambda: conn.execute(text(waiting)).scalar() == 1, 20, "the ingest waiting on the row lock")
+    finally:
+        engine.dispose()
+    return thread, out
+
+
+def test_a_review_committed_while_a_new_sighting_waits_for_its_case_is_seen(pg_database, tmp_path, violation):
+    # a reviewer's transaction dismisses the case while a new sighting of the same place looks for an open
+    # case: the sighting reads the case open, then waits for its row; once the dismissal commits it must
+    # see it, and open a case of its own instead of hiding in a dismissed one
+    empty_database(pg_database)
+    store = CaseStore(pg_database, tmp_path / "data")
+    try:
+        first = store.ingest(violation(key="k0"))
+        engine = create_engine(pg_database)
+        with engine.connect() as review:
+            review.execute(text("SELECT id FROM cases WHERE id = :id FOR UPDATE"), {"id": first.case_id})
+            review.execute(text("UPDATE cases SET status = 'dismissed' WHERE id = :id"), {"id": first.case_id})
+            thread, out = _in_flight(pg_database, lambda: store.ingest(violation(key="k1")))
+            review.commit()
+        thread.join(30)
+        engine.dispose()
+        (second,) = out
+        assert second.outcome == "created" and second.case_id != first.case_id and second.status == "new"
+        assert store.get_case(first.case_id).occurrences == 1
+    finally:
+        store.dispose()
+
+
+def test_sightings_of_one_key_with_and_without_a_position_count_every_update(pg_database, tmp_path, violation):
+    # two sightings of one photo key, one carrying GPS: they take different place locks, so the occurrence
+    # row itself must be locked before it is read, or one update overwrites the other
+    empty_database(pg_database)
+    store = CaseStore(pg_database, tmp_path / "data")
+    try:
+        store.ingest(violation(key="k"))
+        engine = create_engine(pg_database)
+        with engine.connect() as other:  # another sighting's transaction, holding the row mid-update
+            other.execute(text("UPDATE occurrences SET updates = updates + 1 WHERE key = 'k'"))
+            located = violation(key="k", location=GeoPoint(lat=31.2304, lon=121.4737))
+            thread, out = _in_flight(pg_database, lambda: store.ingest(located))
+            other.commit()
+        thread.join(30)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT updates FROM occurrences WHERE key = 'k'")).scalar() == 3
+        engine.dispose()
+        assert out[0].outcome == "updated"
+    finally:
+        store.dispose()
