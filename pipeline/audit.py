@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
@@ -50,6 +50,8 @@ MANIFEST = "manifest.jsonl"
 SETTINGS = "audit.json"
 CSV_NAME, GEOJSON_NAME, HTML_NAME = "detections.csv", "violations.geojson", "report.html"
 PHOTOS_DIR, THUMBS_DIR, ANNOTATED_DIR, CROPS_DIR = "photos", "thumbs", "annotated", "crops"
+#: How often an audit filing to a service asks its sink what the service has accepted, to record it as filed.
+RECORD_DELIVERED_S = 2.0
 #: Photos in a row whose cases could not be filed, after retries, before the target is taken as down.
 SINK_DOWN_AFTER = 3
 
@@ -412,6 +414,8 @@ class Audit:
         res = self._result = AuditResult(self.out, inputs=len(paths))
         self._attempted, self._failing_photos, self._sink_down = set(), 0, None
         self._handed: dict[str, str] = {}  # violation key -> photo hash, of what the sink took in this run
+        self._unrecorded: dict[str, str] = {}  # of those, the ones not recorded as filed in the manifest yet
+        self._recorded_at = 0.0  # when a sink that delivers later was last asked what it delivered
         todo = []
         for path in paths:
             try:
@@ -754,9 +758,10 @@ class Audit:
             if self._failing_photos >= SINK_DOWN_AFTER and self._sink_down is None:
                 self._sink_down = f"not tried: {self.target} kept failing ({error})"
         if filed:
-            self.manifest.append({"event": "filed", "target": self.target, "sha256": record["sha256"], "keys": filed})
             with self._lock:
                 self._handed.update(dict.fromkeys(filed, record["sha256"]))
+                self._unrecorded.update(dict.fromkeys(filed, record["sha256"]))
+            self._record_filed(every_s=RECORD_DELIVERED_S)
         if failed:
             self.manifest.append(
                 {"event": "filing_failed", "target": self.target, "sha256": record["sha256"], "keys": list(failed)}
@@ -804,13 +809,36 @@ class Audit:
             self._result.filed += filed
             self._result.filing_failed += failed
 
+    def _record_filed(self, missing: Mapping[str, str] | None = None, every_s: float = 0.0) -> None:
+        """Record in the manifest what the target has accepted and is not recorded yet. A sink that files as
+        it takes a violation (a database, a file) has accepted all it took; one that delivers later (a
+        service URL spools first) only what is not ``missing`` (default: what it has not delivered so far,
+        asked at most every ``every_s`` seconds), so an audit killed before the service answered files the
+        rest again on its next run."""
+        undelivered = getattr(self.sink, "undelivered", None)
+        if missing is None and undelivered is not None:
+            if time.monotonic() - self._recorded_at < every_s:
+                return
+            self._recorded_at = time.monotonic()
+            missing = undelivered(0.0)
+        by_photo: dict[str, list[str]] = {}
+        with self._lock:
+            for key, sha in list(self._unrecorded.items()):
+                if key not in (missing or {}):
+                    del self._unrecorded[key]
+                    by_photo.setdefault(sha, []).append(key)
+        for sha, keys in by_photo.items():
+            self.manifest.append({"event": "filed", "target": self.target, "sha256": sha, "keys": keys})
+
     def _confirm_delivery(self, wait: bool) -> None:
         """A sink that delivers later (a service URL spools first) has filed only what its target accepted:
-        the rest is recorded as not filed, so the report says so, the run fails and the next run files it."""
+        that is recorded as filed, the rest as not filed, so the report says so, the run fails and the next
+        run files it."""
         undelivered = getattr(self.sink, "undelivered", None)
         if undelivered is None or not self._handed:
             return
         missing = undelivered(None if wait else 0.0)
+        self._record_filed(missing)
         by_photo: dict[str, list[str]] = {}
         for key, sha in self._handed.items():
             if key in missing:

@@ -242,3 +242,32 @@ def test_audit_and_the_detect_api_file_into_the_service_once(patrol, tmp_path):
     assert {c["case_id"] for c in uploaded} == {case.id for case, _ in mine}
     for case, record in mine:  # first and last seen: the audit's capture time, unchanged by the upload
         assert case.first_seen == case.last_seen == datetime.fromisoformat(record["taken_at"])
+
+
+def test_an_audit_killed_before_the_service_answered_files_its_cases_next_time(patrol, tmp_path):
+    service = ServiceProcess(tmp_path / "data")  # the queue is down while the audit runs
+    ingest = service.key("ingest", "inspector")
+    spool, out = tmp_path / "spool", tmp_path / "out"
+    target = f"{service.url}?key={ingest}&spool={spool}&wait=120"
+    cmd = [sys.executable, "-m", "pipeline.cli", "audit", str(patrol), "--out", str(out), "--parking-anywhere"]
+    run = subprocess.Popen([*cmd, "--file-cases", target], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        # every photo audited and every violation spooled: the audit now waits for the service; kill -9 it
+        wait_for(lambda: len(list((out / "photos").glob("*.json"))) == 3, 180, "the photos audited", run)
+        found = audited_violations(out)
+        wait_for(lambda: len(list(spool.glob("*.json"))) >= len(found), 60, "the violations spooled", run)
+        run.kill()
+        run.wait(10)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    events = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert found and not [e for e in events if e["event"] == "filed"]  # nothing the service did not take
+    service.start()
+    try:
+        again = audit(patrol, out, target)  # the same command once the service is back: it files them
+    finally:
+        service.stop()
+    assert f"cases: {len(found)} filed" in again.stdout and "0 new photos audited" in again.stdout
+    filed = filed_cases(f"sqlite:///{service.data_dir / 'streetwatch.db'}", service.data_dir)
+    assert set(filed) == set(found) and all(len(cases) == 1 for cases in filed.values())
