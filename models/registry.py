@@ -101,6 +101,7 @@ class ModelRef(BaseModel):
 
     folder: Path = Field(description="Model folder")
     card: ModelCard = Field(description="The model card")
+    role: str | None = Field(None, description="The file a path named (fp32, int8, pt); None: a name or folder")
 
     def file(self, role: str, verify: bool = True) -> Path:
         """Path of a model file by role (fp32/int8/pt); verifies its hash unless told not to."""
@@ -297,7 +298,8 @@ def list_models(root: Path | None = None) -> list[ModelRef]:
 
 
 def resolve(ref: str | os.PathLike[str] | None = "default", root: Path | None = None) -> ModelRef:
-    """Find a model by ``default``, registry name, model folder or card-carrying ONNX file path."""
+    """Find a model by ``default``, registry name, model folder or the path of a file its card lists (then
+    ``role`` says which: a path to ``model.int8.onnx`` means the int8 model)."""
     root = root or models_root()
     text = "default" if ref is None else str(ref)
     if text == "default":
@@ -312,10 +314,16 @@ def resolve(ref: str | os.PathLike[str] | None = "default", root: Path | None = 
         folder = path
     elif path.is_file() and path.suffix in (".onnx", ".pt"):
         folder = path.parent
+        if not (folder / CARD_NAME).is_file():
+            raise ModelError(
+                f"{path}: a model file runs from its model folder, beside the card.json that names its classes "
+                f"(none in {folder}; `streetwatch export` writes one)"
+            )
         card = load_card(folder)
-        if not any(f.path == path.name for f in card.files.values()):
+        role = next((r for r, f in card.files.items() if f.path == path.name), None)
+        if role is None:
             raise ModelError(f"{path}: the model card in {folder} does not list this file")
-        return ModelRef(folder=folder, card=card)
+        return ModelRef(folder=folder, card=card, role=role)
     else:
         known = ", ".join(r.card.name for r in list_models(root)) or "none"
         raise ModelError(f"{text}: no such model (registered: {known}; or give a model folder path)")

@@ -203,6 +203,10 @@ class Detector:
     def __init__(self, config: DetectorConfig | None = None, **overrides: object):
         self.config = DetectorConfig.model_validate({**(config or DetectorConfig()).model_dump(), **overrides})
         self.ref: ModelRef = resolve(self.config.model)
+        if self.ref.role == "pt":
+            raise ModelError(f"{self.config.model}: the detector runs the ONNX files; give the model or its .onnx")
+        if self.ref.role is not None:  # a path to one ONNX file: that file is the variant that runs
+            self.config = self.config.model_copy(update={"variant": self.ref.role})
         card = self.ref.card
         self.model_path: Path = self.ref.file(self.config.variant)
         self.imgsz = self.config.imgsz or card.imgsz

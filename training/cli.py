@@ -111,7 +111,7 @@ def record_metrics(model: str, variant: str, data: str, split: str, result) -> N
         ref = resolve(model)
     except ModelError as exc:
         raise CLIError(f"--record needs a registry model or model folder: {exc}") from None
-    record_results(ref.card, data, split, {variant: result})
+    record_results(ref.card, data, split, {ref.role or variant: result})  # a file path names what was measured
     write_card(ref.folder, ref.card)
     print(f"recorded in {ref.folder / 'card.json'}", file=sys.stderr)
 

@@ -42,3 +42,13 @@ def test_tampered_model_file_is_refused(tmp_path):
 def test_folder_without_card_is_not_a_model(tmp_path):
     with pytest.raises(ModelError, match="not a model folder"):
         resolve(tmp_path)
+
+
+def test_a_model_file_path_names_its_file_and_needs_its_card(tmp_path):
+    folder = resolve("default").folder
+    assert resolve(folder / "model.int8.onnx").role == "int8" and resolve(folder / "model.pt").role == "pt"
+    assert resolve(folder).role is None and resolve("default").role is None
+    loose = tmp_path / "model.int8.onnx"  # copied out of its folder: no card names its classes
+    shutil.copy(folder / "model.int8.onnx", loose)
+    with pytest.raises(ModelError, match=r"model\.int8\.onnx: a model file runs from its model folder"):
+        resolve(loose)

@@ -103,6 +103,17 @@ def test_thresholds_and_class_filter(sample_photos):
     assert len(low) > len(base) and (low.confidence > 0.05).all()
 
 
+def test_a_path_to_the_int8_file_runs_the_int8_model(detector, sample_photos):
+    folder = resolve("default").folder
+    int8 = Detector(model=str(folder / "model.int8.onnx"))  # the file decides, not the default variant fp32
+    assert int8.model_path == folder / "model.int8.onnx" and int8.version.endswith("/int8")
+    assert int8.version == Detector(variant="int8").version != detector.version
+    image = read_image(sample_photos[0])
+    np.testing.assert_allclose(int8.detect(image).confidence, Detector(variant="int8").detect(image).confidence)
+    with pytest.raises(ModelError, match="runs the ONNX files"):
+        Detector(model=str(folder / "model.pt"))
+
+
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="unknown class 'dog'"):
         DetectorConfig(class_conf={"dog": 0.5})

@@ -428,5 +428,11 @@ def test_evaluate_record_stores_the_result_in_the_model_card(
     card = json.loads((root / "tiny" / "card.json").read_text())
     entry = card["metrics"][f"{shapes_data} [val]"]
     assert entry["int8"] == printed and entry["images"] == 8
+    # the path of the int8 file (no --variant): the int8 model is measured, and recorded as int8
+    int8_file = str(root / "tiny" / "model.int8.onnx")
+    assert main(["evaluate", "--data", str(shapes_data), "--model", int8_file, "--json", "--record"]) == 0
+    assert json.loads(capsys.readouterr().out) == printed
+    entry = json.loads((root / "tiny" / "card.json").read_text())["metrics"][f"{shapes_data} [val]"]
+    assert entry["int8"] == printed and "fp32" not in entry
     with pytest.raises(SystemExit):
         main(["evaluate", "--data", str(shapes_data), "--model", str(tmp_path / "x.pt"), "--record"])
