@@ -150,29 +150,32 @@ def make_tiles(hw: tuple[int, int], size: int, overlap: float) -> list[tuple[int
 
 
 def merge_tiles(dets: Detections, ios: float) -> Detections:
-    """Greedy non-maximum merging of same-class boxes across tiles: overlapping parts become one box."""
+    """Greedy non-maximum merging of same-class boxes across tiles: overlapping parts become one box. A
+    box grown by a merge is compared again, until no same-class pair overlaps by more than ``ios``."""
     if len(dets) < 2:
         return dets
     order = np.argsort(-dets.confidence, kind="stable")
     dets = dets[order]
     boxes = dets.xyxy.copy()
     merged = np.zeros(len(dets), bool)
-    keep = []
-    overlap = box_ios(boxes, boxes)
-    same = dets.class_id[:, None] == dets.class_id[None, :]
-    for i in range(len(dets)):
-        if merged[i]:
-            continue
-        group = np.flatnonzero((overlap[i] > ios) & same[i] & ~merged)
-        group = group[group > i]
-        if group.size:
-            members = np.concatenate([[i], group])
-            boxes[i, :2] = boxes[members, :2].min(0)
-            boxes[i, 2:] = boxes[members, 2:].max(0)
-            merged[group] = True
-        keep.append(i)
-    out = dets[np.asarray(keep)]
-    out.xyxy = boxes[np.asarray(keep)]
+    rank = np.arange(len(dets))  # by confidence: a box takes in only less confident ones
+    changed = True
+    while changed:  # a box that grew may now overlap one it did not, or a more confident one kept before it
+        changed = False
+        for i in range(len(dets)):
+            if merged[i]:
+                continue
+            while True:
+                rest = np.flatnonzero((rank > i) & ~merged & (dets.class_id == dets.class_id[i]))
+                group = rest[box_ios(boxes[i], boxes[rest])[0] > ios] if rest.size else rest
+                if not group.size:
+                    break
+                boxes[i, :2] = np.minimum(boxes[i, :2], boxes[group, :2].min(0))
+                boxes[i, 2:] = np.maximum(boxes[i, 2:], boxes[group, 2:].max(0))
+                merged[group] = changed = True
+    keep = np.flatnonzero(~merged)
+    out = dets[keep]
+    out.xyxy = boxes[keep]
     return out
 
 

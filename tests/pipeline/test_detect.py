@@ -147,6 +147,18 @@ def test_merge_tiles_joins_a_box_cut_by_a_tile_edge():
     assert car.xyxy.tolist() == [[100, 98, 300, 160]]  # the cut part and the whole become their union
 
 
+def test_merge_tiles_compares_a_grown_box_again():
+    # a pile cut by two tile edges: the first merge grows the box over a third part it did not overlap before
+    litter = CLASS_IDS["litter"]
+    parts = [[0, 0, 100, 100], [30, 0, 130, 100], [90, 0, 140, 100]]  # the third overlaps the first by 0.2
+    merged = merge_tiles(Detections(parts, [0.9, 0.8, 0.7], [litter] * 3), 0.6)
+    assert merged.xyxy.tolist() == [[0, 0, 140, 100]] and merged.confidence.tolist() == [np.float32(0.9)]
+    # the most confident box grows into a box kept before (the second overlapped it by 0.17 at first)
+    parts = [[190, 0, 250, 100], [100, 0, 200, 100], [130, 0, 230, 100]]
+    merged = merge_tiles(Detections(parts, [0.95, 0.9, 0.8], [litter] * 3), 0.6)
+    assert merged.xyxy.tolist() == [[100, 0, 250, 100]] and merged.confidence.tolist() == [np.float32(0.95)]
+
+
 def test_tiled_inference_finds_small_objects_the_full_pass_misses(detector, sample_photos):
     """People shrunk into a big canvas vanish at 640 px; tiles bring them back, without duplicates."""
     image = read_image(next(p for p in sample_photos if "scooter" in p.name))
