@@ -40,6 +40,13 @@ from pipeline.cases import GeoPoint
 from pipeline.track import TrackerConfig
 
 STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*):[^\s/@]*@")
+
+
+def hide_passwords(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***`` (``rtsp://admin:***@10.0.0.12/``):
+    FFmpeg's errors name the camera URL, and they end up in logs and on status pages."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
 #: The demo camera config shipped with the product (``streetwatch watch --demo``).
 DEMO_CAMERAS = Path(__file__).resolve().parent / "samples" / "cameras-demo.yaml"
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

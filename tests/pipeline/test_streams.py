@@ -185,7 +185,9 @@ def test_dead_cameras_are_retried_while_the_others_carry_on_and_a_failing_sink_l
     silent.listen(8)  # accepts connections (backlog) but never answers
     backoff = {"initial_s": 0.2, "max_s": 0.8}
     cameras = [
-        CameraConfig(id="refused", url=f"rtsp://127.0.0.1:{refused_port}/x", backoff=backoff, open_timeout_s=1),
+        CameraConfig(
+            id="refused", url=f"rtsp://admin:s3cret@127.0.0.1:{refused_port}/x", backoff=backoff, open_timeout_s=1
+        ),
         CameraConfig(
             id="silent", url=f"rtsp://127.0.0.1:{silent.getsockname()[1]}/x", backoff=backoff, open_timeout_s=1
         ),
@@ -207,6 +209,8 @@ def test_dead_cameras_are_retried_while_the_others_carry_on_and_a_failing_sink_l
         for cam in ("refused", "silent"):
             assert by_id[cam].state in ("failed", "connecting") and by_id[cam].frames_decoded == 0
             assert by_id[cam].error
+        # FFmpeg's error names the URL: its password stays out of the status (and the logs)
+        assert "rtsp://admin:***@127.0.0.1" in by_id["refused"].error and "s3cret" not in by_id["refused"].error
         reader = proc.readers["refused"]
         wait_for(lambda: reader.state == "failed", 5, "a failed state")
         assert 0 < reader.retry_at - time.monotonic() <= 0.8 * 1.1 + 0.01  # exponential backoff, capped at max_s
