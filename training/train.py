@@ -191,6 +191,7 @@ class _Progress:
         self.in_epoch = False
         self.last_batch: float | None = None
         self.batch_seconds: list[float] = []
+        self.first_batch_seconds: list[float] = []
 
     def on_pretrain_routine_start(self, trainer: Any) -> None:
         if trainer.device.type == "cpu":  # after ultralytics' select_device set its own count
@@ -233,6 +234,8 @@ class _Progress:
         now = time.time()
         if self.last_batch is not None:  # batch-to-batch time: loading, augmentation, forward, backward
             self.batch_seconds.append(now - self.last_batch)
+        else:  # an epoch's first batch, with the data loader's warm-up
+            self.first_batch_seconds.append(now - self.epoch_start)
         self.last_batch = now
         if self.bar is not None:
             losses = getattr(trainer, "tloss", None) or {}
@@ -274,12 +277,15 @@ class _Progress:
     def on_train_end(self, trainer: Any) -> None:
         if self.bar is not None:
             self.bar.close()
-        if self.batch_seconds:  # steady-state training speed (the first batch of each epoch is left out)
-            per_batch = float(np.median(self.batch_seconds))
+        # steady-state training speed: the first batch of each epoch is left out, unless there is no other
+        timed = self.batch_seconds or self.first_batch_seconds
+        if timed:
+            per_batch = float(np.median(timed))
             self.record["throughput"] = {
                 "seconds_per_batch": round(per_batch, 3),
                 "seconds_per_image": round(per_batch / self.cfg.batch, 4),
-                "batches_timed": len(self.batch_seconds),
+                "batches_timed": len(timed),
+                "includes_warmup": not self.batch_seconds,
             }
 
     def register(self, model: Any) -> None:

@@ -183,3 +183,18 @@ def test_train_cli_errors_name_the_problem(tmp_path: Path, shapes_data: Path, ca
     with pytest.raises(SystemExit):
         main(["train", "--config", str(SMOKE), "--set", f"data={shapes_data}", "--set", "base=/nowhere/w.pt"])
     assert "base weights /nowhere/w.pt: no such file" in capsys.readouterr().err
+
+
+def test_a_run_of_one_batch_per_epoch_still_records_its_speed():
+    # the speed is batch to batch, leaving out each epoch's first batch (the data loader's warm-up); with
+    # one batch per epoch there is no other, so that one is timed and the record says it includes warm-up
+    from training.train import _Progress
+
+    record: dict = {}
+    progress = _Progress(load_config(SMOKE), "", record)
+    for _epoch in range(2):
+        progress.on_train_epoch_start(None)
+        progress.on_train_batch_end(None)
+    progress.on_train_end(None)
+    speed = record["throughput"]
+    assert speed["batches_timed"] == 2 and speed["includes_warmup"] and speed["seconds_per_image"] >= 0
