@@ -437,4 +437,7 @@ def _describe(err: dict[str, Any], root: yaml.Node, data: dict[str, Any], source
         message = "required field is missing"
     elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
         message = "unknown or missing zone kind; use no_parking, no_vending, watch or mask"
+    elif err["type"] == "string_type" and isinstance(err.get("input"), bool | int | float):
+        read = "true/false (YAML reads unquoted yes, no, on, off so)" if isinstance(err["input"], bool) else "a number"
+        message = f"YAML read {err['input']!r} as {read}: put the text in quotes"
     return f"{prefix} {path}: {message}" if path else f"{prefix} {message}"

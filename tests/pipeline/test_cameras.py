@@ -107,6 +107,11 @@ def test_the_demo_config_is_valid_and_attributes_the_video():
             "cams.yaml:1: timezone: unknown time zone 'Mars/Olympus'",
         ),
         (("id: lobby", "id: gate-2"), "cams.yaml:2: cameras: camera id 'gate-2' is used twice"),
+        (  # a camera named "off" (or no, yes, on): YAML 1.1 reads the bare word as a boolean
+            ("id: lobby", "id: off"),
+            "cams.yaml:16: camera #2: id: YAML read False as true/false (YAML reads unquoted yes, no, on, off so)",
+        ),
+        (("name: wall", "name: 2024"), "cams.yaml:13: camera 'gate-2': zones[1].name: YAML read 2024 as a number"),
         (("name: wall", "name: bus-stop"), "cams.yaml:7: camera 'gate-2': zones: zone name 'bus-stop' is used twice"),
         (
             ("url: rtsp://127.0.0.1:8554/cam", "url: rtsp://127.0.0.1:8554/cam\n    loop: true"),
