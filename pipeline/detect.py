@@ -149,30 +149,43 @@ def make_tiles(hw: tuple[int, int], size: int, overlap: float) -> list[tuple[int
     return [(x, y, min(x + size, w), min(y + size, h)) for y in starts(h) for x in starts(w)]
 
 
-def merge_tiles(dets: Detections, ios: float) -> Detections:
-    """Greedy non-maximum merging of same-class boxes across tiles: overlapping parts become one box. A
-    box grown by a merge is compared again, until no same-class pair overlaps by more than ``ios``."""
+def merge_tiles(dets: Detections, ios: float, passes: np.ndarray | None = None) -> Detections:
+    """Greedy non-maximum merging of same-class boxes across tiles: overlapping parts become one box.
+
+    ``passes`` says which inference pass (the full image, one tile) found each box (default: each its own).
+    A merged box holds at most one box of each pass: two boxes one pass kept apart (two cars parked in a
+    row) are two objects, however they overlap. A box grown by a merge is compared again, until no
+    same-class boxes of different passes overlap by more than ``ios`` (intersection over the smaller)."""
     if len(dets) < 2:
         return dets
     order = np.argsort(-dets.confidence, kind="stable")
     dets = dets[order]
+    passes = np.arange(len(dets)) if passes is None else np.unique(np.asarray(passes), return_inverse=True)[1][order]
     boxes = dets.xyxy.copy()
     merged = np.zeros(len(dets), bool)
-    rank = np.arange(len(dets))  # by confidence: a box takes in only less confident ones
+    holds = np.zeros((len(dets), int(passes.max()) + 1), bool)  # the passes each box is made of
+    holds[np.arange(len(dets)), passes] = True
+    same = dets.class_id[:, None] == dets.class_id[None, :]
+    overlap = box_ios(boxes, boxes) > ios  # kept up to date as boxes grow (intersection over the smaller)
+    less_confident = np.triu(np.ones((len(dets), len(dets)), bool), 1)
     changed = True
     while changed:  # a box that grew may now overlap one it did not, or a more confident one kept before it
         changed = False
         for i in range(len(dets)):
             if merged[i]:
                 continue
-            while True:
-                rest = np.flatnonzero((rank > i) & ~merged & (dets.class_id == dets.class_id[i]))
-                group = rest[box_ios(boxes[i], boxes[rest])[0] > ios] if rest.size else rest
-                if not group.size:
+            while True:  # a box takes in only less confident ones, of passes it does not hold yet
+                taken = holds[i].copy()
+                for j in np.flatnonzero(overlap[i] & same[i] & less_confident[i] & ~merged):
+                    if not (holds[j] & taken).any():  # one box of each pass: the most confident
+                        taken |= holds[j]
+                        boxes[i, :2] = np.minimum(boxes[i, :2], boxes[j, :2])
+                        boxes[i, 2:] = np.maximum(boxes[i, 2:], boxes[j, 2:])
+                        merged[j] = changed = True
+                if (taken == holds[i]).all():
                     break
-                boxes[i, :2] = np.minimum(boxes[i, :2], boxes[group, :2].min(0))
-                boxes[i, 2:] = np.maximum(boxes[i, 2:], boxes[group, 2:].max(0))
-                merged[group] = changed = True
+                holds[i] = taken
+                overlap[i] = overlap[:, i] = box_ios(boxes[i], boxes)[0] > ios
     keep = np.flatnonzero(~merged)
     out = dets[keep]
     out.xyxy = boxes[keep]
@@ -294,7 +307,8 @@ class Detector:
             for (x1, y1, _, _), dets in zip(windows[start : start + batch], found, strict=True):
                 dets.xyxy += np.array([x1, y1, x1, y1], np.float32)
                 parts.append(dets)
-        merged = merge_tiles(Detections.merge(parts), cfg.merge_ios)
+        passes = np.concatenate([np.full(len(p), k) for k, p in enumerate(parts)])
+        merged = merge_tiles(Detections.merge(parts), cfg.merge_ios, passes)
         order = np.argsort(-merged.confidence, kind="stable")[: self.config.max_det]
         return merged[order]
 

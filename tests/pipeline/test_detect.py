@@ -159,6 +159,20 @@ def test_merge_tiles_compares_a_grown_box_again():
     assert merged.xyxy.tolist() == [[100, 0, 250, 100]] and merged.confidence.tolist() == [np.float32(0.95)]
 
 
+def test_merge_tiles_keeps_apart_what_one_pass_kept_apart():
+    # four cars parked in a row, in perspective: each farther one smaller and partly behind the nearer one
+    # (intersection over the smaller 0.6-0.76). One pass found all four: they are four cars, not one
+    car = CLASS_IDS["car"]
+    row = np.array([[0, 0, 400, 300], [220, 40, 460, 220], [350, 70, 494, 178], [440, 85, 526, 150]], np.float32)
+    cars = Detections(row, [0.9, 0.85, 0.8, 0.75], [car] * 4)
+    assert len(merge_tiles(cars, 0.6, passes=np.zeros(4, int))) == 4
+    # the same cars found again by a tile (pass 1): each tile box joins its own car, not a neighbour
+    again = Detections.merge([cars, Detections(row + 2, [0.7, 0.65, 0.6, 0.55], [car] * 4)])
+    merged = merge_tiles(again, 0.6, passes=np.repeat([0, 1], 4))
+    assert len(merged) == 4
+    np.testing.assert_allclose(merged.xyxy, row + np.array([0, 0, 2, 2], np.float32))
+
+
 def test_tiled_inference_finds_small_objects_the_full_pass_misses(detector, sample_photos):
     """People shrunk into a big canvas vanish at 640 px; tiles bring them back, without duplicates."""
     image = read_image(next(p for p in sample_photos if "scooter" in p.name))
