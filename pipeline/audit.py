@@ -816,6 +816,8 @@ class Audit:
         asked at most every ``every_s`` seconds), so an audit killed before the service answered files the
         rest again on its next run."""
         undelivered = getattr(self.sink, "undelivered", None)
+        with self._lock:  # taken before the sink is asked: a key spooled meanwhile is not judged delivered
+            candidates = dict(self._unrecorded)
         if missing is None and undelivered is not None:
             if time.monotonic() - self._recorded_at < every_s:
                 return
@@ -823,9 +825,8 @@ class Audit:
             missing = undelivered(0.0)
         by_photo: dict[str, list[str]] = {}
         with self._lock:
-            for key, sha in list(self._unrecorded.items()):
-                if key not in (missing or {}):
-                    del self._unrecorded[key]
+            for key, sha in candidates.items():
+                if key not in (missing or {}) and self._unrecorded.pop(key, None) is not None:
                     by_photo.setdefault(sha, []).append(key)
         for sha, keys in by_photo.items():
             self.manifest.append({"event": "filed", "target": self.target, "sha256": sha, "keys": keys})

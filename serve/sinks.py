@@ -173,9 +173,10 @@ class HttpSink:
             self.rejected.mkdir(exist_ok=True)
             reason = response.text[:2000]
             (self.rejected / f"{path.stem}.reason.txt").write_text(f"HTTP {response.status_code}: {reason}\n")
-            key = self._mine.pop(path.name, None)
-            if key is not None:  # recorded before the file leaves the spool: undelivered() never misses it
+            key = self._mine.get(path.name)
+            if key is not None:  # recorded before it leaves _mine and the spool: undelivered() never misses it
                 self._refused[key] = f"refused by the service, HTTP {response.status_code}: {reason[:300]}"
+                self._mine.pop(path.name, None)
             with contextlib.suppress(FileNotFoundError):
                 path.replace(self.rejected / path.name)
             self.refused += 1
