@@ -41,11 +41,18 @@ from pipeline.track import TrackerConfig
 
 STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
 _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*):[^\s/@]*@")
+_URL_CREDENTIALS = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*):(.*)@([^@]*)$")
 
 
-def hide_passwords(text: str) -> str:
-    """``text`` with the password of every URL in it replaced by ``***`` (``rtsp://admin:***@10.0.0.12/``):
-    FFmpeg's errors name the camera URL, and they end up in logs and on status pages."""
+def hide_passwords(text: str, *urls: str) -> str:
+    """``text`` with URL passwords replaced by ``***`` (``rtsp://admin:***@10.0.0.12/``): FFmpeg's errors
+    name the camera URL, and they end up in logs and on status pages. Each of ``urls`` is masked from its
+    user name to its last ``@``, as FFmpeg splits it (a password may hold ``@`` or ``/``); any other URL by
+    the usual rules."""
+    for url in urls:
+        found = _URL_CREDENTIALS.match(url)
+        if found:
+            text = text.replace(url, f"{found[1]}:***@{found[3]}")
     return _URL_PASSWORD.sub(r"\1:***@", text)
 #: The demo camera config shipped with the product (``streetwatch watch --demo``).
 DEMO_CAMERAS = Path(__file__).resolve().parent / "samples" / "cameras-demo.yaml"

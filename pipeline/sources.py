@@ -140,7 +140,7 @@ class CameraReader:
             except Exception as exc:  # FFmpeg/network errors of any kind: retry; the other cameras carry on
                 if self._stop.is_set():
                     break
-                self.error = hide_passwords(f"{type(exc).__name__}: {exc}")
+                self.error = hide_passwords(f"{type(exc).__name__}: {exc}", cfg.url)
                 if not cfg.is_stream and (self.frames_decoded == got or not cfg.loop):
                     # a file reads the same every time: one that gives no frame never will, and one cut
                     # short has been played as far as it goes

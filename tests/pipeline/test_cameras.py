@@ -159,3 +159,23 @@ def test_every_config_field_has_a_description():
     assert {"CameraConfig", "NoParkingZone", "WatchZone", "MaskZone", "ScheduleWindow", "TrackerConfig"} <= {
         m.__name__ for m in seen
     }
+
+
+@pytest.mark.parametrize("password", ["s3cret", "p@ss", "ab/cd"])
+def test_a_camera_password_is_masked_in_ffmpeg_errors(password):
+    import socket
+
+    import av
+
+    from pipeline.cameras import hide_passwords
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # closed again at once: nothing listens there
+    url = f"rtsp://admin:{password}@127.0.0.1:{port}/stream1"
+    with pytest.raises(Exception) as refused:  # FFmpeg's error names the URL, password and all
+        av.open(url, timeout=(2, 2))
+    text = f"{type(refused.value).__name__}: {refused.value}"
+    assert password in text
+    masked = hide_passwords(text, url)
+    assert password not in masked and "rtsp://admin:***@127.0.0.1" in masked
