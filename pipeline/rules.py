@@ -31,7 +31,8 @@ seconds (``update``), and ends when the object has been unseen for the zone's ``
 zone's schedule ends (``ended``: parking there is allowed from then on). An object whose violation ended
 with a schedule stays watched: another zone whose schedule is on judges its stay as it stands (a car in
 two zones does not dwell again), and if it is still there when the schedule starts again, that is a new
-violation, with its own key, once it has dwelt for the zone's time since the restart.
+violation, with its own key: a parked vehicle or stall once it has stood for the zone's dwell since the
+restart, litter or ads as soon as most of the recent samples show it.
 """
 
 from __future__ import annotations

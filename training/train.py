@@ -281,9 +281,10 @@ class _Progress:
         timed = self.batch_seconds or self.first_batch_seconds
         if timed:
             per_batch = float(np.median(timed))
+            per = min(self.cfg.batch, self.record.get("train_images", self.cfg.batch))  # a set smaller than a batch
             self.record["throughput"] = {
                 "seconds_per_batch": round(per_batch, 3),
-                "seconds_per_image": round(per_batch / self.cfg.batch, 4),
+                "seconds_per_image": round(per_batch / per, 4),
                 "batches_timed": len(timed),
                 "includes_warmup": not self.batch_seconds,
             }

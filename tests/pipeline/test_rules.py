@@ -42,7 +42,7 @@ def run(engine: RuleEngine, script: dict[int, Detections], seconds: int) -> list
     out = []
     for t in range(seconds):
         for e in engine.update(T0 + t, script.get(t, dets()), WH):
-            out.append((t, e.kind, e.obj.key))
+            out.append((t, e.kind, e.key))
     return out
 
 

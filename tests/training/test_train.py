@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import cv2
@@ -190,11 +191,15 @@ def test_a_run_of_one_batch_per_epoch_still_records_its_speed():
     # one batch per epoch there is no other, so that one is timed and the record says it includes warm-up
     from training.train import _Progress
 
-    record: dict = {}
-    progress = _Progress(load_config(SMOKE), "", record)
+    cfg = load_config(SMOKE)
+    record: dict = {"train_images": 3}  # fewer than a batch: each batch holds those 3
+    assert cfg.batch > 3
+    progress = _Progress(cfg, "", record)
     for _epoch in range(2):
         progress.on_train_epoch_start(None)
+        time.sleep(0.05)
         progress.on_train_batch_end(None)
     progress.on_train_end(None)
     speed = record["throughput"]
-    assert speed["batches_timed"] == 2 and speed["includes_warmup"] and speed["seconds_per_image"] >= 0
+    assert speed["batches_timed"] == 2 and speed["includes_warmup"] and speed["seconds_per_batch"] >= 0.05
+    assert speed["seconds_per_image"] == pytest.approx(speed["seconds_per_batch"] / 3, abs=1e-3)
