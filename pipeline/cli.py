@@ -53,7 +53,9 @@ def invalid_settings(exc: ValidationError, what: str = "option") -> str:
 def add_detector_args(parser: argparse.ArgumentParser) -> None:
     """The detector options every image command shares."""
     parser.add_argument("--model", default="default", help="registry name or model folder (default: %(default)s)")
-    parser.add_argument("--variant", choices=("fp32", "int8"), default="fp32", help="ONNX file to run")
+    parser.add_argument(
+        "--variant", choices=("fp32", "int8"), default="fp32", help="ONNX file to run (a --model file path decides)"
+    )
     parser.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default: %(default)s)")
     parser.add_argument("--imgsz", type=int, default=None, help="inference size (default: the model's)")
     parser.add_argument("--tile", action="store_true", help="sliced inference for small objects in large images")

@@ -371,7 +371,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--map", help="dataset class mapping (name or file); default: names are product classes")
     p.add_argument("--model", default="default", help="registry name, model folder, .onnx or .pt (default: default)")
     p.add_argument("--model-map", help="for a bare .pt whose class names are not product classes: its mapping")
-    p.add_argument("--variant", choices=("fp32", "int8"), default="fp32", help="ONNX file of a registry model")
+    p.add_argument(
+        "--variant", choices=("fp32", "int8"), default="fp32", help="ONNX file of a model (a --model file path decides)"
+    )
     p.add_argument("--imgsz", type=int, default=None, help="inference size (default: the model's)")
     p.add_argument("--tile", action="store_true", help="sliced inference (tiles plus a full pass)")
     p.add_argument("--conf", type=float, default=0.25, help="confidence for the confusion matrix (default: 0.25)")
