@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -25,6 +25,7 @@ from serve.evidence import EvidenceNotFound
 from serve.lifecycle import IllegalTransition
 from serve.metrics import Metrics
 from serve.outbox import WebhookDispatcher
+from serve.routes.ui import error_page as ui_error_page
 from serve.store import CaseNotFound, CaseStore, InvalidRequest
 
 if TYPE_CHECKING:
@@ -166,7 +167,9 @@ def install_error_handlers(app: FastAPI) -> None:
     """Every refusal becomes a 4xx with a reason; nothing a client sends can produce a 500."""
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        if request.url.path.startswith("/ui/") and request.method == "GET":  # a person's address bar: a page
+            return ui_error_page(request, 404, "这个地址不对 This address is not a page of the review site")
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         body_errors = [e for e in exc.errors() if tuple(e.get("loc", ())) == ("body",)]
         if body_errors and request.method in ("POST", "PUT", "PATCH") and ctype != "application/json":
@@ -200,7 +203,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": f"unreadable image: {exc.reason}"}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404 and request.url.path.startswith("/ui/") and request.method == "GET":
+            return ui_error_page(request, 404, "这个地址不对 This address is not a page of the review site")
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 

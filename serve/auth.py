@@ -50,13 +50,14 @@ def authenticate(request: Request) -> KeyOut:
     if record is None:
         raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     if from_cookie and request.method in UNSAFE_METHODS:
-        _same_origin(request)
+        same_origin(request)
     request.state.key = record
     return record
 
 
-def _same_origin(request: Request) -> None:
-    """Cookie-authenticated changes must come from the review page itself (no cross-site requests)."""
+def same_origin(request: Request) -> None:
+    """Cookie-authenticated changes, and signing in and out, must come from the review page itself (no
+    cross-site requests)."""
     origin = request.headers.get("origin") or request.headers.get("referer")
     if origin and urlsplit(origin).netloc != request.headers.get("host"):
         raise HTTPException(403, "cross-site request refused")

@@ -406,9 +406,12 @@ class CaseStore:
         """Hand a confirmed case to a department with a deadline (again: reassign)."""
         if deadline <= utcnow():
             raise InvalidRequest(f"deadline {deadline.isoformat()} is in the past")
+        department = department.strip()
+        if not department:
+            raise InvalidRequest("department is blank: name the department responsible")
 
         def work(s: Session, case: Case, now: datetime) -> dict:
-            case.department, case.deadline, case.dispatched_at = department.strip(), deadline, now
+            case.department, case.deadline, case.dispatched_at = department, deadline, now
             return {"department": case.department, "deadline": deadline.isoformat(), **({"note": note} if note else {})}
 
         return self._transition(case_id, "dispatch", actor, work, note)
@@ -434,6 +437,9 @@ class CaseStore:
 
     def reopen(self, case_id: int, actor: Actor, note: str) -> CaseOut:
         """Reopen a dismissed (back to review), resolved or closed (back to dispatch) case."""
+        note = note.strip()
+        if not note:
+            raise InvalidRequest("reason is blank: say why the case is reopened")
 
         def work(s: Session, case: Case, now: datetime) -> dict:
             case.resolved_at = case.closed_at = None

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from models.classes import CLASS_NAMES, DETECTOR_CLASSES, VIOLATIONS
 from pipeline.cases import plausible_time
-from serve.auth import COOKIE, GRANTS
+from serve.auth import COOKIE, GRANTS, same_origin
 from serve.lifecycle import STATUSES
 from serve.routes.stats import date_range
 from serve.schemas import KeyOut
@@ -61,7 +61,7 @@ def render(request: Request, name: str, user: KeyOut | None, **context: Any) -> 
     def local(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
         return value.astimezone(tz).strftime(fmt) if value else "—"
 
-    return templates.TemplateResponse(
+    response = templates.TemplateResponse(
         request,
         name,
         {
@@ -75,6 +75,15 @@ def render(request: Request, name: str, user: KeyOut | None, **context: Any) -> 
             **context,
         },
     )
+    response.headers["Cache-Control"] = "no-store"  # Back after an action or sign-out shows no stale page
+    return response
+
+
+def error_page(request: Request, status: int, message: str) -> HTMLResponse:
+    """A page saying what went wrong, for a person who followed a stale link or edited the address."""
+    response = render(request, "missing.html", current_user(request), message=message)
+    response.status_code = status
+    return response
 
 
 @router.get("/")
@@ -87,7 +96,7 @@ def login_page(request: Request, next: str = "/ui/cases", error: str | None = No
     return render(request, "login.html", None, next=_safe_next(next), error=error)
 
 
-@router.post("/ui/login")
+@router.post("/ui/login", dependencies=[Depends(same_origin)])
 def login(request: Request, key: Annotated[str, Form()], next: Annotated[str, Form()] = "/ui/cases") -> Response:
     record = request.app.state.store.verify_key(key.strip())
     if record is None or "review" not in GRANTS[record.role]:
@@ -98,7 +107,7 @@ def login(request: Request, key: Annotated[str, Form()], next: Annotated[str, Fo
     return response
 
 
-@router.post("/ui/logout")
+@router.post("/ui/logout", dependencies=[Depends(same_origin)])
 def logout() -> RedirectResponse:
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(COOKIE)
@@ -106,8 +115,8 @@ def logout() -> RedirectResponse:
 
 
 def _safe_next(target: str) -> str:
-    """Only local paths: a login link cannot send the reviewer elsewhere."""
-    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/ui/cases"
+    """Only review pages: a login link cannot send the reviewer elsewhere (another site, the raw API)."""
+    return target if target.startswith("/ui/") and "\\" not in target else "/ui/cases"
 
 
 @router.get("/ui/cases", response_class=HTMLResponse)
@@ -154,15 +163,16 @@ def case_page(request: Request, case_id: Annotated[int, PathParam(ge=1, le=2**31
     try:
         case = store.get_case(case_id)
     except CaseNotFound as exc:  # a page, not the API's JSON: a person followed a stale link
-        response = render(request, "missing.html", user, message=f"{exc} (案件不存在)")
-        response.status_code = 404
-        return response
+        return error_page(request, 404, f"{exc} (案件不存在)")
     config = request.app.state.config
     tz = config.tz
     proposed = datetime.now(tz) + timedelta(hours=config.default_deadline_hours)
+    if case.deadline is not None and case.deadline > datetime.now(tz):  # re-dispatch: the deadline in force
+        proposed = case.deadline.astimezone(tz)
     deadline = proposed.strftime("%Y-%m-%dT%H:%M")
     offset = proposed.strftime("%z")  # the deadline is entered in the service's zone, whatever the browser's
     frame = next((e for e in case.evidence if e.kind == "frame"), None)
+    frame = frame or next((e for e in case.evidence if e.kind == "crop"), None)  # filed with a crop only
     return render(
         request,
         "case.html",
@@ -184,13 +194,20 @@ def stats_page(request: Request, since: str = "", until: str = "") -> Response:
     if user is None:
         return to_login(request)
     tz = request.app.state.config.tz
-    try:  # the form sends dates; a hand-edited address may hold times, with or without a zone
-        start = plausible_time(datetime.fromisoformat(since)) if since else None
-        end = plausible_time(datetime.fromisoformat(until)) + timedelta(days=1) if until else None
-    except ValueError:  # the default range
-        start = end = None
+    unreadable = []
+
+    def parse(text: str, name: str) -> datetime | None:
+        """The form sends dates; a hand-edited address may hold times, with or without a zone."""
+        try:
+            return plausible_time(datetime.fromisoformat(text)) if text else None
+        except ValueError:  # said on the page; the other date still counts
+            unreadable.append(f"{name} {text!r}")
+            return None
+
+    start, end = parse(since, "since"), parse(until, "until")
+    end = end + timedelta(days=1) if end else None
     start, end = date_range(request, start, end)  # the service's zone for dates without one
-    if since and until and end <= start:  # the dates the wrong way round: the range they span
+    if since and until and not unreadable and end <= start:  # the dates the wrong way round: the range they span
         start, end = end - timedelta(days=1), start + timedelta(days=1)
     stats = request.app.state.store.stats(start, end, tz)
     return render(
@@ -202,6 +219,7 @@ def stats_page(request: Request, since: str = "", until: str = "") -> Response:
         until=(end - timedelta(seconds=1)).astimezone(tz).date().isoformat(),
         bars=bar_chart,
         columns=column_chart,
+        error=f"日期无法识别 Unreadable date: {', '.join(unreadable)} (YYYY-MM-DD)" if unreadable else None,
     )
 
 

@@ -210,6 +210,15 @@ def test_dispatch_refuses_a_deadline_in_the_past(store, violation):
     store.review(cid, "confirm", ALICE)
     with pytest.raises(InvalidRequest, match="in the past"):
         store.dispatch(cid, "环卫所", datetime.now(timezone.utc) - timedelta(hours=1), ALICE)
+    # a department of spaces (the browser's `required` lets them through) would leave the case with no one
+    with pytest.raises(InvalidRequest, match="department is blank"):
+        store.dispatch(cid, "   ", future(), ALICE)
+    assert store.get_case(cid).status == "confirmed"
+    store.dispatch(cid, " 环卫所 ", future(), ALICE)
+    store.resolve(cid, ALICE)
+    with pytest.raises(InvalidRequest, match="reason is blank"):  # a reopen needs its reason
+        store.reopen(cid, ALICE, "  \n ")
+    assert store.get_case(cid).status == "resolved" and store.get_case(cid).department == "环卫所"
 
 
 def test_list_filters_and_pagination(store, violation):

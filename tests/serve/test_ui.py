@@ -10,8 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servetest import ServiceProcess, sample_violations
+from servetest import ServiceProcess, jpeg, make_violation, sample_violations
 
+from pipeline.cases import EvidenceImage
 from serve.store import CaseStore
 
 CHROMIUM = "/usr/bin/chromium"
@@ -131,3 +132,61 @@ def test_reviewer_confirms_and_dispatches_in_the_browser(browser, tmp_path):
     for name in ("review-list.png", "review-case.png", "review-stats.png"):
         assert (shots / name).stat().st_size > 20_000
     assert shutil.which("true")  # (screenshots are left for people to look at)
+
+
+def test_review_pages_on_a_phone_in_summer_time_with_odd_addresses(browser, tmp_path):
+    service = ServiceProcess(tmp_path / "data", config={"load_detector": False, "timezone": "Europe/Berlin"}).start()
+    try:
+        ingest, reviewer = service.key("ingest"), service.key("reviewer", "rev")
+        headers = {"Authorization": f"Bearer {ingest}", "Content-Type": "application/json"}
+        filed = [
+            make_violation(zone="Ladezone " * 22),  # a 198-character zone name
+            make_violation(source_id="cam9", evidence=[EvidenceImage(kind="crop", jpeg=jpeg(3))]),  # a crop only
+        ]
+        ids = [
+            httpx.post(f"{service.url}/v1/cases/ingest", content=v.model_dump_json(), headers=headers, timeout=30)
+            .raise_for_status()
+            .json()["case_id"]
+            for v in filed
+        ]
+        # another site cannot sign the reviewer in with its own key (their actions would be recorded under it)
+        forged = httpx.post(f"{service.url}/ui/login", data={"key": reviewer}, headers={"Origin": "http://evil.test"})
+        assert forged.status_code == 403 and "set-cookie" not in forged.headers
+
+        page = browser.new_page(viewport={"width": 375, "height": 800}, locale="de-DE")
+        page.goto(f"{service.url}/ui/login?next=/v1/cases")  # a link that would land on the raw API
+        page.fill("input[name=key]", reviewer)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/ui/cases")
+        listing = page.goto(f"{service.url}/ui/cases")
+        assert listing.headers["cache-control"] == "no-store"  # Back never shows a page from before an action
+        assert page.evaluate("document.documentElement.scrollWidth") <= 376  # on a phone nothing sticks out
+
+        # a deadline in July, set in winter: summer time (+02:00) applies on that date, not today's +01:00
+        page.goto(f"{service.url}/ui/cases/{ids[0]}")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 376
+        page.click("button[name=confirm]")
+        page.wait_for_selector("#status[data-status=confirmed]")
+        page.fill("input[name=department]", "Ordnungsamt")
+        page.fill("input[name=deadline]", "2030-07-01T10:00")
+        page.click("button[name=dispatch]")
+        page.wait_for_selector("#status[data-status=dispatched]")
+        assert page.inner_text("#deadline") == "2030-07-01 10:00"
+        assert page.input_value("input[name=deadline]") == "2030-07-01T10:00"  # re-dispatch keeps the deadline
+        page.fill("input[name=department]", "   ")  # spaces pass the browser's `required`, not the service
+        page.click("button[name=dispatch]")
+        page.wait_for_selector("#action-error:not([hidden])")
+        assert "department is blank" in page.inner_text("#action-error")
+
+        page.goto(f"{service.url}/ui/cases/{ids[1]}")  # filed with a crop only: the crop is its picture
+        page.wait_for_function("() => { const i = document.querySelector('#frame'); return i && i.naturalWidth > 0 }")
+
+        for address in ("/ui/cases/0", "/ui/cases/abc", "/ui/cases?page=0", "/ui/nowhere"):
+            shown = page.goto(service.url + address)  # a page saying so, not the API's JSON
+            assert shown.status == 404 and "Not found" in page.inner_text("h1"), address
+        page.goto(f"{service.url}/ui/stats?since=garbage&until=2026-11-20")
+        assert "Unreadable date: since 'garbage'" in page.inner_text(".error")
+        assert page.input_value("input[name=until]") == "2026-11-20"  # the readable date still counts
+        page.close()
+    finally:
+        service.stop()

@@ -1,14 +1,35 @@
 // Review page actions: each <form data-action> posts its fields as JSON to the case API.
 "use strict";
 
+function zoneOffset(timeZone, instant) {
+  // "+02:00": the UTC offset of an IANA time zone at an instant
+  const name = new Intl.DateTimeFormat("en-US", { timeZone, timeZoneName: "longOffset" })
+    .formatToParts(instant)
+    .find((p) => p.type === "timeZoneName").value; // "GMT+02:00", or "GMT" for UTC itself
+  const m = name.match(/^GMT([+-]\d{2}):?(\d{2})?$/);
+  return m ? `${m[1]}:${m[2] || "00"}` : "+00:00";
+}
+
+function inZone(local, form) {
+  // datetime-local has no zone: the deadline is meant in the service's time zone (data-zone), with the
+  // offset in force on that date (summer time), not today's; data-offset (today's) if the browser cannot tell
+  const stamp = `${local}:00`;
+  try {
+    let offset = zoneOffset(form.dataset.zone, new Date(`${stamp}Z`));
+    offset = zoneOffset(form.dataset.zone, new Date(`${stamp}${offset}`)); // the offset at that time itself
+    return `${stamp}${offset}`;
+  } catch (err) {
+    return `${stamp}${form.dataset.offset || "Z"}`;
+  }
+}
+
 function payload(form) {
-  // datetime-local has no zone: the deadline is meant in the service's time zone (data-offset, e.g. +08:00)
   const data = {};
   for (const [name, value] of new FormData(form).entries()) {
     if (value === "") continue;
     data[name] = value;
   }
-  if (data.deadline) data.deadline = `${data.deadline}:00${form.dataset.offset || "Z"}`;
+  if (data.deadline) data.deadline = inZone(data.deadline, form);
   return data;
 }
 
