@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,7 +36,7 @@ from tqdm import tqdm
 
 from models.classes import VIOLATIONS
 from pipeline.annotate import blur_boxes, draw_detections
-from pipeline.cases import GeoPoint, Violation, ViolationSink, plausible_time
+from pipeline.cases import GeoPoint, Violation, ViolationSink, plausible_time, target_label
 from pipeline.decode import ImageMetadata, ImageReadError, decode_image, probe_image, read_file, read_metadata, tz_name
 from pipeline.detect import Detector, rect_shape
 from pipeline.detections import Detections
@@ -134,21 +133,6 @@ def resolve_timezone(name: str | None) -> tzinfo:
         return ZoneInfo(name)
     except Exception:
         raise AuditError(f"unknown timezone {name!r}; use an IANA name such as Asia/Shanghai") from None
-
-
-def target_label(target: str) -> str:
-    """A sink target as recorded in the manifest (what was filed where) and shown in the report: a URL's
-    password and API key (``?key=``) are never written down, and a service URL's delivery options
-    (``spool=``, ``wait=``) are left out, since changing them does not change where cases go."""
-    parts = urlsplit(target)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if not parts.password and not query:
-        return target  # as given (urlunsplit would turn sqlite:///x into sqlite:/x)
-    if parts.password:
-        host = parts.hostname or ""
-        parts = parts._replace(netloc=f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else ""))
-    query = [(k, "***" if k == "key" else v) for k, v in query if k not in ("spool", "wait")]
-    return urlunsplit(parts._replace(query=urlencode(query, safe="*/")))
 
 
 # ----------------------------------------------------------------------------------------- manifest

@@ -16,6 +16,7 @@ import threading
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Annotated, Any, Literal, Protocol, runtime_checkable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -160,6 +161,21 @@ class JsonlSink:
     def close(self) -> None:
         if self._own:
             self._fh.close()
+
+
+def target_label(target: str) -> str:
+    """A sink target as commands show it and an audit records it (what was filed where): a URL's password
+    and API key (``?key=``) are never written down, and a service URL's delivery options (``spool=``,
+    ``wait=``) are left out, since changing them does not change where cases go."""
+    parts = urlsplit(target)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if not parts.password and not query:
+        return target  # as given (urlunsplit would turn sqlite:///x into sqlite:/x)
+    if parts.password:
+        host = parts.hostname or ""
+        parts = parts._replace(netloc=f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else ""))
+    query = [(k, "***" if k == "key" else v) for k, v in query if k not in ("spool", "wait")]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="*/")))
 
 
 def open_sink(target: str | None) -> ViolationSink:

@@ -354,7 +354,7 @@ def format_status(status) -> str:
 def cmd_watch(args: argparse.Namespace) -> int:
     """Watch cameras from a camera config file (or the demo) and report violations."""
     from pipeline.cameras import DEMO_CAMERAS, CameraConfigError, load_cameras
-    from pipeline.cases import JsonlSink, open_sink
+    from pipeline.cases import JsonlSink, open_sink, target_label
     from pipeline.streams import StreamProcessor
 
     if args.demo == bool(args.config):
@@ -444,17 +444,27 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
         follower = ModelFollower(detector.config, detector, [switched]).start()
     if not args.json:
-        where = target or "stdout"
+        where = target_label(target) if target else "stdout"  # never the ingest key (logs keep stderr)
         print(
             f"watching {len(config.active)} camera(s) from {path} with model {detector.version}; "
             f"violations -> {where}" + ("" if args.duration is None else f"; for {args.duration:g} s"),
             file=sys.stderr,
         )
+    missing: dict[str, str] = {}  # keys the case queue has not taken, with why
     try:
         with sigterm_as_ctrl_c():  # the frame in hand finished, open violations flushed
-            proc.run(duration=args.duration, on_tick=tick, tick_s=1.0)
-    except KeyboardInterrupt:
-        proc.stop()
+            try:
+                proc.run(duration=args.duration, on_tick=tick, tick_s=1.0)
+            except KeyboardInterrupt:
+                proc.stop()  # at once if the stop itself was cut short
+            undelivered = getattr(sink, "undelivered", None)  # a service URL: wait (wait=) for it to answer
+            if undelivered is not None:
+                try:
+                    missing = undelivered(None)
+                except KeyboardInterrupt:
+                    missing = undelivered(0.0)
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping: what was not sent is said below
+        pass
     finally:
         if follower is not None:
             follower.stop()
@@ -474,10 +484,19 @@ def cmd_watch(args: argparse.Namespace) -> int:
             ),
             file=sys.stderr,
         )
+    failed = 0
+    if missing:
+        why = next(iter(missing.values()))
+        where = target_label(target or "")
+        print(f"streetwatch: {len(missing)} violation(s) not delivered to {where}: {why}", file=sys.stderr)
+        failed = 1
+    if proc.unsent:
+        print(f"streetwatch: {proc.unsent} violation(s) the sink did not take (see the log above)", file=sys.stderr)
+        failed = 1
     if all(s.frames_decoded == 0 for s in statuses):
         print("streetwatch: no camera delivered any frame", file=sys.stderr)
         return 1
-    return 0
+    return failed
 
 
 # --------------------------------------------------------------------------------------------- main

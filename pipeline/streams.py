@@ -167,6 +167,7 @@ class StreamProcessor:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._unsent: deque[Violation] = deque()
+        self._stopped = False
         self.batches = 0
         self.detector_errors = 0
         self.emitted = 0
@@ -188,14 +189,27 @@ class StreamProcessor:
             reader.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop gracefully: readers stop, the batch in flight finishes, open violations are flushed to the sink."""
-        if self._thread is None:
+        """Stop gracefully: readers stop, the batch in flight finishes, open violations are flushed to the sink.
+
+        The queue of violations to send belongs to the processing thread until it has ended: a sink that
+        takes long (a locked database) is waited for, with a warning every ``timeout`` seconds. A second
+        Ctrl-C (or SIGTERM) while waiting stops without it; what was not sent is counted in :attr:`unsent`."""
+        if self._thread is None or self._stopped:
             return
         for reader in self.readers.values():
             reader.stop()
         self._stopping.set()
         self._wake()
-        self._thread.join(timeout)
+        try:
+            self._thread.join(timeout)
+            while self._thread.is_alive():
+                log.warning("the sink has not answered for a while; still waiting (Ctrl-C again: stop without it)")
+                self._thread.join(timeout)
+        except KeyboardInterrupt:
+            self._stopped = True
+            log.error("stopped without waiting for the sink: %d violation(s) not sent", self.unsent)
+            raise
+        self._stopped = True
         frames = [f for r in self.readers.values() if (f := r.take()) is not None]
         if frames:
             self._process(frames)  # the newest frames already decoded
@@ -208,6 +222,11 @@ class StreamProcessor:
         deadline = time.monotonic() + 2.0
         for reader in self.readers.values():
             reader.join(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def unsent(self) -> int:
+        """Violations the sink has not taken (it failed, or the stop did not wait for it); 0 after a clean stop."""
+        return len(self._unsent) + int(self._stopped and self._thread is not None and self._thread.is_alive())
 
     def run(
         self, duration: float | None = None, on_tick: Callable[[], None] | None = None, tick_s: float = 1.0

@@ -266,5 +266,10 @@ def open_case_sink(target: str) -> ViolationSink:
     data_dir = Path(target)
     if data_dir.exists() and not data_dir.is_dir():
         raise ValueError(f"{target}: not a folder (a data folder holds streetwatch.db and evidence/)")
+    if not data_dir.exists() and data_dir.suffix:  # out.json, cases.db: a file meant, not a new folder
+        raise ValueError(
+            f"{target}: no such data folder, and the name looks like a file; use FILE.jsonl for JSON lines, "
+            "sqlite:///FILE for a database file, or a folder name for a new data folder"
+        )
     data_dir.mkdir(parents=True, exist_ok=True)
     return StoreSink.open(f"sqlite:///{(data_dir / 'streetwatch.db').resolve()}", data_dir)

@@ -173,6 +173,36 @@ class FlakySink(JsonlSink):
         super().emit(violation)
 
 
+class SlowSink(JsonlSink):
+    """A sink that takes a while per violation (a locked database); ``busy`` is set once it is inside one."""
+
+    def __init__(self, path: Path, seconds: float):
+        super().__init__(path)
+        self.seconds, self.busy = seconds, threading.Event()
+
+    def emit(self, violation) -> None:
+        self.busy.set()
+        time.sleep(self.seconds)
+        super().emit(violation)
+
+
+def test_a_stop_while_the_sink_is_slow_waits_and_sends_each_violation_once(tmp_path, still_clip, detector):
+    zone = NoParkingZone(kind="no_parking", name="pavement", polygon=PAVEMENT, dwell_s=2, inertia=1)
+    camera = CameraConfig(id="file", url=str(still_clip), sample_fps=2, speed=2, zones=[zone])
+    sink = SlowSink(tmp_path / "v.jsonl", seconds=1.5)
+    proc = StreamProcessor(CamerasConfig(cameras=[camera]), detector, sink)
+    proc.start()
+    try:
+        assert sink.busy.wait(60), "no violation reached the sink"
+    finally:
+        proc.stop(timeout=0.3)  # the sink is inside its first violation: the stop waits for it, not around it
+    records = read_jsonl(tmp_path / "v.jsonl")
+    events = [(r["key"], r["extra"]["event"], r["last_seen"]) for r in records]
+    assert proc.unsent == 0 and len(events) == len(set(events))  # nothing lost, nothing sent twice
+    opened = [key for key, event, _ in events if event == "open"]
+    assert opened and len(opened) == len(set(opened))
+
+
 def test_dead_cameras_are_retried_while_the_others_carry_on_and_a_failing_sink_loses_nothing(
     tmp_path, still_clip, detector
 ):

@@ -111,6 +111,21 @@ def test_watch_files_into_the_service_across_a_restart(tmp_path):
     check_one_case_per_object(events, filed_cases(f"sqlite:///{service.data_dir / 'streetwatch.db'}", service.data_dir))
 
 
+def test_watch_says_what_the_queue_did_not_take_and_never_shows_the_key(tmp_path):
+    service = ServiceProcess(tmp_path / "data").start()
+    try:
+        reviewer = service.key("reviewer", "not for filing")  # a key the ingest route refuses
+        cmd = [sys.executable, "-m", "pipeline.cli", "watch", str(pavement_camera(tmp_path)), "--speed", "2"]
+        cmd += ["--duration", "16", "--sink", f"{service.url}?key={reviewer}&spool={tmp_path / 'spool'}&wait=3"]
+        run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    finally:
+        service.stop()
+    assert run.returncode == 1, run.stderr[-3000:]  # not 0: nothing reached the case queue
+    assert "violation(s) not delivered to" in run.stderr and "HTTP 403" in run.stderr
+    assert reviewer not in run.stderr and "key=***" in run.stderr  # stderr ends up in logs
+    assert list((tmp_path / "spool").glob("*.json"))  # kept for the next worker on that spool
+
+
 def test_watch_files_into_a_sqlite_store(tmp_path):
     db = tmp_path / "queue" / "cases.db"
     worker = watch(pavement_camera(tmp_path), f"sqlite:///{db}", duration=10)

@@ -50,6 +50,9 @@ def test_bad_targets_are_refused(tmp_path, monkeypatch):
         open_case_sink(str(tmp_path / "file.txt"))
     with pytest.raises(ValueError, match="database file"):
         open_case_sink("sqlite://")
+    with pytest.raises(ValueError, match=r"looks like a file; use FILE\.jsonl"):  # a typo for out.jsonl
+        open_case_sink(str(tmp_path / "out.json"))
+    assert not (tmp_path / "out.json").exists()  # no data folder made under that name
 
 
 @pytest.mark.slow
