@@ -426,6 +426,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
             return
         clear()
         lines = [format_status(s) for s in proc.status()]
+        if proc.sink_waiting_s >= 5:  # the cameras wait for it: "live" alone would hide that nothing is processed
+            where = target_label(target) if target else "stdout"
+            lines.append(f"sink {where}: no answer for {proc.sink_waiting_s:.0f} s; no camera is processed meanwhile")
         sys.stderr.write("\n".join(lines) + "\n")
         sys.stderr.flush()
         shown["lines"] = len(lines) if tty else 0

@@ -168,6 +168,7 @@ class StreamProcessor:
         self._thread: threading.Thread | None = None
         self._unsent: deque[Violation] = deque()
         self._stopped = False
+        self._sink_since: float | None = None  # when the sink call in progress began
         self.batches = 0
         self.detector_errors = 0
         self.emitted = 0
@@ -222,6 +223,13 @@ class StreamProcessor:
         deadline = time.monotonic() + 2.0
         for reader in self.readers.values():
             reader.join(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def sink_waiting_s(self) -> float:
+        """How long the sink has been taking the violation in hand (0: none in hand). Cameras are processed
+        in the same thread, so a sink that blocks (a locked database) holds them all up meanwhile."""
+        since = self._sink_since
+        return 0.0 if since is None else time.monotonic() - since
 
     @property
     def unsent(self) -> int:
@@ -324,6 +332,7 @@ class StreamProcessor:
     def _send_unsent(self) -> None:
         while self._unsent:
             violation = self._unsent[0]
+            self._sink_since = time.monotonic()
             try:
                 self.sink.emit(violation)
             except Exception:
@@ -331,6 +340,8 @@ class StreamProcessor:
                     log.exception("sink failed; %d violations queued for retry", len(self._unsent))
                 self.sink_failing = True
                 return
+            finally:
+                self._sink_since = None
             if self.sink_failing:
                 log.warning("sink accepts violations again")
             self.sink_failing = False

@@ -194,6 +194,8 @@ def test_a_stop_while_the_sink_is_slow_waits_and_sends_each_violation_once(tmp_p
     proc.start()
     try:
         assert sink.busy.wait(60), "no violation reached the sink"
+        time.sleep(0.2)
+        assert 0.1 < proc.sink_waiting_s < 1.5  # shown on the status line once it is long
     finally:
         proc.stop(timeout=0.3)  # the sink is inside its first violation: the stop waits for it, not around it
     records = read_jsonl(tmp_path / "v.jsonl")
