@@ -69,6 +69,7 @@ def render(request: Request, name: str, user: KeyOut | None, **context: Any) -> 
             "violations": VIOLATIONS,
             "statuses": STATUSES,
             "classes": DETECTOR_CLASSES,
+            "sources_of": {name: list(v.sources) for name, v in VIOLATIONS.items()},  # the classes of each type
             "action_labels": ACTION_LABELS,
             "local": local,
             "tzname": config.timezone,

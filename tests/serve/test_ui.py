@@ -180,6 +180,15 @@ def test_review_pages_on_a_phone_in_summer_time_with_odd_addresses(browser, tmp_
 
         page.goto(f"{service.url}/ui/cases/{ids[1]}")  # filed with a crop only: the crop is its picture
         page.wait_for_function("() => { const i = document.querySelector('#frame'); return i && i.naturalWidth > 0 }")
+        # relabel offers the classes of the chosen type: parking has three, the case's car chosen; litter one
+        offered = "s => [...s.options].filter(o => !o.disabled).map(o => o.value)"
+        assert page.eval_on_selector("select[name=detector_class]", offered) == ["car", "motorbike", "bicycle"]
+        assert page.input_value("select[name=detector_class]") == "car"
+        page.select_option("select[name=type]", "exposed_garbage")
+        assert page.eval_on_selector("select[name=detector_class]", offered) == ["litter"]
+        page.click("button[name=relabel]")
+        page.wait_for_selector("#status[data-status=confirmed]")
+        assert "exposed_garbage" in page.inner_text(".facts") and "litter" in page.inner_text(".facts")
 
         for address in ("/ui/cases/0", "/ui/cases/abc", "/ui/cases?page=0", "/ui/nowhere"):
             shown = page.goto(service.url + address)  # a page saying so, not the API's JSON

@@ -58,6 +58,24 @@ async function submit(event) {
   }
 }
 
+function narrowClasses(form) {
+  // relabel: only the detector classes that evidence the chosen type (parking: car, motorbike, bicycle),
+  // the case's own class when it is one of them
+  const type = form.querySelector("select[name=type]");
+  const cls = form.querySelector("select[name=detector_class]");
+  if (!type || !cls || !type.dataset.sources) return;
+  const allowed = JSON.parse(type.dataset.sources)[type.value] || [];
+  for (const option of cls.options) option.hidden = option.disabled = !allowed.includes(option.value);
+  if (!allowed.includes(cls.value)) cls.value = allowed.includes(cls.dataset.current) ? cls.dataset.current : allowed[0];
+}
+
 document.addEventListener("DOMContentLoaded", () => {
-  document.querySelectorAll("form[data-action]").forEach((form) => form.addEventListener("submit", submit));
+  document.querySelectorAll("form[data-action]").forEach((form) => {
+    form.addEventListener("submit", submit);
+    const type = form.querySelector("select[name=type]");
+    if (type) {
+      narrowClasses(form);
+      type.addEventListener("change", () => narrowClasses(form));
+    }
+  });
 });
