@@ -104,8 +104,11 @@ class CameraReader:
         return frame
 
     def current_state(self) -> CameraState:
-        """The state, with ``stalled`` while a live camera has sent nothing for ``stall_timeout_s``."""
+        """The state, with ``stalled`` while a live camera has sent nothing for ``stall_timeout_s``, and
+        ``stopped`` once asked to stop while still connecting (FFmpeg's open gives up only at its timeout)."""
         state = self.state
+        if state == "connecting" and self._stop.is_set():
+            return "stopped"
         if (
             state == "live"
             and self.last_data_mono is not None

@@ -256,6 +256,19 @@ def test_dead_cameras_are_retried_while_the_others_carry_on_and_a_failing_sink_l
     assert records[0]["extra"]["event"] == "open"
 
 
+def test_a_camera_stopped_while_connecting_says_stopped(tmp_path, detector):
+    with socket.socket() as silent:  # accepts the connection, never answers: FFmpeg waits out its open timeout
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        camera = CameraConfig(id="silent", url=f"rtsp://127.0.0.1:{silent.getsockname()[1]}/x", open_timeout_s=20)
+        proc = StreamProcessor(CamerasConfig(cameras=[camera]), detector, JsonlSink(tmp_path / "v.jsonl"))
+        proc.start()
+        time.sleep(0.5)
+        assert proc.status()[0].state == "connecting"
+        proc.stop()
+        assert proc.status()[0].state == "stopped"  # the final status line: not still "connecting"
+
+
 def test_a_processing_error_shows_in_the_status_until_samples_work_again(tmp_path, still_clip, detector):
     camera = CameraConfig(id="file", url=str(still_clip), sample_fps=2, speed=2)
     proc = StreamProcessor(CamerasConfig(cameras=[camera]), detector, JsonlSink(tmp_path / "v.jsonl"))
