@@ -398,7 +398,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         echo = JsonlSink(evidence_dir=evidence)
         proc.listeners.append(echo.emit)
     tty = sys.stderr.isatty()
-    shown = {"lines": 0, "at": 0.0}
+    shown = {"lines": 0, "at": 0.0, "text": ""}
 
     def show_event(violation) -> None:
         if args.json:
@@ -432,7 +432,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         sys.stderr.write("\n".join(lines) + "\n")
         sys.stderr.flush()
         shown["lines"] = len(lines) if tty else 0
-        shown["at"] = time.monotonic()
+        shown["at"], shown["text"] = time.monotonic(), "\n".join(lines)
 
     proc.listeners.append(show_event)
     follower = None
@@ -475,8 +475,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
     statuses = proc.status()
     if not args.json:
         clear()
-        for s in statuses:
-            print(format_status(s), file=sys.stderr)
+        final = "\n".join(format_status(s) for s in statuses)
+        if tty or final != shown["text"]:  # a log already holds these lines if the last tick wrote them
+            print(final, file=sys.stderr)
         print(
             f"{len(keys)} violation(s): {counts['open']} opened, {counts['ended']} ended, "
             f"{counts['update']} updates"
