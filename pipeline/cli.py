@@ -373,6 +373,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             if not cam.is_stream:
                 cam.speed = args.speed
     target = args.sink or (DEMO_SINK if args.demo else None)
+    where = target_label(target) if target else "stdout"  # never the ingest key: stderr ends up in logs
     if target and target.endswith(".jsonl"):
         Path(target).parent.mkdir(parents=True, exist_ok=True)
     detector = detector_from_args(args)
@@ -427,7 +428,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
         clear()
         lines = [format_status(s) for s in proc.status()]
         if proc.sink_waiting_s >= 5:  # the cameras wait for it: "live" alone would hide that nothing is processed
-            where = target_label(target) if target else "stdout"
             lines.append(f"sink {where}: no answer for {proc.sink_waiting_s:.0f} s; no camera is processed meanwhile")
         sys.stderr.write("\n".join(lines) + "\n")
         sys.stderr.flush()
@@ -447,7 +447,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
         follower = ModelFollower(detector.config, detector, [switched]).start()
     if not args.json:
-        where = target_label(target) if target else "stdout"  # never the ingest key (logs keep stderr)
         print(
             f"watching {len(config.active)} camera(s) from {path} with model {detector.version}; "
             f"violations -> {where}" + ("" if args.duration is None else f"; for {args.duration:g} s"),
@@ -491,7 +490,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
     failed = 0
     if missing:
         why = next(iter(missing.values()))
-        where = target_label(target or "")
         print(f"streetwatch: {len(missing)} violation(s) not delivered to {where}: {why}", file=sys.stderr)
         failed = 1
     if proc.unsent:

@@ -167,7 +167,6 @@ def merge_tiles(dets: Detections, ios: float, passes: np.ndarray | None = None) 
     holds[np.arange(len(dets)), passes] = True
     same = dets.class_id[:, None] == dets.class_id[None, :]
     overlap = box_ios(boxes, boxes) > ios  # kept up to date as boxes grow (intersection over the smaller)
-    less_confident = np.triu(np.ones((len(dets), len(dets)), bool), 1)
     changed = True
     while changed:  # a box that grew may now overlap one it did not, or a more confident one kept before it
         changed = False
@@ -176,7 +175,7 @@ def merge_tiles(dets: Detections, ios: float, passes: np.ndarray | None = None) 
                 continue
             while True:  # a box takes in only less confident ones, of passes it does not hold yet
                 taken = holds[i].copy()
-                for j in np.flatnonzero(overlap[i] & same[i] & less_confident[i] & ~merged):
+                for j in i + 1 + np.flatnonzero(overlap[i, i + 1 :] & same[i, i + 1 :] & ~merged[i + 1 :]):
                     if not (holds[j] & taken).any():  # one box of each pass: the most confident
                         taken |= holds[j]
                         boxes[i, :2] = np.minimum(boxes[i, :2], boxes[j, :2])
