@@ -26,7 +26,7 @@ from serve.lifecycle import IllegalTransition
 from serve.metrics import Metrics
 from serve.outbox import WebhookDispatcher
 from serve.routes.ui import error_page as ui_error_page
-from serve.store import CaseNotFound, CaseStore, InvalidRequest
+from serve.store import CaseChanged, CaseNotFound, CaseStore, InvalidRequest
 
 if TYPE_CHECKING:
     from pipeline.streams import CameraStatus
@@ -185,6 +185,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(IllegalTransition)
     async def _illegal(request: Request, exc: IllegalTransition) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "status": exc.status, "action": exc.action}, status_code=409)
+
+    @app.exception_handler(CaseChanged)
+    async def _changed(request: Request, exc: CaseChanged) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
 
     @app.exception_handler(CaseNotFound)
     async def _missing(request: Request, exc: CaseNotFound) -> JSONResponse:

@@ -98,6 +98,9 @@ class Case(Base):
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Lifecycle actions taken so far: a reviewer's action names the version it was decided on, and one
+    #: made on an older version (another reviewer acted meanwhile) is refused. Sightings do not count.
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     evidence: Mapped[list[Evidence]] = relationship(back_populates="case", order_by="Evidence.id")
     history: Mapped[list[History]] = relationship(back_populates="case", order_by="History.id")

@@ -87,6 +87,10 @@ class CaseOut(Model):
     resolved_at: datetime | None = Field(description="When the department reported it resolved")
     closed_at: datetime | None = Field(description="When it was closed")
     actions: list[str] = Field(description="Lifecycle actions allowed now")
+    version: int = Field(
+        description="Lifecycle actions taken so far; send it with an action to have the action refused (409) "
+        "when someone else acted on the case after you read it"
+    )
 
 
 class CasePage(Model):
@@ -110,7 +114,18 @@ class HistoryOut(Model):
     details: dict[str, Any] = Field(description="Action details (department, deadline, note, labels, keys)")
 
 
-class ReviewIn(Model):
+class Decision(Model):
+    """Base of a reviewer's action on a case."""
+
+    version: int | None = Field(
+        None,
+        ge=0,
+        description="The case's version (from GET) this decision was made on: if someone acted on the case "
+        "since, the action is refused (409) instead of replacing theirs",
+    )
+
+
+class ReviewIn(Decision):
     """A reviewer's verdict on a new case."""
 
     action: Literal["confirm", "dismiss", "relabel"] = Field(
@@ -135,7 +150,7 @@ class ReviewIn(Model):
         return value
 
 
-class DispatchIn(Model):
+class DispatchIn(Decision):
     """Hand a confirmed case to a department with a deadline (责任落实 / 限期整改)."""
 
     department: str = Field(min_length=1, max_length=200, description="Responsible department")
@@ -145,13 +160,13 @@ class DispatchIn(Model):
     _aware = field_validator("deadline")(_aware)
 
 
-class NoteIn(Model):
+class NoteIn(Decision):
     """A lifecycle step that takes only a remark (resolve, close)."""
 
     note: str | None = Field(None, max_length=2000, description="Remark: what was done, why closed")
 
 
-class ReopenIn(Model):
+class ReopenIn(Decision):
     """Reopen a dismissed, resolved or closed case."""
 
     note: str = Field(min_length=1, max_length=2000, description="Why the case is reopened (required)")

@@ -50,6 +50,10 @@ class InvalidRequest(ValueError):
     """A request the store refuses for its content (not its timing); the message says why."""
 
 
+class CaseChanged(Exception):
+    """An action decided on an older version of the case: someone else acted on it meanwhile."""
+
+
 @dataclass(frozen=True)
 class Actor:
     """Who does something: a key's name and role, or the system."""
@@ -370,8 +374,12 @@ class CaseStore:
         type: str | None = None,
         detector_class: str | None = None,
         note: str | None = None,
+        version: int | None = None,
     ) -> CaseOut:
-        """Confirm, dismiss (false positive) or relabel (correct the violation type) a case."""
+        """Confirm, dismiss (false positive) or relabel (correct the violation type) a case.
+
+        Every action takes ``version``, the case's version it was decided on; :class:`CaseChanged` when the
+        case has moved on since (None: no check)."""
         if action == "relabel":
             if type is None:
                 raise InvalidRequest("relabel needs the correct violation type ('type')")
@@ -400,9 +408,17 @@ class CaseStore:
                 case.confirmed_at = now
             return details
 
-        return self._transition(case_id, action, actor, work, note)
+        return self._transition(case_id, action, actor, work, note, version)
 
-    def dispatch(self, case_id: int, department: str, deadline: datetime, actor: Actor, note: str | None = None):
+    def dispatch(
+        self,
+        case_id: int,
+        department: str,
+        deadline: datetime,
+        actor: Actor,
+        note: str | None = None,
+        version: int | None = None,
+    ) -> CaseOut:
         """Hand a confirmed case to a department with a deadline (again: reassign)."""
         if deadline <= utcnow():
             raise InvalidRequest(f"deadline {deadline.isoformat()} is in the past")
@@ -414,9 +430,9 @@ class CaseStore:
             case.department, case.deadline, case.dispatched_at = department, deadline, now
             return {"department": case.department, "deadline": deadline.isoformat(), **({"note": note} if note else {})}
 
-        return self._transition(case_id, "dispatch", actor, work, note)
+        return self._transition(case_id, "dispatch", actor, work, note, version)
 
-    def resolve(self, case_id: int, actor: Actor, note: str | None = None) -> CaseOut:
+    def resolve(self, case_id: int, actor: Actor, note: str | None = None, version: int | None = None) -> CaseOut:
         """The department reports the violation rectified."""
 
         def work(s: Session, case: Case, now: datetime) -> dict:
@@ -424,18 +440,18 @@ class CaseStore:
             late = case.deadline is not None and now > case.deadline
             return {"late": late, **({"note": note} if note else {})}
 
-        return self._transition(case_id, "resolve", actor, work, note)
+        return self._transition(case_id, "resolve", actor, work, note, version)
 
-    def close(self, case_id: int, actor: Actor, note: str | None = None) -> CaseOut:
+    def close(self, case_id: int, actor: Actor, note: str | None = None, version: int | None = None) -> CaseOut:
         """Close a resolved case (the rectification was checked)."""
 
         def work(s: Session, case: Case, now: datetime) -> dict:
             case.closed_at = now
             return {"note": note} if note else {}
 
-        return self._transition(case_id, "close", actor, work, note)
+        return self._transition(case_id, "close", actor, work, note, version)
 
-    def reopen(self, case_id: int, actor: Actor, note: str) -> CaseOut:
+    def reopen(self, case_id: int, actor: Actor, note: str, version: int | None = None) -> CaseOut:
         """Reopen a dismissed (back to review), resolved or closed (back to dispatch) case."""
         note = note.strip()
         if not note:
@@ -447,20 +463,28 @@ class CaseStore:
                 case.reviewed_at = case.reviewed_by = None
             return {"note": note}
 
-        return self._transition(case_id, "reopen", actor, work, note)
+        return self._transition(case_id, "reopen", actor, work, note, version)
 
     def _transition(
-        self, case_id: int, action: str, actor: Actor, work: Callable[[Session, Case, datetime], dict], note: str | None
+        self,
+        case_id: int,
+        action: str,
+        actor: Actor,
+        work: Callable[[Session, Case, datetime], dict],
+        note: str | None,
+        version: int | None,
     ) -> CaseOut:
         def run(s: Session) -> CaseOut:
             case = s.get(Case, case_id, with_for_update=True)
             if case is None:
                 raise CaseNotFound(f"no case {case_id}")
+            if version is not None and version != case.version:
+                raise CaseChanged(self._changed_since(s, case, version))
             before = case.status
             after = lifecycle.check(case_id, before, action)
             now = utcnow()
             details = work(s, case, now)
-            case.status, case.updated_at = after, now
+            case.status, case.updated_at, case.version = after, now, case.version + 1
             if note:
                 case.note = note
             self._history(s, case, actor, action, before, after, details, now)
@@ -475,6 +499,24 @@ class CaseStore:
             return self._case_out(s, case, now)
 
         return self._write(run)
+
+    @staticmethod
+    def _changed_since(s: Session, case: Case, version: int) -> str:
+        """Why an action decided on ``version`` is refused: who did what to the case since."""
+        if version > case.version:
+            return f"case {case.id} has no version {version} (it is at version {case.version}): reload it"
+        actions = tuple(lifecycle.TRANSITIONS)
+        later = s.scalars(
+            select(History)
+            .where(History.case_id == case.id, History.action.in_(actions))
+            .order_by(History.id.desc())
+            .limit(case.version - version)
+        ).all()
+        done = "; ".join(f"{h.action} by {h.actor} at {h.at.isoformat(timespec='seconds')}" for h in reversed(later))
+        return (
+            f"case {case.id} changed after you loaded it ({done}; now {case.status}, version {case.version}): "
+            "reload it and decide again"
+        )
 
     def _history(
         self,
@@ -791,6 +833,7 @@ class CaseStore:
             resolved_at=case.resolved_at,
             closed_at=case.closed_at,
             actions=lifecycle.actions_from(case.status),
+            version=case.version,
         )
 
     # --------------------------------------------------------------------------------------- stats

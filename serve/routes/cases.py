@@ -31,7 +31,10 @@ ERRORS = {
     401: {"model": Problem, "description": "No or invalid API key"},
     403: {"model": Problem, "description": "The key's role may not do this"},
     404: {"model": Problem, "description": "No such case"},
-    409: {"model": Problem, "description": "The case's status does not allow this action"},
+    409: {
+        "model": Problem,
+        "description": "The case's status does not allow this action, or it changed after the given version",
+    },
     422: {"model": Problem, "description": "Invalid request"},
 }
 
@@ -142,7 +145,9 @@ def case_evidence(case_id: CaseId, request: Request, actor: Reader) -> list[Evid
     summary="Confirm, dismiss as false positive, or correct the class",
 )
 def review(case_id: CaseId, body: ReviewIn, request: Request, actor: Reviewer) -> CaseOut:
-    case = store_of(request).review(case_id, body.action, actor, body.type, body.detector_class, body.note)
+    case = store_of(request).review(
+        case_id, body.action, actor, body.type, body.detector_class, body.note, body.version
+    )
     _after_change(request)
     return case
 
@@ -154,7 +159,7 @@ def review(case_id: CaseId, body: ReviewIn, request: Request, actor: Reviewer) -
     summary="Hand to a department with a deadline (责任落实 / 限期整改)",
 )
 def dispatch(case_id: CaseId, body: DispatchIn, request: Request, actor: Reviewer) -> CaseOut:
-    case = store_of(request).dispatch(case_id, body.department, body.deadline, actor, body.note)
+    case = store_of(request).dispatch(case_id, body.department, body.deadline, actor, body.note, body.version)
     _after_change(request)
     return case
 
@@ -166,14 +171,14 @@ def dispatch(case_id: CaseId, body: DispatchIn, request: Request, actor: Reviewe
     summary="The department rectified the violation",
 )
 def resolve(case_id: CaseId, body: NoteIn, request: Request, actor: Reviewer) -> CaseOut:
-    case = store_of(request).resolve(case_id, actor, body.note)
+    case = store_of(request).resolve(case_id, actor, body.note, body.version)
     _after_change(request)
     return case
 
 
 @router.post("/cases/{case_id}/close", response_model=CaseOut, responses=ERRORS, summary="Close a resolved case")
 def close(case_id: CaseId, body: NoteIn, request: Request, actor: Reviewer) -> CaseOut:
-    case = store_of(request).close(case_id, actor, body.note)
+    case = store_of(request).close(case_id, actor, body.note, body.version)
     _after_change(request)
     return case
 
@@ -185,7 +190,7 @@ def close(case_id: CaseId, body: NoteIn, request: Request, actor: Reviewer) -> C
     summary="Reopen a dismissed, resolved or closed case",
 )
 def reopen(case_id: CaseId, body: ReopenIn, request: Request, actor: Reviewer) -> CaseOut:
-    case = store_of(request).reopen(case_id, actor, body.note)
+    case = store_of(request).reopen(case_id, actor, body.note, body.version)
     _after_change(request)
     return case
 

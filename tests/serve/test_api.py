@@ -173,6 +173,25 @@ def test_review_dispatch_resolve_close_over_http(env):
     assert app.state.store.get_case(cid).closed_at is not None
 
 
+def test_an_action_on_a_stale_version_is_a_409_naming_who_acted(env):
+    _, client, keys, _ = env
+    cid = ingest(client, keys, source_id="cam-stale").json()["case_id"]
+    rv = auth(keys["reviewer"])
+    seen = client.get(f"/v1/cases/{cid}", headers=rv).json()["version"]
+    r = client.post(f"/v1/cases/{cid}/review", json={"action": "confirm", "version": seen}, headers=rv)
+    assert r.status_code == 200 and r.json()["version"] == seen + 1
+    deadline = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat()
+    body = {"department": "环卫所", "deadline": deadline, "version": seen}  # decided before the confirm
+    r = client.post(f"/v1/cases/{cid}/dispatch", json=body, headers=rv)
+    assert r.status_code == 409, r.text
+    assert "confirm by reviewer-1 (reviewer)" in r.json()["detail"] and "reload it" in r.json()["detail"]
+    assert client.get(f"/v1/cases/{cid}", headers=rv).json()["status"] == "confirmed"
+    r = client.post(f"/v1/cases/{cid}/dispatch", json={**body, "version": seen + 1}, headers=rv)
+    assert r.status_code == 200 and r.json()["status"] == "dispatched"
+    r = client.post(f"/v1/cases/{cid}/resolve", json={"version": -1}, headers=rv)
+    assert r.status_code == 422 and "version" in str(r.json()["detail"])
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status", "reason"),
     [

@@ -1,5 +1,5 @@
 """The store's view for retraining, on SQLite and PostgreSQL: reviewed cases with the verdict and the model's
-original class, the cases a shared frame belongs to, and a store created before migration 0002."""
+original class, the cases a shared frame belongs to, and a store created before migrations 0002 and 0003."""
 
 from __future__ import annotations
 
@@ -55,25 +55,31 @@ def test_reviewed_cases_carry_verdict_correction_and_window(store):
     }
 
 
-def test_a_store_from_before_clean_frames_upgrades_and_keeps_its_cases(tmp_path):
+def test_a_store_from_before_0002_and_0003_upgrades_and_keeps_its_cases(tmp_path):
+    """A case store as release 0001 left it (no reviewed_at index, no case version) is migrated on start,
+    keeps its cases, and their reviewers can act on them with a version check at once."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
+    made = CaseStore(url, tmp_path / "data")
+    case_id = made.ingest(make_violation(key="before")).case_id  # frame only, as producers filed then
+    made.review(case_id, "confirm", ALICE)
+    made.dispose()
     engine = make_engine(url)
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
+    with engine.begin() as conn:  # back to the first release's schema, the case kept
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0001")
+        command.downgrade(cfg, "0001")
     assert schema_revision(engine) == "0001"
+    assert "version" not in {c["name"] for c in inspect(engine).get_columns("cases")}
     engine.dispose()
-    old = CaseStore(url, tmp_path / "data", run_migrations=False)
-    case_id = old.ingest(make_violation(key="before")).case_id  # frame only, as producers filed then
-    old.review(case_id, "confirm", ALICE)
-    old.dispose()
     store = CaseStore(url, tmp_path / "data")  # migrates to head on start
     try:
-        assert schema_revision(store.write_engine) == "0002"
+        assert schema_revision(store.write_engine) == "0003"
         assert "ix_cases_reviewed_at" in {i["name"] for i in inspect(store.write_engine).get_indexes("cases")}
         (reviewed,) = store.reviewed_cases()
         assert reviewed.case.id == case_id and {e.kind for e in reviewed.case.evidence} == {"frame"}
+        assert reviewed.case.status == "confirmed" and reviewed.case.version == 0  # actions before count from 0
+        deadline = datetime.now(timezone.utc) + timedelta(days=1)
+        assert store.dispatch(case_id, "环卫所", deadline, ALICE, version=0).version == 1
     finally:
         store.dispose()

@@ -18,7 +18,7 @@ from serve import lifecycle
 from serve.config import DedupConfig, WebhookConfig
 from serve.db import ApiKey, Case, OutboxEvent, make_engine, schema_revision
 from serve.lifecycle import IllegalTransition
-from serve.store import Actor, CaseFilter, CaseNotFound, CaseStore, InvalidRequest
+from serve.store import Actor, CaseChanged, CaseFilter, CaseNotFound, CaseStore, InvalidRequest
 
 ALICE = Actor("alice", "reviewer")
 
@@ -33,7 +33,7 @@ def test_migrations_create_the_schema_and_match_the_models(store):
 
     from serve.db import Base
 
-    assert schema_revision(store.write_engine) == "0002"
+    assert schema_revision(store.write_engine) == "0003"
     assert {"cases", "occurrences", "evidence", "history", "api_keys", "outbox"} <= set(
         inspect(store.write_engine).get_table_names()
     )
@@ -187,6 +187,32 @@ def test_illegal_transitions_are_refused_with_the_reason(store, violation):
     assert [h.action for h in store.history(cid)] == ["created", "dismiss", "reopen"]  # refusals leave no trace
     with pytest.raises(CaseNotFound):
         store.review(12345, "confirm", ALICE)
+
+
+def test_an_action_decided_on_an_older_version_is_refused(store, violation):
+    """Two reviewers with the same case open: the second one's re-dispatch or relabel, decided on what the
+    page showed before the first one acted, must not silently replace the first one's decision."""
+    cid = store.ingest(violation()).case_id
+    seen = store.get_case(cid).version
+    assert seen == 0
+    store.review(cid, "confirm", ALICE, version=seen)
+    bob = Actor("bob", "reviewer")
+    with pytest.raises(CaseChanged, match=r"confirm by alice \(reviewer\) at .*now confirmed, version 1"):
+        store.review(cid, "relabel", bob, type="small_ad", version=seen)  # legal from confirmed, but stale
+    mine = store.dispatch(cid, "环卫所", future(24), ALICE, version=1)
+    assert mine.version == 2
+    with pytest.raises(CaseChanged, match="dispatch by alice"):
+        store.dispatch(cid, "城管中队", future(48), bob, version=1)  # re-dispatch is legal, but stale
+    case = store.get_case(cid)
+    assert (case.department, case.type, case.version) == ("环卫所", mine.type, 2)
+    with pytest.raises(CaseChanged, match="no version 7"):
+        store.resolve(cid, bob, version=7)
+    # a sighting of the same thing does not change the version: the reviewer's page is not stale for it
+    store.ingest(violation().model_copy(update={"key": "again", "last_seen": T0 + timedelta(minutes=3)}))
+    assert store.get_case(cid).version == 2
+    assert store.dispatch(cid, "城管中队", future(48), bob, version=2).department == "城管中队"  # on the latest
+    assert store.resolve(cid, bob).version == 4  # no version given: no check (older API clients)
+    assert [h.action for h in store.history(cid)][1:] == ["confirm", "dispatch", "merged", "dispatch", "resolve"]
 
 
 def test_relabel_corrects_type_and_class(store, violation):

@@ -67,7 +67,8 @@ def test_reviewer_confirms_and_dispatches_in_the_browser(browser, tmp_path):
             ids[v.key] = r.json()["case_id"]
         parking = ids["cam-0:illegal_parking:track-17"]
 
-        page = browser.new_page(viewport={"width": 1360, "height": 900}, locale="zh-CN")
+        tabs = browser.new_context(viewport={"width": 1360, "height": 900}, locale="zh-CN")
+        page = tabs.new_page()
         page.goto(f"{service.url}/ui/cases")
         assert "/ui/login" in page.url  # the review page needs a key too
         page.fill("input[name=key]", "sw_rev_wrong")
@@ -98,6 +99,8 @@ def test_reviewer_confirms_and_dispatches_in_the_browser(browser, tmp_path):
         assert page.eval_on_selector("#frame", "i => i.naturalWidth") > 0
         page.click("button[name=confirm]")
         page.wait_for_selector("#status[data-status=confirmed]")
+        stale = tabs.new_page()  # a second tab (or reviewer) with the confirmed case open
+        stale.goto(page.url)
         page.fill("input[name=department]", "城管执法中队")
         chosen = page.input_value("input[name=deadline]")  # proposed: 48 h from now, in the service's zone
         page.click("button[name=dispatch]")
@@ -107,6 +110,16 @@ def test_reviewer_confirms_and_dispatches_in_the_browser(browser, tmp_path):
             "T", " "
         )  # the same wall time, whatever the browser's zone
         page.screenshot(path=str(shots / "review-case.png"), full_page=True)
+        # the other tab, still showing the case before this dispatch, must not replace it without a word
+        stale.fill("input[name=department]", "环卫所")
+        stale.click("button[name=dispatch]")
+        stale.wait_for_selector("#action-error:not([hidden])")
+        assert "changed after you loaded it" in stale.inner_text("#action-error")
+        assert stale.is_disabled("button[name=dispatch]")  # its decision no longer applies
+        stale.click("#reload")
+        stale.wait_for_selector("#status[data-status=dispatched]")
+        assert stale.inner_text("#department") == "城管执法中队"
+        stale.close()
 
         page.click("button[name=resolve]")  # resolve without a note is allowed; then check the error path
         page.wait_for_selector("#status[data-status=resolved]")
@@ -115,7 +128,7 @@ def test_reviewer_confirms_and_dispatches_in_the_browser(browser, tmp_path):
         page.screenshot(path=str(shots / "review-stats.png"), full_page=True)
         page.goto(f"{service.url}/ui/cases")
         page.screenshot(path=str(shots / "review-list.png"), full_page=True)
-        page.close()
+        tabs.close()
     finally:
         service.stop()
     store = CaseStore(f"sqlite:///{service.data_dir / 'streetwatch.db'}", service.data_dir)

@@ -30,6 +30,9 @@ function payload(form) {
     data[name] = value;
   }
   if (data.deadline) data.deadline = inZone(data.deadline, form);
+  // the version this page showed: if another reviewer acted meanwhile, the service refuses (409)
+  // instead of letting this page's decision silently replace theirs
+  data.version = Number(form.dataset.version);
   return data;
 }
 
@@ -48,13 +51,23 @@ async function submit(event) {
     });
     if (!response.ok) {
       const body = await response.json().catch(() => ({}));
-      throw new Error(typeof body.detail === "string" ? body.detail : `HTTP ${response.status}`);
+      const failure = new Error(typeof body.detail === "string" ? body.detail : `HTTP ${response.status}`);
+      failure.stale = response.status === 409; // the case moved on: this page's buttons no longer apply
+      throw failure;
     }
     window.location.reload();
   } catch (err) {
-    error.textContent = `操作失败 Action failed: ${err.message}`;
+    error.textContent = `操作失败 Action failed: ${err.message} `;
+    if (err.stale) {
+      const reload = document.createElement("a");
+      reload.href = window.location.pathname;
+      reload.id = "reload";
+      reload.textContent = "重新载入 Reload";
+      error.append(reload);
+    } else {
+      buttons.forEach((b) => (b.disabled = false));
+    }
     error.hidden = false;
-    buttons.forEach((b) => (b.disabled = false));
   }
 }
 
