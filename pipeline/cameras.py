@@ -54,6 +54,8 @@ def hide_passwords(text: str, *urls: str) -> str:
         if found:
             text = text.replace(url, f"{found[1]}:***@{found[3]}")
     return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
 #: The demo camera config shipped with the product (``streetwatch watch --demo``).
 DEMO_CAMERAS = Path(__file__).resolve().parent / "samples" / "cameras-demo.yaml"
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

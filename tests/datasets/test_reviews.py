@@ -364,8 +364,12 @@ def test_a_frame_reviewed_again_after_an_export_is_built_from_the_later_export_o
     store.review(ids1[0], "relabel", ALICE, type="illegal_parking", detector_class="car")
     after = export_window_end(tmp_path / "first")
     second = export_reviews(
-        store, tmp_path / "second", since=after, base_recipe=str(tmp_path / "first" / "recipe.yaml"),
-        source_name="field-2", progress=False,
+        store,
+        tmp_path / "second",
+        since=after,
+        base_recipe=str(tmp_path / "first" / "recipe.yaml"),
+        source_name="field-2",
+        progress=False,
     )
     assert [i.sha256 for i in first.items] == [i.sha256 for i in second.items]  # the same frame twice
     recipe = load_recipe(tmp_path / "second" / "recipe.yaml")
