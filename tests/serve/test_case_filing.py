@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 from PIL import ExifTags, Image
-from servetest import REPO, ServiceProcess
+from servetest import REPO, ServiceProcess, make_violation
 from waiting import wait_for
 
 from pipeline.cameras import DEMO_CAMERAS
@@ -286,3 +286,38 @@ def test_an_audit_killed_before_the_service_answered_files_its_cases_next_time(p
     assert f"cases: {len(found)} filed" in again.stdout and "0 new photos audited" in again.stdout
     filed = filed_cases(f"sqlite:///{service.data_dir / 'streetwatch.db'}", service.data_dir)
     assert set(filed) == set(found) and all(len(cases) == 1 for cases in filed.values())
+
+
+def test_a_key_handed_over_while_the_sink_answers_is_not_recorded_as_filed(tmp_path):
+    """The audit asks a spooling sink what it has not delivered, then records the rest as filed. A photo
+    worker that hands over a new key between the sink's answer and that record must not have its key
+    recorded as filed: the service never saw it (this interleaving, forced here, lost cases after a kill)."""
+    from pipeline.audit import Audit, AuditConfig
+    from pipeline.detect import Detector
+    from serve.sinks import HttpSink
+
+    down = "http://127.0.0.1:9"  # nothing listens: the service never answers
+    sink = HttpSink(down, "sw_ing_x", spool_dir=tmp_path / "spool", close_timeout_s=0)
+    audit = Audit(Detector(threads=1), AuditConfig(out=tmp_path / "out"), sink=sink, target=down)
+    audit._unrecorded, audit._recorded_at = {}, 0.0  # as a run starts
+    late = make_violation(key="photo:late")
+    asked = sink.undelivered
+
+    def answer_then_hand_over(timeout_s: float | None = None) -> dict[str, str]:
+        answer = asked(timeout_s)  # nothing of this sink is waiting at this instant
+        sink.emit(late)  # meanwhile another photo worker spools its violation and hands it over
+        with audit._lock:
+            audit._unrecorded[late.key] = "f" * 64
+        return answer
+
+    sink.undelivered = answer_then_hand_over
+    try:
+        audit._record_filed()
+        sink.undelivered = asked
+        audit._record_filed()  # asked again: the service still has not taken it
+        events = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+        assert [e for e in events if e["event"] == "filed"] == []
+        assert audit._unrecorded == {late.key: "f" * 64} and sink.pending() == 1  # recorded once delivered
+    finally:
+        audit.close()
+        sink.close()

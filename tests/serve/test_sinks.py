@@ -3,8 +3,10 @@ durable spool, through ``pipeline.cases.open_sink`` as stream workers and audits
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import threading
 
 import cv2
 import numpy as np
@@ -96,3 +98,48 @@ def test_http_sink_spools_while_the_service_is_down_then_delivers(tmp_path, monk
         assert os.listdir(spool) == ["rejected"]
     finally:
         store.dispose()
+
+
+class _Refuse(http.server.BaseHTTPRequestHandler):
+    """A service that refuses every violation it is sent (HTTP 422)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = b'{"detail": "evidence[0]: corrupt or truncated image data"}'
+        self.send_response(422)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_http_sink_never_loses_sight_of_a_refused_violation(tmp_path):
+    """At no moment while the sender handles a refusal may ``undelivered()`` (what an audit asks before it
+    records keys as filed) miss the key: it is either still waiting or refused, never taken for accepted.
+    The check runs at the instant the sender stops counting the key as waiting."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sink = HttpSink(f"http://127.0.0.1:{server.server_port}", "sw_ing_x", spool_dir=tmp_path / "spool")
+    seen: list[dict[str, str]] = []
+
+    class Watched(dict):
+        def pop(self, name, *default):
+            key = super().pop(name, *default)
+            seen.append({key: sink.undelivered(0.0).get(key, "MISSING")})  # the refusal file is still spooled
+            return key
+
+    sink._mine = Watched()
+    try:
+        for i in range(3):
+            sink.emit(make_violation(key=f"refused-{i}", source_id=f"cam{i}"))
+        assert sink.flush(timeout_s=10)
+        assert [next(iter(s)) for s in seen] == ["refused-0", "refused-1", "refused-2"]
+        assert all("refused by the service, HTTP 422" in next(iter(s.values())) for s in seen), seen
+        after = sink.undelivered(0.0)
+        assert set(after) == {"refused-0", "refused-1", "refused-2"} and sink.refused == 3
+    finally:
+        sink.close()
+        server.shutdown()
