@@ -57,7 +57,7 @@ def test_reviewed_cases_carry_verdict_correction_and_window(store):
 
 def test_a_store_from_before_0002_and_0003_upgrades_and_keeps_its_cases(tmp_path):
     """A case store as release 0001 left it (no reviewed_at index, no case version) is migrated on start,
-    keeps its cases, and their reviewers can act on them with a version check at once."""
+    keeps its cases, which get the version their history gives, and can be acted on with it at once."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
     made = CaseStore(url, tmp_path / "data")
     case_id = made.ingest(make_violation(key="before")).case_id  # frame only, as producers filed then
@@ -78,8 +78,8 @@ def test_a_store_from_before_0002_and_0003_upgrades_and_keeps_its_cases(tmp_path
         assert "ix_cases_reviewed_at" in {i["name"] for i in inspect(store.write_engine).get_indexes("cases")}
         (reviewed,) = store.reviewed_cases()
         assert reviewed.case.id == case_id and {e.kind for e in reviewed.case.evidence} == {"frame"}
-        assert reviewed.case.status == "confirmed" and reviewed.case.version == 0  # actions before count from 0
+        assert reviewed.case.status == "confirmed" and reviewed.case.version == 1  # its history's one action
         deadline = datetime.now(timezone.utc) + timedelta(days=1)
-        assert store.dispatch(case_id, "环卫所", deadline, ALICE, version=0).version == 1
+        assert store.dispatch(case_id, "环卫所", deadline, ALICE, version=1).version == 2
     finally:
         store.dispose()

@@ -115,7 +115,7 @@ def test_reviewer_confirms_and_dispatches_in_the_browser(browser, tmp_path):
         stale.click("button[name=dispatch]")
         stale.wait_for_selector("#action-error:not([hidden])")
         assert "changed after you loaded it" in stale.inner_text("#action-error")
-        assert stale.is_disabled("button[name=dispatch]")  # its decision no longer applies
+        assert stale.is_disabled("button[name=dispatch]") and stale.is_disabled("button[name=relabel]")
         stale.click("#reload")
         stale.wait_for_selector("#status[data-status=dispatched]")
         assert stale.inner_text("#department") == "城管执法中队"

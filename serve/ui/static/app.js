@@ -59,6 +59,8 @@ async function submit(event) {
   } catch (err) {
     error.textContent = `操作失败 Action failed: ${err.message} `;
     if (err.stale) {
+      // the case moved on: no action of this page applies any more, whatever is tried next
+      document.querySelectorAll("form[data-action] button").forEach((b) => (b.disabled = true));
       const reload = document.createElement("a");
       reload.href = window.location.pathname;
       reload.id = "reload";
