@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Annotated, Any, Literal, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from models.classes import CLASS_NAMES, VIOLATION_TYPES
 from pipeline.files import atomic_write
@@ -35,7 +35,14 @@ def plausible_time(value: datetime) -> datetime:
     return value
 
 
-PlausibleTime = Annotated[datetime, AfterValidator(plausible_time)]
+def _not_a_number(value: Any) -> Any:
+    """pydantic reads a bare number as Unix seconds: ``since=20261110`` would be 1970-08-23. Refused."""
+    if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().lstrip("+-").isdigit()):
+        raise ValueError(f"{value!r} is a number, not a time: write 2026-11-10 or 2026-11-10T08:00:00+08:00")
+    return value
+
+
+PlausibleTime = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(plausible_time)]
 
 
 class EvidenceImage(BaseModel):

@@ -183,6 +183,17 @@ class CountOut(Model):
     count: int = Field(description="Cases in the group")
 
 
+class DeadlinesOut(Model):
+    """How a department kept the deadlines it was given (限期整改), over the cases in a range."""
+
+    department: str = Field(description="Department")
+    deadlines: int = Field(description="Deadlines it was given: each dispatch to it, a re-dispatch included")
+    missed: int = Field(
+        description="Of those, the ones that passed while the case was still with it, unresolved (a later "
+        "re-dispatch, extension or reopening does not undo a miss)"
+    )
+
+
 class StatsOut(Model):
     """Supervision and assessment figures (督查考核) over a date range."""
 
@@ -193,13 +204,23 @@ class StatsOut(Model):
     by_camera: list[CountOut] = Field(description="Cases per camera or photo source")
     by_department: list[CountOut] = Field(description="Dispatched cases per department")
     by_status: list[CountOut] = Field(description="Cases per current status")
-    by_day: list[CountOut] = Field(description="Cases per local day")
+    by_day: list[CountOut] = Field(
+        description="Cases per local day, every day of the range (per month, YYYY-MM, over ranges beyond a year)"
+    )
     reviewed: int = Field(description="Cases a person has reviewed (confirmed, relabelled or dismissed)")
-    confirmed: int = Field(description="Reviewed cases judged real violations")
-    confirmation_rate: float | None = Field(description="confirmed / reviewed: how often the model was right")
+    confirmed: int = Field(description="Reviewed cases judged real violations (relabelled ones included)")
+    relabelled: int = Field(description="Of the confirmed cases, those a reviewer gave another violation type")
+    confirmation_rate: float | None = Field(
+        description="confirmed / reviewed: how often the model found a real violation (of whatever type)"
+    )
     closure_rate: float | None = Field(description="Resolved or closed / confirmed")
     overdue: int = Field(description="Dispatched cases past their deadline, still unresolved")
-    resolved_late: int = Field(description="Cases resolved after their deadline")
+    resolved_late: int = Field(
+        description="Resolved or closed cases whose resolution came after the deadline in force then"
+    )
+    deadlines: list[DeadlinesOut] = Field(
+        description="Per department that held a deadline: deadlines given and missed, most missed first"
+    )
     median_hours_to_resolve: float | None = Field(description="Median hours from filing to resolution")
 
 

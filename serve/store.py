@@ -32,7 +32,7 @@ from serve import lifecycle
 from serve.config import DedupConfig, WebhookConfig
 from serve.db import ApiKey, Case, Evidence, History, Occurrence, OutboxEvent, make_engine, migrate, utcnow
 from serve.evidence import EvidenceStore
-from serve.schemas import CaseOut, CountOut, EvidenceOut, HistoryOut, KeyOut, OutboxEventOut, StatsOut
+from serve.schemas import CaseOut, CountOut, DeadlinesOut, EvidenceOut, HistoryOut, KeyOut, OutboxEventOut, StatsOut
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -879,20 +879,34 @@ class CaseStore:
                 )
             ).all()
             days = s.execute(select(Case.first_seen).where(*in_range)).scalars().all()
+            relabelled = int(
+                s.scalar(
+                    select(func.count())
+                    .select_from(Case)
+                    .where(*in_range, Case.confirmed_at.is_not(None), Case.original_type.is_not(None))
+                )
+                or 0
+            )
+            handovers = s.execute(
+                select(History.case_id, History.action, History.at, History.details)
+                .join(Case, Case.id == History.case_id)
+                .where(*in_range, History.action.in_(("dispatch", "resolve")))
+                .order_by(History.case_id, History.id)
+            ).all()
         # dismissed cases were reviewed and judged wrong; confirmed_at stays set on reopened cases
         reviewed = max(reviewed, confirmed)
         hours = [(r.resolved_at - r.created_at).total_seconds() / 3600 for r in resolved_rows]
         late = sum(1 for r in resolved_rows if r.deadline is not None and r.resolved_at > r.deadline)
         closed = by_status.get("resolved", 0) + by_status.get("closed", 0)
+        first, last = since.astimezone(tz).date(), (until - timedelta(microseconds=1)).astimezone(tz).date()
+        by_month = (last - first).days > 366  # a column per day stops being readable (and the list bounded)
         per_day: dict[str, int] = {}
-        day = since.astimezone(tz).date()
-        last = (until - timedelta(microseconds=1)).astimezone(tz).date()
-        if (last - day).days <= 366:
-            while day <= last:
-                per_day[day.isoformat()] = 0
-                day += timedelta(days=1)
+        day = first
+        while day <= last:
+            per_day.setdefault(day.isoformat()[:7] if by_month else day.isoformat(), 0)
+            day = (day.replace(day=1) + timedelta(days=32)).replace(day=1) if by_month else day + timedelta(days=1)
         for t in days:
-            key = t.astimezone(tz).date().isoformat()
+            key = t.astimezone(tz).date().isoformat()[: 7 if by_month else 10]
             per_day[key] = per_day.get(key, 0) + 1
         return StatsOut(
             since=since,
@@ -912,10 +926,12 @@ class CaseStore:
             by_day=[CountOut(key=k, label=k, count=n) for k, n in sorted(per_day.items())],
             reviewed=reviewed,
             confirmed=confirmed,
+            relabelled=relabelled,
             confirmation_rate=round(confirmed / reviewed, 4) if reviewed else None,
             closure_rate=round(closed / confirmed, 4) if confirmed else None,
             overdue=overdue,
             resolved_late=late,
+            deadlines=_deadlines(handovers, now),
             median_hours_to_resolve=round(statistics.median(hours), 2) if hours else None,
         )
 
@@ -1037,3 +1053,31 @@ def _retryable(exc: IntegrityError | OperationalError) -> bool:
     if isinstance(exc, IntegrityError):
         return "unique" in text or "duplicate" in text
     return any(w in text for w in ("locked", "busy", "deadlock", "could not serialize"))
+
+
+def _deadlines(handovers: Collection[Any], now: datetime) -> list[DeadlinesOut]:
+    """Deadlines given to and missed by each department, from the cases' dispatch and resolve history
+    (ordered by case, then time). A deadline is missed when it passed while the case was with that
+    department: before the next dispatch (a re-dispatch or an extension) or the resolution, or before now."""
+    given: dict[str, int] = {}
+    missed: dict[str, int] = {}
+    held: tuple[str, datetime] | None = None  # (department, deadline) of the case being read
+    case_id = None
+
+    def end(at: datetime) -> None:
+        if held is not None and at > held[1]:
+            missed[held[0]] = missed.get(held[0], 0) + 1
+
+    for row in handovers:
+        if row.case_id != case_id:
+            end(now)  # the previous case is still with its department
+            held, case_id = None, row.case_id
+        end(row.at)
+        held = None
+        if row.action == "dispatch":
+            department = row.details["department"]
+            held = (department, datetime.fromisoformat(row.details["deadline"]))
+            given[department] = given.get(department, 0) + 1
+    end(now)
+    rows = [DeadlinesOut(department=d, deadlines=n, missed=missed.get(d, 0)) for d, n in given.items()]
+    return sorted(rows, key=lambda r: (-r.missed, -r.deadlines, r.department))

@@ -17,16 +17,21 @@ router = APIRouter(prefix="/v1", tags=["stats"])
 
 
 def date_range(request: Request, since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
-    """The range asked for, in the service's time zone where no zone is given; default: the last 30 days."""
+    """The range asked for, in the service's time zone where no zone is given; default: the last 30 days
+    up to the end of today (a ``since`` after today alone: up to the end of its day)."""
     tz = request.app.state.config.tz
+
+    def day_after(t: datetime) -> datetime:
+        return (t.astimezone(tz) + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=tz)
     if until is None:
-        until = (datetime.now(tz) + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        until = day_after(datetime.now(tz)) if since is None else max(day_after(datetime.now(tz)), day_after(since))
     elif until.tzinfo is None:
         until = until.replace(tzinfo=tz)
     if since is None:
         since = until - timedelta(days=30)
-    elif since.tzinfo is None:
-        since = since.replace(tzinfo=tz)
     return since, until
 
 

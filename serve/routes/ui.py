@@ -206,10 +206,16 @@ def stats_page(request: Request, since: str = "", until: str = "") -> Response:
             return None
 
     start, end = parse(since, "since"), parse(until, "until")
-    end = end + timedelta(days=1) if end else None
+    errors = [f"日期无法识别 Unreadable date: {', '.join(unreadable)} (YYYY-MM-DD)"] if unreadable else []
+    day = {name: timedelta(days=0 if ":" in text else 1) for name, text in (("since", since), ("until", until))}
+    if end is not None:  # a date (the form's) counts up to the end of that day; a time typed in, up to it
+        end += day["until"]
     start, end = date_range(request, start, end)  # the service's zone for dates without one
-    if since and until and not unreadable and end <= start:  # the dates the wrong way round: the range they span
-        start, end = end - timedelta(days=1), start + timedelta(days=1)
+    if end <= start:  # the wrong way round: the range they span
+        start, end = end - day["until"], start + day["since"]
+    if end <= start:
+        errors.append(f"日期范围为空 Empty range: until {until!r} is not after since {since!r}; the last 30 days shown")
+        start, end = date_range(request, None, None)
     stats = request.app.state.store.stats(start, end, tz)
     return render(
         request,
@@ -220,7 +226,7 @@ def stats_page(request: Request, since: str = "", until: str = "") -> Response:
         until=(end - timedelta(seconds=1)).astimezone(tz).date().isoformat(),
         bars=bar_chart,
         columns=column_chart,
-        error=f"日期无法识别 Unreadable date: {', '.join(unreadable)} (YYYY-MM-DD)" if unreadable else None,
+        error="; ".join(errors) or None,
     )
 
 

@@ -16,7 +16,7 @@ from pipeline.cases import EvidenceImage, GeoPoint
 from pipeline.photos import violation_key
 from serve import lifecycle
 from serve.config import DedupConfig, WebhookConfig
-from serve.db import ApiKey, Case, OutboxEvent, make_engine, schema_revision
+from serve.db import ApiKey, Case, History, OutboxEvent, make_engine, schema_revision
 from serve.lifecycle import IllegalTransition
 from serve.store import Actor, CaseChanged, CaseFilter, CaseNotFound, CaseStore, InvalidRequest
 
@@ -309,6 +309,51 @@ def test_stats_figures(store, violation):
     assert empty.total == 0 and empty.confirmation_rate is None and empty.median_hours_to_resolve is None
     with pytest.raises(InvalidRequest):
         store.stats(T0, T0)
+
+
+def test_stats_charge_each_department_the_deadlines_it_missed(store, violation):
+    """A missed deadline stays missed: a re-dispatch to another department, an extension after the fact or
+    a reopened resolution does not make it vanish from the figures (supervisors assess departments on it)."""
+    r = Actor("r", "reviewer")
+    c1, c2, c3, c4, c5 = (store.ingest(violation(key=f"d{i}", source_id=f"cam-d{i}")).case_id for i in range(5))
+    for cid in (c1, c2, c3, c4):
+        store.review(cid, "confirm", r)
+    store.review(c5, "relabel", r, type="small_ad")
+
+    def passed(cid: int) -> None:  # the deadline in force passed 2 hours ago (the API refuses a past one)
+        past = datetime.now(timezone.utc) - timedelta(hours=2)
+        with Session(store.write_engine) as session, session.begin():
+            session.get(Case, cid).deadline = past
+            entry = session.scalars(
+                select(History).where(History.case_id == cid, History.action == "dispatch").order_by(History.id.desc())
+            ).first()
+            entry.details = {**entry.details, "deadline": past.isoformat()}
+
+    store.dispatch(c1, "环卫所", future(), r)
+    passed(c1)
+    store.dispatch(c1, "交警大队", future(), r)  # handed on after 环卫所 let it pass
+    store.resolve(c1, r)
+    store.dispatch(c2, "环卫所", future(), r)
+    store.dispatch(c2, "环卫所", future(48), r)  # an extension before the deadline: nothing missed
+    store.dispatch(c3, "交警大队", future(), r)
+    passed(c3)
+    store.resolve(c3, r)
+    late = store.stats(T0 - timedelta(days=1), T0 + timedelta(days=1))
+    assert late.resolved_late == 1
+    store.reopen(c3, r, "not fixed")  # the late resolution no longer stands
+    store.dispatch(c4, "市场监管所", future(), r)
+    passed(c4)  # still with it, unresolved
+    s = store.stats(T0 - timedelta(days=1), T0 + timedelta(days=1))
+    assert (s.overdue, s.resolved_late) == (1, 0)
+    assert [(d.department, d.deadlines, d.missed) for d in s.deadlines] == [
+        ("环卫所", 3, 1),
+        ("交警大队", 2, 1),
+        ("市场监管所", 1, 1),
+    ]
+    assert (s.reviewed, s.confirmed, s.relabelled) == (5, 5, 1)
+    year = store.stats(T0 - timedelta(days=400), T0 + timedelta(days=1))  # beyond a year: a column per month
+    assert len(year.by_day) == 14 and year.by_day[-1].key == T0.date().isoformat()[:7]
+    assert sum(c.count for c in year.by_day) == 5 and all(len(c.key) == 7 for c in year.by_day)
 
 
 def test_api_keys_are_stored_hashed(store):
