@@ -328,7 +328,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-scene", action="store_true", help="pHash duplicates only (skip same-scene matching)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--strict", action="store_true", help="exit 1 when there are errors or train/val leaks")
-    p.set_defaults(func=cmd_check)
+    p.set_defaults(func=cmd_check, extra="train")
 
     p = dsub.add_parser(
         "import",
@@ -343,7 +343,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--into", help="an export-reviews folder whose labels the corrected annotations replace")
     p.add_argument("--format", choices=("yolo", "coco"), help="with --into: annotation format (default: detected)")
     p.add_argument("--no-sheets", action="store_true", help="skip the contact sheets")
-    p.set_defaults(func=cmd_import)
+    p.set_defaults(func=cmd_import, extra="train")
 
     p = dsub.add_parser(
         "export-reviews",
@@ -385,7 +385,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output dataset folder")
     p.add_argument("--workers", type=int, default=2, help="decode/encode threads")
     p.add_argument("--no-sheets", action="store_true", help="skip the contact sheets")
-    p.set_defaults(func=cmd_build)
+    p.set_defaults(func=cmd_build, extra="train")
 
     p = dsub.add_parser("pack", help="size-bounded copy of a dataset for a remote GPU machine")
     p.add_argument("dataset", help="built dataset folder")

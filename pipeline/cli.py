@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import signal
@@ -27,6 +28,12 @@ COMMAND_MODULES = ("pipeline.cli", "models.cli", "datasets.cli", "training.cli",
 
 class CLIError(Exception):
     """A user-facing error: printed as ``streetwatch: error: ...`` with exit status 2."""
+
+
+#: What ``pip install -e '.[train]'`` adds to the runtime: a command registered with ``extra="train"``
+#: is refused up front without it (before it writes anything), and any other that reaches for it says so.
+TRAIN_EXTRA = ("ultralytics", "torch", "torchvision", "albumentations", "matplotlib", "onnx")
+INSTALL_TRAIN = "pip install -e '.[train]' (or: pip install 'streetwatch[train]')"
 
 
 @contextmanager
@@ -504,6 +511,17 @@ def cmd_watch(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- main
 
 
+def path_problem(exc: OSError) -> str:
+    """A file-system error as one line naming the path: what is wrong with it, for a person."""
+    why = {
+        FileExistsError: "exists and is not a folder (give a folder for the output)",
+        NotADirectoryError: "a part of this path is a file, not a folder",
+        PermissionError: "permission denied",
+        FileNotFoundError: "no such file or folder",
+    }.get(type(exc), exc.strerror or str(exc))
+    return f"{exc.filename}: {why}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``streetwatch`` parser, with every package's subcommands."""
     parser = argparse.ArgumentParser(
@@ -522,10 +540,26 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYDANTIC_ERRORS_INCLUDE_URL", "0")  # messages that embed a ValidationError: no links
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "extra", None) == "train":
+        missing = [m for m in TRAIN_EXTRA if importlib.util.find_spec(m) is None]
+        if missing:
+            parser.exit(
+                2,
+                f"streetwatch: error: this command needs the train extra ({', '.join(missing)} not installed): "
+                f"{INSTALL_TRAIN}\n",
+            )
     try:
         return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TRAIN_EXTRA:
+            raise
+        parser.exit(2, f"streetwatch: error: this needs {exc.name}, part of the train extra: {INSTALL_TRAIN}\n")
     except CLIError as exc:
         parser.exit(2, f"streetwatch: error: {exc}\n")
+    except OSError as exc:  # a path the command was given (an output folder that is a file, no permission)
+        if exc.filename is None:
+            raise
+        parser.exit(2, f"streetwatch: error: {path_problem(exc)}\n")
     except ValidationError as exc:  # a command's settings, made from its options, that the config model refuses
         parser.exit(2, f"streetwatch: error: {invalid_settings(exc)}\n")
     except KeyboardInterrupt:

@@ -51,3 +51,31 @@ def test_runtime_imports_and_detects_without_torch(sample_photos):
     assert "pipeline.detect" in result["imported"] and "pipeline.cli" in result["imported"]
     assert {"person", "motorbike"} <= set(result["classes"])
     assert result["loaded"] == []
+
+
+WITHOUT_TRAIN_EXTRA = r"""
+import sys
+from pipeline.cli import TRAIN_EXTRA, main
+for name in TRAIN_EXTRA:  # as in an install without the train extra: importing any of them fails
+    sys.modules[name] = None
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_commands_of_the_train_extra_say_what_to_install_instead_of_a_traceback(tmp_path, shapes_data):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", WITHOUT_TRAIN_EXTRA, *args], cwd=REPO, capture_output=True, text=True, timeout=300
+        )
+
+    out = tmp_path / "imported"
+    refused = run("data", "import", str(shapes_data.parent), "--map", "product", "--out", str(out))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert "this command needs the train extra (ultralytics, torch" in refused.stderr
+    assert "pip install -e '.[train]'" in refused.stderr and not out.exists()  # refused before writing
+    train = run("train", "--config", "training/configs/smoke.yaml")
+    assert train.returncode == 2 and "needs the train extra" in train.stderr
+    # evaluating an ONNX model runs on the runtime, up to the confusion-matrix picture
+    evaluated = run("evaluate", "--data", str(shapes_data), "--model", "streetwatch-v3", "--out", str(tmp_path / "e"))
+    assert evaluated.returncode == 2 and "Traceback" not in evaluated.stderr, evaluated.stderr
+    assert "this needs matplotlib, part of the train extra" in evaluated.stderr

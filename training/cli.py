@@ -346,7 +346,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a config field, e.g. --set epochs=5 --set augment.flash=0.2 (repeatable)",
     )
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, extra="train")
 
     p = sub.add_parser(
         "average",
@@ -358,7 +358,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("models", nargs="+", help="checkpoints: .pt files or registry model names (their model.pt)")
     p.add_argument("--out", required=True, help="run folder to write, e.g. runs/average/NAME")
     p.add_argument("--weights", help="comma-separated shares, one per model (default: equal)")
-    p.set_defaults(func=cmd_average)
+    p.set_defaults(func=cmd_average, extra="train")
 
     p = sub.add_parser(
         "evaluate",
@@ -436,7 +436,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--notes", default="")
     p.add_argument("--interim", action="store_true", help="mark as a stand-in model in its card")
     p.add_argument("--default", action="store_true", help="make it the registry default (no promotion gate)")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=cmd_export, extra="train")
 
     p = sub.add_parser(
         "compare",
