@@ -84,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(config)
     except ModelError as exc:
         raise CLIError(str(exc)) from None
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, ValueError) as exc:  # ValueError: a database URL of a kind the store does not take
         raise CLIError(f"cannot open the case store {config.database_url}: {exc}") from None
     store, holder = app.state.store, app.state.detector
     url = f"http://{'127.0.0.1' if config.host in ('0.0.0.0', '::') else config.host}:{config.port}"

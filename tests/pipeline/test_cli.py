@@ -2,6 +2,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import pytest
@@ -51,6 +52,23 @@ def test_missing_input_is_a_clear_cli_error(tmp_path):
     out = run_cli("detect", str(tmp_path / "nowhere.jpg"))
     assert out.returncode == 2
     assert "nowhere.jpg: no such file" in out.stderr
+
+
+def test_an_output_path_that_cannot_be_a_folder_is_a_one_line_error(tmp_path, sample_photos):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("a file, not a folder")
+    cameras = tmp_path / "cameras.yaml"
+    video = Path(__file__).resolve().parents[2] / "pipeline" / "samples" / "videos" / "car-detection.mp4"
+    cameras.write_text(f"cameras:\n  - id: a\n    url: {video}\n")
+    for args, reason in [
+        (["detect", str(sample_photos[0]), "--out", str(taken)], "notes.txt: exists and is not a folder"),
+        (["audit", str(sample_photos[0]), "--out", str(taken / "out")], "a part of this path is a file, not a folder"),
+        (["watch", str(cameras), "--sink", str(taken / "cases.jsonl")], "notes.txt: exists and is not a folder"),
+        (["serve", "--db", "mysql://x", "--port", "1"], "unsupported database 'mysql'"),
+    ]:
+        out = run_cli(*args)
+        assert out.returncode == 2 and reason in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+    assert taken.read_text() == "a file, not a folder"
 
 
 @pytest.mark.parametrize("command", ["detect", "models"])
