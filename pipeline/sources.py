@@ -134,6 +134,8 @@ class CameraReader:
                 if self._stop.is_set():
                     break
                 if not cfg.is_stream:
+                    if self.frames_decoded == got:  # opened and read to its end without one frame
+                        raise ValueError("the file holds no frame that decodes")
                     if cfg.loop:
                         first = True  # a loop is not a reconnect
                         continue

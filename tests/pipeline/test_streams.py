@@ -335,17 +335,22 @@ def test_a_file_that_cannot_be_decoded_fails_once_and_the_watch_ends(tmp_path, s
     """A file reads the same every time: it is not retried for ever, and `watch` ends with the reason."""
     (tmp_path / "notes.mp4").write_text("not a video")
     (tmp_path / "cut.mp4").write_bytes(still_clip.read_bytes()[:600])  # the header and no frame
+    # opens (FFmpeg takes it for an image stream) and reads to its end without a frame: looped, it used to
+    # be reopened at once, for ever, one CPU core busy and the status 'connecting'
+    (tmp_path / "jpeg.mp4").write_bytes((REPO / "pipeline/samples/photos/patrol-dumped-bags.jpg").read_bytes()[:1000])
     (tmp_path / "cams.yaml").write_text(
         "cameras:\n  - {id: notes, url: notes.mp4, loop: true}\n  - {id: cut, url: cut.mp4}\n"
+        "  - {id: jpeg, url: jpeg.mp4, loop: true}\n"
     )
-    cmd = [sys.executable, "-m", "pipeline.cli", "watch", str(tmp_path / "cams.yaml")]
+    cmd = [sys.executable, "-m", "pipeline.cli", "watch", str(tmp_path / "cams.yaml"), "--duration", "60"]
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and "no camera delivered any frame" in run.stderr, run.stderr[-2000:]
-    lines = [line for line in run.stderr.splitlines() if line.startswith(("notes ", "cut "))]
-    final = lines[-2:]
-    assert len(final) == 2 and all(" failed " in line and "not retried" in line for line in final), final
+    lines = [line for line in run.stderr.splitlines() if line.startswith(("notes ", "cut ", "jpeg "))]
+    final = lines[-3:]
+    assert len(final) == 3 and all(" failed " in line and "not retried" in line for line in final), final
     assert len(lines) == len(set(lines))  # the last status is written once (a log holds what a tick wrote)
-    assert "reconnects 0" in final[0] and "reconnects 0" in final[1]
+    assert all("reconnects 0" in line for line in final)
+    assert "holds no frame that decodes" in final[2]
 
 
 def test_sigterm_stops_watch_like_ctrl_c(tmp_path):
