@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import socket
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,13 +39,18 @@ def service_config(args: argparse.Namespace):  # -> ServiceConfig
         raise CLIError(f"invalid service configuration: {exc}") from None
 
 
-def open_store(args: argparse.Namespace):  # -> CaseStore
-    """The case store the ``--data-dir`` / ``--db`` options name (migrated)."""
+def open_store(args: argparse.Namespace, create: bool = True):  # -> CaseStore
+    """The case store the ``--data-dir`` / ``--db`` options name (migrated). A SQLite store that is not
+    there yet (a mistyped ``--data-dir``?) is an error unless ``create``; if created, it is said."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from serve.store import CaseStore
 
     config = service_config(args)
+    if not config.db_url and not (config.data_dir / "streetwatch.db").exists():
+        if not create:
+            raise CLIError(f"no case store in {config.data_dir} (no streetwatch.db there): check --data-dir")
+        print(f"streetwatch: no case store in {config.data_dir} yet: creating one there", file=sys.stderr)
     try:
         return CaseStore(config.database_url, config.data_dir)
     except (SQLAlchemyError, ValueError) as exc:
@@ -67,6 +73,31 @@ def demo_cameras(app, speed: float | None = None):  # -> StreamProcessor
     return StreamProcessor(config, app.state.detector.detector, sink)
 
 
+#: Name prefix of the reviewer keys ``serve --demo`` makes.
+DEMO_KEY_PREFIX = "demo-"
+
+
+def demo_key(store) -> str:
+    """A fresh reviewer key for ``serve --demo``; it replaces the last start's (demo keys do not pile up)."""
+    for old in store.list_keys():
+        if old.name.startswith(DEMO_KEY_PREFIX) and old.role == "reviewer" and old.revoked_at is None:
+            store.revoke_key(old.id)
+    return store.create_key("reviewer", f"{DEMO_KEY_PREFIX}{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")[0]
+
+
+def port_free(host: str, port: int) -> None:
+    """A CLIError when ``host:port`` cannot be listened on (another service holds it, or no such address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port in TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CLIError(
+                f"cannot listen on {host}:{port}: {exc.strerror} (another service there? try --port)"
+            ) from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the service until interrupted."""
     import uvicorn
@@ -80,6 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = service_config(args)
     if args.speed is not None and (not args.demo or args.speed <= 0):
         raise CLIError("--speed is a positive playback factor for the demo videos (with --demo)")
+    port_free(config.host, config.port)  # before a key is made and an address printed that is another's
     try:
         app = create_app(config)
     except ModelError as exc:
@@ -99,8 +131,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         attach_cameras(app, cameras)
         names = ", ".join(f"{s.camera_id} ({s.name})" for s in cameras.status())
         print(f"streetwatch: demo cameras: {names}; their violations become cases here", flush=True)
-        key, _ = store.create_key("reviewer", f"demo-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
-        print(f"streetwatch: demo reviewer key (shown once): {key}", flush=True)
+        key = demo_key(store)
+        print(f"streetwatch: demo reviewer key (shown once, replaces the last one): {key}", flush=True)
     elif not any(k.revoked_at is None for k in store.list_keys()):
         print(
             "streetwatch: no API keys yet: create one with "
@@ -131,7 +163,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     """List API keys (never the keys themselves)."""
-    store = open_store(args)
+    store = open_store(args, create=False)
     try:
         for k in store.list_keys():
             state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
@@ -144,7 +176,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     """Revoke an API key by number."""
-    store = open_store(args)
+    store = open_store(args, create=False)
     try:
         record = store.revoke_key(args.id)
     except LookupError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ from sqlalchemy import create_engine, text
 
 from models.registry import resolve
 from pipeline.cli import main
+from serve.cli import demo_key
 from serve.store import CaseFilter, CaseStore
 
 DEFAULT_MODEL = resolve().card.name
@@ -44,9 +46,22 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["keys", "create", "--role", "ingest", "--db", "mysql://x/y", "--data-dir", str(tmp_path)])
     assert exc.value.code == 2 and "unsupported database 'mysql'" in capsys.readouterr().err
+    for command in (["list"], ["revoke", "7"]):  # a mistyped --data-dir: no new empty store made there
+        with pytest.raises(SystemExit):
+            main(["keys", *command, "--data-dir", str(tmp_path / "dat")])
+        assert "no case store in" in capsys.readouterr().err and not (tmp_path / "dat").exists()
+    assert main(["keys", "create", "--role", "ingest", "--data-dir", str(tmp_path)]) == 0
+    assert "no case store in" in capsys.readouterr().err  # said when the first key makes the store
     with pytest.raises(SystemExit):
         main(["keys", "revoke", "7", "--data-dir", str(tmp_path)])
     assert "no key 7" in capsys.readouterr().err
+    with socket.socket() as taken:  # another service on the port: refused before a key or banner is made
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(SystemExit):
+            main(["serve", "--demo", "--port", str(taken.getsockname()[1]), "--data-dir", str(tmp_path)])
+        err = capsys.readouterr()
+        assert f"cannot listen on 127.0.0.1:{taken.getsockname()[1]}" in err.err and "demo" not in err.out
     for content, reason in [
         ("port: -4\n", "bad.yaml: invalid service configuration: port: Input should be greater than or equal to 0"),
         ("webhok: http://x\n", "bad.yaml: invalid service configuration: webhok: Extra inputs are not permitted"),
@@ -59,6 +74,17 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["serve", "--config", str(tmp_path / "none.yaml"), "--data-dir", str(tmp_path)])
     assert "none.yaml: no such configuration file" in capsys.readouterr().err
+
+
+def test_each_demo_start_replaces_the_last_demo_key(tmp_path):
+    store = CaseStore(f"sqlite:///{tmp_path / 'streetwatch.db'}", tmp_path)
+    try:
+        desk, _ = store.create_key("reviewer", "desk 1")
+        first, second = demo_key(store), demo_key(store)
+        assert store.verify_key(first) is None and store.verify_key(second).name.startswith("demo-")
+        assert store.verify_key(desk).name == "desk 1"  # a key someone made stays
+    finally:
+        store.dispose()
 
 
 @pytest.mark.slow
@@ -84,7 +110,7 @@ def test_serve_demo_runs_the_demo_cameras_into_the_review_queue(tmp_path):
         output = "".join(lines)
         assert f"{url}/ui/cases" in output and f"model {DEFAULT_MODEL}@" in output
         assert "demo cameras: lot-aisle" in output and "pavement-1" in output
-        key = re.search(r"demo reviewer key \(shown once\): (\S+)", output).group(1)
+        key = re.search(r"demo reviewer key \(shown once, replaces the last one\): (\S+)", output).group(1)
         auth = {"Authorization": f"Bearer {key}"}
         parked: list[dict] = []
         while not parked:  # the scooter stands 8 s (4 s at double speed) in the no-parking zone
