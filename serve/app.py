@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.decode import ImageReadError
@@ -289,11 +290,12 @@ def create_app(
             if dispatcher:
                 dispatcher.stop()
 
-    app = FastAPI(
-        title="streetwatch",
+    app = FastAPIOffline(  # a FastAPI app whose /docs and /redoc load Swagger UI and ReDoc from the
+        title="streetwatch",  # installed package, not a CDN: a bureau's network is often offline
         summary="Case queue and inference service for street-scene inspection (城管)",
         version="1",
         lifespan=lifespan,
+        static_url="/docs-assets",
     )
     app_state["app"] = app
     app.state.config = config
@@ -309,6 +311,7 @@ def create_app(
     for module in (health, cases, detect, stats, admin, outbox, ui):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
+
     app.add_middleware(GuardMiddleware, config=config, metrics=metrics)
     return app
 

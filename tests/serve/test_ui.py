@@ -212,3 +212,19 @@ def test_review_pages_on_a_phone_in_summer_time_with_odd_addresses(browser, tmp_
         page.close()
     finally:
         service.stop()
+
+
+def test_the_api_docs_page_works_offline(browser, tmp_path):
+    """/docs is Swagger UI from the installed package, not a CDN: a bureau's offline network shows it."""
+    service = ServiceProcess(tmp_path / "data", config={"load_detector": False}).start()
+    try:
+        page = browser.new_page()
+        asked: list[str] = []
+        page.on("request", lambda request: asked.append(request.url))
+        page.goto(f"{service.url}/docs")
+        page.wait_for_selector(".opblock-summary-path[data-path='/v1/cases/ingest']", timeout=20_000)
+        assert page.locator(".opblock").count() > 20  # every route, rendered from /openapi.json
+        assert asked and all(url.startswith(service.url) for url in asked), [u for u in asked if service.url not in u]
+        page.close()
+    finally:
+        service.stop()
