@@ -83,9 +83,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     """Import one source with a mapping into a product-class dataset (no pseudo-labels, no synthesis); with
     --into, bring corrected annotations (YOLO or COCO) back into an export-reviews folder instead."""
     from datasets.recipe import PseudoConfig, Recipe, build
+    from pipeline.cli import require
 
     if args.into:
         return _import_corrections(args)
+    require("matplotlib")  # the report's box-size plot: refused before anything is written
     if not args.map or not args.out:
         raise _error(ValueError("importing a source needs --map (its class mapping) and --out (the dataset folder)"))
     name = args.name or _source_name(args.source)
@@ -155,7 +157,7 @@ def cmd_export_reviews(args: argparse.Namespace) -> int:
             since = export_window_end(Path(args.after))
         except ExportError as exc:
             raise _error(exc) from None
-    store = open_store(args)
+    store = open_store(args, create=False)
     try:
         result = export_reviews(
             store, Path(args.out), since, until, args.base_recipe, args.name, args.image_prefix, not args.quiet
@@ -328,7 +330,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-scene", action="store_true", help="pHash duplicates only (skip same-scene matching)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--strict", action="store_true", help="exit 1 when there are errors or train/val leaks")
-    p.set_defaults(func=cmd_check, extra="train")
+    p.set_defaults(func=cmd_check, needs=("matplotlib",))
 
     p = dsub.add_parser(
         "import",
@@ -343,7 +345,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--into", help="an export-reviews folder whose labels the corrected annotations replace")
     p.add_argument("--format", choices=("yolo", "coco"), help="with --into: annotation format (default: detected)")
     p.add_argument("--no-sheets", action="store_true", help="skip the contact sheets")
-    p.set_defaults(func=cmd_import, extra="train")
+    p.set_defaults(func=cmd_import)  # needs matplotlib, except --into
 
     p = dsub.add_parser(
         "export-reviews",
@@ -385,7 +387,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output dataset folder")
     p.add_argument("--workers", type=int, default=2, help="decode/encode threads")
     p.add_argument("--no-sheets", action="store_true", help="skip the contact sheets")
-    p.set_defaults(func=cmd_build, extra="train")
+    p.set_defaults(func=cmd_build, needs=("matplotlib", "ultralytics", "torch"))
 
     p = dsub.add_parser("pack", help="size-bounded copy of a dataset for a remote GPU machine")
     p.add_argument("dataset", help="built dataset folder")

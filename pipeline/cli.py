@@ -30,10 +30,18 @@ class CLIError(Exception):
     """A user-facing error: printed as ``streetwatch: error: ...`` with exit status 2."""
 
 
-#: What ``pip install -e '.[train]'`` adds to the runtime: a command registered with ``extra="train"``
-#: is refused up front without it (before it writes anything), and any other that reaches for it says so.
-TRAIN_EXTRA = ("ultralytics", "torch", "torchvision", "albumentations", "matplotlib", "onnx")
+#: The modules ``pip install -e '.[train]'`` adds to the runtime (pyproject's ``train`` extra). A command
+#: registered with ``needs=(...)`` (or calling :func:`require`) is refused up front, before it writes
+#: anything, when one of those it names is missing; any other that reaches for one says which.
+TRAIN_EXTRA = ("ultralytics", "torch", "torchvision", "albumentations", "onnx", "onnxslim", "matplotlib", "lap")
 INSTALL_TRAIN = "pip install -e '.[train]' (or: pip install 'streetwatch[train]')"
+
+
+def require(*modules: str) -> None:
+    """A CLIError naming the train-extra modules among ``modules`` that are not installed."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CLIError(f"this needs {', '.join(missing)}, part of the train extra: {INSTALL_TRAIN}")
 
 
 @contextmanager
@@ -512,14 +520,17 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def path_problem(exc: OSError) -> str:
-    """A file-system error as one line naming the path: what is wrong with it, for a person."""
+    """A file-system error as one line naming the path (the target of a rename, not its temporary file):
+    what is wrong with it, for a person. A camera URL's password stays hidden (PyAV errors name the URL)."""
+    from pipeline.cameras import hide_passwords
+
     why = {
         FileExistsError: "exists and is not a folder (give a folder for the output)",
         NotADirectoryError: "a part of this path is a file, not a folder",
         PermissionError: "permission denied",
         FileNotFoundError: "no such file or folder",
     }.get(type(exc), exc.strerror or str(exc))
-    return f"{exc.filename}: {why}"
+    return f"{hide_passwords(str(exc.filename2 or exc.filename))}: {why}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -540,15 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYDANTIC_ERRORS_INCLUDE_URL", "0")  # messages that embed a ValidationError: no links
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "extra", None) == "train":
-        missing = [m for m in TRAIN_EXTRA if importlib.util.find_spec(m) is None]
-        if missing:
-            parser.exit(
-                2,
-                f"streetwatch: error: this command needs the train extra ({', '.join(missing)} not installed): "
-                f"{INSTALL_TRAIN}\n",
-            )
     try:
+        require(*getattr(args, "needs", ()))
         return int(args.func(args) or 0)
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in TRAIN_EXTRA:
@@ -556,10 +560,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"streetwatch: error: this needs {exc.name}, part of the train extra: {INSTALL_TRAIN}\n")
     except CLIError as exc:
         parser.exit(2, f"streetwatch: error: {exc}\n")
-    except OSError as exc:  # a path the command was given (an output folder that is a file, no permission)
-        if exc.filename is None:
-            raise
-        parser.exit(2, f"streetwatch: error: {path_problem(exc)}\n")
     except ValidationError as exc:  # a command's settings, made from its options, that the config model refuses
         parser.exit(2, f"streetwatch: error: {invalid_settings(exc)}\n")
     except KeyboardInterrupt:
@@ -572,6 +572,10 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
             return 141
         raise  # another pipe or socket: a real error
+    except OSError as exc:  # a path the command was given (an output folder that is a file, no permission)
+        if exc.filename is None:
+            raise
+        parser.exit(2, f"streetwatch: error: {path_problem(exc)}\n")
 
 
 if __name__ == "__main__":  # `python -m pipeline.cli`: run the importable module's main, one CLIError class

@@ -4,6 +4,7 @@ compare, promote, rollback (run on exported ONNX models with the base install)."
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -83,18 +84,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.record:
         record_metrics(args.model, args.variant, args.data, args.split, result)
     out = Path(args.out) if args.out else Path.cwd()
+
+    def picture() -> Path | None:  # the runtime alone evaluates ONNX models; the picture needs matplotlib
+        if importlib.util.find_spec("matplotlib") is None:
+            print("confusion-matrix picture skipped: matplotlib is not installed (the train extra)", file=sys.stderr)
+            return None
+        return plot_confusion(result, out / "confusion_matrix.png")
+
     if args.json:  # stdout is the JSON alone; what was skipped still has to be said
         if result.unreadable:
             skipped = ", ".join(result.unreadable)
             print(f"{len(result.unreadable)} unreadable images skipped: {skipped}", file=sys.stderr)
         if args.out:
-            plot_confusion(result, out / "confusion_matrix.png")
+            picture()
             write_report(result, out / "evaluation.json")
         print(json.dumps(result.to_json(), ensure_ascii=False))
         return 0
     print(result.table())
-    plot = plot_confusion(result, out / "confusion_matrix.png")
-    print(f"confusion matrix (confidence > {args.conf}, IoU ≥ 0.5): {plot}")
+    plot = picture()
+    if plot is not None:
+        print(f"confusion matrix (confidence > {args.conf}, IoU ≥ 0.5): {plot}")
     if args.out:
         print(f"report: {write_report(result, out / 'evaluation.json')}")
     return 0
@@ -346,7 +355,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a config field, e.g. --set epochs=5 --set augment.flash=0.2 (repeatable)",
     )
-    p.set_defaults(func=cmd_train, extra="train")
+    p.set_defaults(func=cmd_train, needs=("ultralytics", "torch", "albumentations"))
 
     p = sub.add_parser(
         "average",
@@ -358,7 +367,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("models", nargs="+", help="checkpoints: .pt files or registry model names (their model.pt)")
     p.add_argument("--out", required=True, help="run folder to write, e.g. runs/average/NAME")
     p.add_argument("--weights", help="comma-separated shares, one per model (default: equal)")
-    p.set_defaults(func=cmd_average, extra="train")
+    p.set_defaults(func=cmd_average, needs=("torch", "ultralytics"))
 
     p = sub.add_parser(
         "evaluate",
@@ -436,7 +445,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--notes", default="")
     p.add_argument("--interim", action="store_true", help="mark as a stand-in model in its card")
     p.add_argument("--default", action="store_true", help="make it the registry default (no promotion gate)")
-    p.set_defaults(func=cmd_export, extra="train")
+    p.set_defaults(func=cmd_export, needs=("ultralytics", "torch", "onnx"))
 
     p = sub.add_parser(
         "compare",

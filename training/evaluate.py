@@ -653,5 +653,6 @@ def write_report(result: EvalResult, path: Path) -> Path:
         "errors": {"conf": result.confusion_conf, "iou": 0.5, "per_class": result.errors},
         "unreadable": result.unreadable,
     }
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n")
     return path

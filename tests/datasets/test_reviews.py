@@ -310,6 +310,10 @@ def test_export_reviews_command(filed, tmp_path: Path, capsys):
     with pytest.raises(SystemExit):
         main([*args, "--since", "yesterday", "--out", str(tmp_path / "z")])
     assert "not a date" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a mistyped folder: no empty store made there, no export window recorded
+        main(["data", "export-reviews", "--data-dir", str(tmp_path / "dat"), "--out", str(tmp_path / "w")])
+    assert "no case store at" in capsys.readouterr().err and not (tmp_path / "dat").exists()
+    assert not (tmp_path / "w").exists()
     spec = yaml.safe_load((tmp_path / "x" / "recipe.yaml").read_text())
     assert spec["sources"][0]["path"] == str((tmp_path / "x" / "images").resolve())
 

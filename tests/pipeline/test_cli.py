@@ -58,13 +58,16 @@ def test_an_output_path_that_cannot_be_a_folder_is_a_one_line_error(tmp_path, sa
     taken = tmp_path / "notes.txt"
     taken.write_text("a file, not a folder")
     cameras = tmp_path / "cameras.yaml"
+    (tmp_path / "aud" / "report.html" / "inner").mkdir(parents=True)
     video = Path(__file__).resolve().parents[2] / "pipeline" / "samples" / "videos" / "car-detection.mp4"
     cameras.write_text(f"cameras:\n  - id: a\n    url: {video}\n")
     for args, reason in [
         (["detect", str(sample_photos[0]), "--out", str(taken)], "notes.txt: exists and is not a folder"),
         (["audit", str(sample_photos[0]), "--out", str(taken / "out")], "a part of this path is a file, not a folder"),
         (["watch", str(cameras), "--sink", str(taken / "cases.jsonl")], "notes.txt: exists and is not a folder"),
-        (["serve", "--db", "mysql://x", "--port", "1"], "unsupported database 'mysql'"),
+        (["serve", "--db", "mysql://x", "--port", "0"], "unsupported database 'mysql'"),
+        # the report is written beside and renamed: the error names the report, not its temporary file
+        (["audit", str(sample_photos[0]), "--out", str(tmp_path / "aud")], "aud/report.html: Is a directory"),
     ]:
         out = run_cli(*args)
         assert out.returncode == 2 and reason in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
