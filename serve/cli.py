@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import getpass
 import logging
 import socket
@@ -42,15 +44,18 @@ def service_config(args: argparse.Namespace):  # -> ServiceConfig
 def open_store(args: argparse.Namespace, create: bool = True):  # -> CaseStore
     """The case store the ``--data-dir`` / ``--db`` options name (migrated). A SQLite store that is not
     there yet (a mistyped ``--data-dir``?) is an error unless ``create``; if created, it is said."""
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
     from serve.store import CaseStore
 
     config = service_config(args)
-    if not config.db_url and not (config.data_dir / "streetwatch.db").exists():
+    url = make_url(config.database_url)
+    if url.drivername.startswith("sqlite") and url.database and not Path(url.database).exists():
+        where = "--db" if config.db_url else "--data-dir"
         if not create:
-            raise CLIError(f"no case store in {config.data_dir} (no streetwatch.db there): check --data-dir")
-        print(f"streetwatch: no case store in {config.data_dir} yet: creating one there", file=sys.stderr)
+            raise CLIError(f"no case store at {url.database}: check {where}")
+        print(f"streetwatch: no case store at {url.database} yet: creating one", file=sys.stderr)
     try:
         return CaseStore(config.database_url, config.data_dir)
     except (SQLAlchemyError, ValueError) as exc:
@@ -73,8 +78,8 @@ def demo_cameras(app, speed: float | None = None):  # -> StreamProcessor
     return StreamProcessor(config, app.state.detector.detector, sink)
 
 
-#: Name prefix of the reviewer keys ``serve --demo`` makes.
-DEMO_KEY_PREFIX = "demo-"
+#: Name prefix of the reviewer keys ``serve --demo`` makes (and replaces at its next start).
+DEMO_KEY_PREFIX = "serve --demo "
 
 
 def demo_key(store) -> str:
@@ -85,41 +90,59 @@ def demo_key(store) -> str:
     return store.create_key("reviewer", f"{DEMO_KEY_PREFIX}{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")[0]
 
 
-def port_free(host: str, port: int) -> None:
-    """A CLIError when ``host:port`` cannot be listened on (another service holds it, or no such address)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port in TIME_WAIT is free
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise CLIError(
-                f"cannot listen on {host}:{port}: {exc.strerror} (another service there? try --port)"
-            ) from None
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The service's listening socket, bound before anything else is done (uvicorn serves on it): a port
+    another service holds, or an address that is not this machine's, is a CLIError, before a demo key is
+    made and an address printed that would be another's."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn binds one
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT after a restart is free
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = " (another service there? try --port)" if exc.errno == errno.EADDRINUSE else ""
+        raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+    return sock
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the service until interrupted."""
-    import uvicorn
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from models.registry import ModelError
-    from serve.app import create_app
+    from serve.db import normalise_url
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     config = service_config(args)
     if args.speed is not None and (not args.demo or args.speed <= 0):
         raise CLIError("--speed is a positive playback factor for the demo videos (with --demo)")
-    port_free(config.host, config.port)  # before a key is made and an address printed that is another's
+    try:
+        normalise_url(config.database_url)
+    except ValueError as exc:  # a database of a kind the store does not take
+        raise CLIError(f"cannot open the case store {config.database_url}: {exc}") from None
+    sock = listen_socket(config.host, config.port)
+    try:
+        return _serve(args, config, sock)
+    finally:
+        sock.close()
+
+
+def _serve(args: argparse.Namespace, config, sock: socket.socket) -> int:
+    """Build the app on ``config`` and serve it on ``sock`` until interrupted."""
+    import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from models.registry import ModelError
+    from serve.app import create_app
+
     try:
         app = create_app(config)
     except ModelError as exc:
         raise CLIError(str(exc)) from None
-    except (SQLAlchemyError, ValueError) as exc:  # ValueError: a database URL of a kind the store does not take
+    except SQLAlchemyError as exc:
         raise CLIError(f"cannot open the case store {config.database_url}: {exc}") from None
     store, holder = app.state.store, app.state.detector
-    url = f"http://{'127.0.0.1' if config.host in ('0.0.0.0', '::') else config.host}:{config.port}"
+    port = sock.getsockname()[1]  # --port 0: the one the system chose
+    url = f"http://{'127.0.0.1' if config.host in ('0.0.0.0', '::') else config.host}:{port}"
     print(f"streetwatch: case store {config.database_url}", flush=True)
     print(f"streetwatch: model {holder.detector.version if holder.loaded else '(none)'}", flush=True)
     if args.demo:
@@ -140,10 +163,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     print(f"streetwatch: review page {url}/ui/cases   API docs {url}/docs", flush=True)
-    uvicorn.run(
-        app, host=config.host, port=config.port, log_level="info", access_log=False, timeout_graceful_shutdown=10
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=config.host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=10
+        )
     )
-    return 0
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run
+        server.run(sockets=[sock])
+    return 0 if server.started else 3
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:

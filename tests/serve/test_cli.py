@@ -49,9 +49,12 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     for command in (["list"], ["revoke", "7"]):  # a mistyped --data-dir: no new empty store made there
         with pytest.raises(SystemExit):
             main(["keys", *command, "--data-dir", str(tmp_path / "dat")])
-        assert "no case store in" in capsys.readouterr().err and not (tmp_path / "dat").exists()
+        assert "no case store at" in capsys.readouterr().err and not (tmp_path / "dat").exists()
+    with pytest.raises(SystemExit):  # a mistyped SQLite file, the same
+        main(["keys", "list", "--db", f"sqlite:///{tmp_path / 'typo.db'}"])
+    assert "typo.db: check --db" in capsys.readouterr().err and not (tmp_path / "typo.db").exists()
     assert main(["keys", "create", "--role", "ingest", "--data-dir", str(tmp_path)]) == 0
-    assert "no case store in" in capsys.readouterr().err  # said when the first key makes the store
+    assert "no case store at" in capsys.readouterr().err  # said when the first key makes the store
     with pytest.raises(SystemExit):
         main(["keys", "revoke", "7", "--data-dir", str(tmp_path)])
     assert "no key 7" in capsys.readouterr().err
@@ -79,10 +82,10 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
 def test_each_demo_start_replaces_the_last_demo_key(tmp_path):
     store = CaseStore(f"sqlite:///{tmp_path / 'streetwatch.db'}", tmp_path)
     try:
-        desk, _ = store.create_key("reviewer", "desk 1")
+        desk, _ = store.create_key("reviewer", "demo-room 3")
         first, second = demo_key(store), demo_key(store)
-        assert store.verify_key(first) is None and store.verify_key(second).name.startswith("demo-")
-        assert store.verify_key(desk).name == "desk 1"  # a key someone made stays
+        assert store.verify_key(first) is None and store.verify_key(second).name.startswith("serve --demo 20")
+        assert store.verify_key(desk).name == "demo-room 3"  # a key someone made stays
     finally:
         store.dispose()
 
