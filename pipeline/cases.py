@@ -9,8 +9,10 @@ a key as updates of the same violation, never as new ones (idempotent ingestion)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import sys
 import threading
 from datetime import datetime
@@ -37,7 +39,11 @@ def plausible_time(value: datetime) -> datetime:
 
 def _not_a_number(value: Any) -> Any:
     """pydantic reads a bare number as Unix seconds: ``since=20261110`` would be 1970-08-23. Refused."""
-    if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().lstrip("+-").isdigit()):
+    number = isinstance(value, (int, float))
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            number = math.isfinite(float(value))
+    if number:
         raise ValueError(f"{value!r} is a number, not a time: write 2026-11-10 or 2026-11-10T08:00:00+08:00")
     return value
 

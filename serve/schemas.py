@@ -192,6 +192,7 @@ class DeadlinesOut(Model):
         description="Of those, the ones that passed while the case was still with it, unresolved (a later "
         "re-dispatch, extension or reopening does not undo a miss)"
     )
+    running: int = Field(description="Of those, the ones not passed yet, the case still with it, unresolved")
 
 
 class StatsOut(Model):
@@ -205,8 +206,9 @@ class StatsOut(Model):
     by_department: list[CountOut] = Field(description="Dispatched cases per department")
     by_status: list[CountOut] = Field(description="Cases per current status")
     by_day: list[CountOut] = Field(
-        description="Cases per local day, every day of the range (per month, YYYY-MM, over ranges beyond a year)"
+        description="Cases per local day, every day of the range (empty for ranges beyond a year: see by_month)"
     )
+    by_month: list[CountOut] = Field(description="Cases per local month (YYYY-MM), every month of the range")
     reviewed: int = Field(description="Cases a person has reviewed (confirmed, relabelled or dismissed)")
     confirmed: int = Field(description="Reviewed cases judged real violations (relabelled ones included)")
     relabelled: int = Field(description="Of the confirmed cases, those a reviewer gave another violation type")

@@ -883,7 +883,7 @@ class CaseStore:
                 s.scalar(
                     select(func.count())
                     .select_from(Case)
-                    .where(*in_range, Case.confirmed_at.is_not(None), Case.original_type.is_not(None))
+                    .where(*in_range, Case.confirmed_at.is_not(None), Case.original_type != Case.type)
                 )
                 or 0
             )
@@ -899,15 +899,19 @@ class CaseStore:
         late = sum(1 for r in resolved_rows if r.deadline is not None and r.resolved_at > r.deadline)
         closed = by_status.get("resolved", 0) + by_status.get("closed", 0)
         first, last = since.astimezone(tz).date(), (until - timedelta(microseconds=1)).astimezone(tz).date()
-        by_month = (last - first).days > 366  # a column per day stops being readable (and the list bounded)
         per_day: dict[str, int] = {}
+        per_month: dict[str, int] = {}
         day = first
-        while day <= last:
-            per_day.setdefault(day.isoformat()[:7] if by_month else day.isoformat(), 0)
-            day = (day.replace(day=1) + timedelta(days=32)).replace(day=1) if by_month else day + timedelta(days=1)
+        while day <= last:  # every day (up to a year: beyond, a column per day says nothing) and month
+            if (last - first).days <= 366:
+                per_day[day.isoformat()] = 0
+            per_month.setdefault(day.isoformat()[:7], 0)
+            day = day + timedelta(days=1) if per_day else (day.replace(day=1) + timedelta(days=32)).replace(day=1)
         for t in days:
-            key = t.astimezone(tz).date().isoformat()[: 7 if by_month else 10]
-            per_day[key] = per_day.get(key, 0) + 1
+            local = t.astimezone(tz).date().isoformat()
+            if per_day:
+                per_day[local] = per_day.get(local, 0) + 1
+            per_month[local[:7]] = per_month.get(local[:7], 0) + 1
         return StatsOut(
             since=since,
             until=until,
@@ -924,6 +928,7 @@ class CaseStore:
                 for k in lifecycle.STATUSES
             ],
             by_day=[CountOut(key=k, label=k, count=n) for k, n in sorted(per_day.items())],
+            by_month=[CountOut(key=k, label=k, count=n) for k, n in sorted(per_month.items())],
             reviewed=reviewed,
             confirmed=confirmed,
             relabelled=relabelled,
@@ -1056,28 +1061,27 @@ def _retryable(exc: IntegrityError | OperationalError) -> bool:
 
 
 def _deadlines(handovers: Collection[Any], now: datetime) -> list[DeadlinesOut]:
-    """Deadlines given to and missed by each department, from the cases' dispatch and resolve history
-    (ordered by case, then time). A deadline is missed when it passed while the case was with that
-    department: before the next dispatch (a re-dispatch or an extension) or the resolution, or before now."""
-    given: dict[str, int] = {}
-    missed: dict[str, int] = {}
+    """Deadlines given to, missed and still running at each department, from the cases' dispatch and
+    resolve history (ordered by case, then time). A deadline is missed when it passed while the case was
+    with that department: before the next dispatch (a re-dispatch or an extension), the resolution, or now."""
+    count: dict[str, dict[str, int]] = {}
     held: tuple[str, datetime] | None = None  # (department, deadline) of the case being read
     case_id = None
 
-    def end(at: datetime) -> None:
-        if held is not None and at > held[1]:
-            missed[held[0]] = missed.get(held[0], 0) + 1
+    def end(at: datetime, still_there: bool = False) -> None:
+        if held is not None and (at > held[1] or still_there):
+            count[held[0]]["missed" if at > held[1] else "running"] += 1
 
     for row in handovers:
         if row.case_id != case_id:
-            end(now)  # the previous case is still with its department
+            end(now, still_there=True)  # the previous case is still with its department
             held, case_id = None, row.case_id
         end(row.at)
         held = None
         if row.action == "dispatch":
             department = row.details["department"]
             held = (department, datetime.fromisoformat(row.details["deadline"]))
-            given[department] = given.get(department, 0) + 1
-    end(now)
-    rows = [DeadlinesOut(department=d, deadlines=n, missed=missed.get(d, 0)) for d, n in given.items()]
+            count.setdefault(department, {"deadlines": 0, "missed": 0, "running": 0})["deadlines"] += 1
+    end(now, still_there=True)
+    rows = [DeadlinesOut(department=d, **n) for d, n in count.items()]
     return sorted(rows, key=lambda r: (-r.missed, -r.deadlines, r.department))

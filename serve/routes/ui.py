@@ -7,7 +7,7 @@ session cookie that the API accepts like a Bearer header. Buttons call the JSON 
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -189,6 +189,15 @@ def case_page(request: Request, case_id: Annotated[int, PathParam(ge=1, le=2**31
     )
 
 
+def is_date(text: str) -> bool:
+    """Whether ``text`` names a day (2026-11-10, the form's), not a time in it (2026-11-10T08)."""
+    try:
+        date.fromisoformat(text.strip())
+    except ValueError:
+        return False
+    return True
+
+
 @router.get("/ui/stats", response_class=HTMLResponse)
 def stats_page(request: Request, since: str = "", until: str = "") -> Response:
     user = current_user(request)
@@ -207,7 +216,7 @@ def stats_page(request: Request, since: str = "", until: str = "") -> Response:
 
     start, end = parse(since, "since"), parse(until, "until")
     errors = [f"日期无法识别 Unreadable date: {', '.join(unreadable)} (YYYY-MM-DD)"] if unreadable else []
-    day = {name: timedelta(days=0 if ":" in text else 1) for name, text in (("since", since), ("until", until))}
+    day = {name: timedelta(days=1 if is_date(text) else 0) for name, text in (("since", since), ("until", until))}
     if end is not None:  # a date (the form's) counts up to the end of that day; a time typed in, up to it
         end += day["until"]
     start, end = date_range(request, start, end)  # the service's zone for dates without one

@@ -315,10 +315,11 @@ def test_stats_charge_each_department_the_deadlines_it_missed(store, violation):
     """A missed deadline stays missed: a re-dispatch to another department, an extension after the fact or
     a reopened resolution does not make it vanish from the figures (supervisors assess departments on it)."""
     r = Actor("r", "reviewer")
-    c1, c2, c3, c4, c5 = (store.ingest(violation(key=f"d{i}", source_id=f"cam-d{i}")).case_id for i in range(5))
+    c1, c2, c3, c4, c5, c6 = (store.ingest(violation(key=f"d{i}", source_id=f"cam-d{i}")).case_id for i in range(6))
     for cid in (c1, c2, c3, c4):
         store.review(cid, "confirm", r)
     store.review(c5, "relabel", r, type="small_ad")
+    store.review(c6, "relabel", r, type="illegal_parking", detector_class="motorbike")  # the type stands
 
     def passed(cid: int) -> None:  # the deadline in force passed 2 hours ago (the API refuses a past one)
         past = datetime.now(timezone.utc) - timedelta(hours=2)
@@ -345,15 +346,16 @@ def test_stats_charge_each_department_the_deadlines_it_missed(store, violation):
     passed(c4)  # still with it, unresolved
     s = store.stats(T0 - timedelta(days=1), T0 + timedelta(days=1))
     assert (s.overdue, s.resolved_late) == (1, 0)
-    assert [(d.department, d.deadlines, d.missed) for d in s.deadlines] == [
-        ("环卫所", 3, 1),
-        ("交警大队", 2, 1),
-        ("市场监管所", 1, 1),
+    assert [(d.department, d.deadlines, d.missed, d.running) for d in s.deadlines] == [
+        ("环卫所", 3, 1, 1),  # c2's extension is still running
+        ("交警大队", 2, 1, 0),
+        ("市场监管所", 1, 1, 0),
     ]
-    assert (s.reviewed, s.confirmed, s.relabelled) == (5, 5, 1)
-    year = store.stats(T0 - timedelta(days=400), T0 + timedelta(days=1))  # beyond a year: a column per month
-    assert len(year.by_day) == 14 and year.by_day[-1].key == T0.date().isoformat()[:7]
-    assert sum(c.count for c in year.by_day) == 5 and all(len(c.key) == 7 for c in year.by_day)
+    assert (s.reviewed, s.confirmed, s.relabelled) == (6, 6, 1)
+    assert [(c.key, c.count) for c in s.by_month] == [(T0.date().isoformat()[:7], 6)]
+    year = store.stats(T0 - timedelta(days=400), T0 + timedelta(days=1))  # beyond a year: no column per day
+    assert year.by_day == [] and len(year.by_month) == 14 and year.by_month[-1].key == T0.date().isoformat()[:7]
+    assert sum(c.count for c in year.by_month) == 6
 
 
 def test_api_keys_are_stored_hashed(store):
