@@ -50,7 +50,10 @@ def open_store(args: argparse.Namespace, create: bool = True):  # -> CaseStore
     from serve.store import CaseStore
 
     config = service_config(args)
-    url = make_url(config.database_url)
+    try:
+        url = make_url(config.database_url)
+    except SQLAlchemyError as exc:  # not a URL at all
+        raise CLIError(f"cannot open the case store {config.database_url}: {exc}") from None
     if url.drivername.startswith("sqlite") and url.database and not Path(url.database).exists():
         where = "--db" if config.db_url else "--data-dir"
         if not create:

@@ -50,6 +50,9 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(["keys", *command, "--data-dir", str(tmp_path / "dat")])
         assert "no case store at" in capsys.readouterr().err and not (tmp_path / "dat").exists()
+    with pytest.raises(SystemExit):
+        main(["keys", "list", "--db", "notaurl"])
+    assert "cannot open the case store notaurl: Could not parse" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a mistyped SQLite file, the same
         main(["keys", "list", "--db", f"sqlite:///{tmp_path / 'typo.db'}"])
     assert "typo.db: check --db" in capsys.readouterr().err and not (tmp_path / "typo.db").exists()
