@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
+import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -83,8 +84,31 @@ class WebhookConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
+        """A URL the dispatcher can post to: checked here, so that a typo is refused at start instead of
+        every event waiting for ever."""
+        if value is None:
+            return value
+        if not value.startswith(("http://", "https://")):
             raise ValueError("webhook url must start with http:// or https://")
+        if any(c.isspace() for c in value):
+            raise ValueError("webhook url contains a space or line break")
+        try:
+            url = httpx.URL(value)
+            host, port = url.host, url.port
+        except (httpx.InvalidURL, ValueError) as exc:  # a bad port, a host IDNA cannot encode
+            raise ValueError(f"webhook url is not a valid URL: {exc}") from None
+        if not host:
+            raise ValueError("webhook url names no host")
+        if port is not None and not 0 < port < 65536:
+            raise ValueError(f"webhook url's port {port} is not between 1 and 65535")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _header_safe(cls, value: str | None) -> str | None:
+        """The secret travels in an HTTP header: printable ASCII only."""
+        if value is not None and not (value.isascii() and value.isprintable() and value.strip() == value and value):
+            raise ValueError("webhook secret must be printable ASCII, no surrounding spaces (it is sent in a header)")
         return value
 
 

@@ -183,6 +183,10 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+#: What an outbox event can be: to be tried (again), accepted by the receiver, given up on.
+OUTBOX_STATUSES = ("pending", "delivered", "failed")
+
+
 class OutboxEvent(Base):
     """A case event waiting to be pushed to the external case system (transactional outbox)."""
 
@@ -197,6 +201,7 @@ class OutboxEvent(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_token: Mapped[str | None] = mapped_column(String(32))  # who holds the lease until locked_until
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

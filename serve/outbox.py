@@ -6,17 +6,23 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
+from typing import Any
 
 import httpx
 
 from serve.config import WebhookConfig
+from serve.db import OutboxEvent
 from serve.store import CaseStore
 
 log = logging.getLogger(__name__)
 
 
 class WebhookDispatcher:
-    """A background thread that posts due outbox events to ``config.url``."""
+    """A background thread that posts due outbox events to ``config.url``, one leased event at a time.
+
+    Nothing stops it but :meth:`stop`: an attempt that fails in any way (refused connection, a URL the HTTP
+    client rejects, a database hiccup) is recorded or left to its lease, and the loop goes on."""
 
     def __init__(self, store: CaseStore, config: WebhookConfig):
         if not config.url:
@@ -28,6 +34,13 @@ class WebhookDispatcher:
         self._thread: threading.Thread | None = None
         self.delivered = 0
         self.failed_attempts = 0
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+
+    @property
+    def lease_s(self) -> float:
+        """How long one event is held: longer than an attempt can take (connect, send, read)."""
+        return self.config.timeout_s * 4 + 5
 
     def start(self) -> None:
         """Start delivering."""
@@ -45,40 +58,68 @@ class WebhookDispatcher:
         """Look for due events now (after a change that enqueued one)."""
         self._wake.set()
 
+    @property
+    def running(self) -> bool:
+        """Whether the delivery thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def status(self) -> dict[str, Any]:
+        """For /readyz: whether it runs, what it did, the last error and how long ago."""
+        return {
+            "running": self.running,
+            "delivered": self.delivered,
+            "failed_attempts": self.failed_attempts,
+            "last_error": self.last_error,
+            "last_error_s_ago": None if self.last_error_at is None else round(time.monotonic() - self.last_error_at, 1),
+        }
+
+    def _note(self, error: str) -> None:
+        self.last_error, self.last_error_at = error, time.monotonic()
+
     def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._serve()
+            except Exception as exc:  # a fault of its own must not end delivery for good: note it, go on
+                log.exception("outbox: the dispatcher failed; starting it again")
+                self._note(f"dispatcher failed: {type(exc).__name__}: {exc}")
+                self._stop.wait(max(self.config.poll_s, 5.0))
+
+    def _serve(self) -> None:
         headers = {"Content-Type": "application/json", "User-Agent": "streetwatch-outbox"}
         if self.config.secret:
             headers["Authorization"] = f"Bearer {self.config.secret}"
         with httpx.Client(timeout=self.config.timeout_s, headers=headers) as client:
             while not self._stop.is_set():
                 try:
-                    events = self.store.claim_due_events(lease_s=self.config.timeout_s * 3 + 5)
-                except Exception:
+                    event = self.store.claim_due_event(lease_s=self.lease_s)
+                except Exception as exc:  # the database is away for a moment: look again after the poll
                     log.exception("outbox: cannot read due events")
-                    events = []
-                for event in events:
-                    if self._stop.is_set():
-                        break
+                    self._note(f"cannot read due events: {type(exc).__name__}: {exc}")
+                    event = None
+                if event is not None:
                     self._deliver(client, event)
-                if not events:
-                    self._wake.wait(self.config.poll_s)
-                    self._wake.clear()
+                    continue
+                self._wake.wait(self.config.poll_s)
+                self._wake.clear()
 
-    def _deliver(self, client: httpx.Client, event) -> None:
+    def _deliver(self, client: httpx.Client, event: OutboxEvent) -> None:
         body = json.dumps(event.payload, ensure_ascii=False).encode()
         try:
             response = client.post(self.config.url, content=body, headers={"Idempotency-Key": event.idempotency_key})
             ok = 200 <= response.status_code < 300
             error = None if ok else f"HTTP {response.status_code}: {response.text[:200]}"
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # network errors, and anything the client refuses: a failed attempt
             ok, error = False, f"{type(exc).__name__}: {exc}"
         try:
             if ok:
                 self.store.event_delivered(event.id)
                 self.delivered += 1
-            else:
-                self.store.event_failed(event.id, error or "unknown error")
-                self.failed_attempts += 1
-                log.warning("webhook %s not delivered: %s", event.idempotency_key, error)
+                return
+            self.failed_attempts += 1
+            self._note(f"{event.idempotency_key}: {error}")
+            log.warning("webhook %s not delivered: %s", event.idempotency_key, error)
+            if not self.store.event_failed(event.id, event.lease_token or "", error or "unknown error"):
+                log.warning("outbox: the lease on %s ran out; its holder records the attempt", event.idempotency_key)
         except Exception:  # the lease expires and the event is tried again: at least once
             log.exception("outbox: cannot record the delivery of %s", event.idempotency_key)

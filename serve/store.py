@@ -20,9 +20,9 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, aliased, selectinload
 
 from models.classes import VIOLATIONS
 from pipeline.cases import Violation
@@ -30,7 +30,18 @@ from pipeline.detections import box_iou
 from pipeline.photos import photo_key_prefix
 from serve import lifecycle
 from serve.config import DedupConfig, WebhookConfig
-from serve.db import ApiKey, Case, Evidence, History, Occurrence, OutboxEvent, make_engine, migrate, utcnow
+from serve.db import (
+    OUTBOX_STATUSES,
+    ApiKey,
+    Case,
+    Evidence,
+    History,
+    Occurrence,
+    OutboxEvent,
+    make_engine,
+    migrate,
+    utcnow,
+)
 from serve.evidence import EvidenceStore
 from serve.schemas import CaseOut, CountOut, DeadlinesOut, EvidenceOut, HistoryOut, KeyOut, OutboxEventOut, StatsOut
 
@@ -489,11 +500,7 @@ class CaseStore:
                 case.note = note
             self._history(s, case, actor, action, before, after, details, now)
             event = lifecycle.EVENTS[action]
-            if (
-                self.webhook.url
-                and event in self.webhook.events
-                and not (before == "confirmed" and action == "relabel")
-            ):
+            if self.webhook.url and event in self.webhook.events and not _silent(action, before):
                 self._enqueue(s, case, event, now)
             s.flush()
             return self._case_out(s, case, now)
@@ -570,57 +577,71 @@ class CaseStore:
             )
         )
 
-    def claim_due_events(self, limit: int = 10, lease_s: float = 60.0) -> list[OutboxEvent]:
-        """Events due for delivery, each leased to the caller (other dispatchers skip it until the lease ends)."""
+    def claim_due_event(self, lease_s: float = 60.0) -> OutboxEvent | None:
+        """The next event due for delivery, leased to the caller for ``lease_s`` (other dispatchers skip it
+        meanwhile; ``lease_token`` names this lease), or None. Events of one case go out in the order they
+        happened: an event waits while an earlier one of its case is still pending."""
         now = utcnow()
-        claimed = []
+        earlier = aliased(OutboxEvent)
+        unlocked = OutboxEvent.locked_until.is_(None) | (OutboxEvent.locked_until < now)
         with self.reading() as s:
             due = list(
                 s.scalars(
                     select(OutboxEvent.id)
-                    .where(OutboxEvent.status == "pending", OutboxEvent.next_attempt_at <= now)
+                    .where(OutboxEvent.status == "pending", OutboxEvent.next_attempt_at <= now, unlocked)
+                    .where(
+                        ~exists().where(
+                            earlier.case_id == OutboxEvent.case_id,
+                            earlier.id < OutboxEvent.id,
+                            earlier.status == "pending",
+                        )
+                    )
                     .order_by(OutboxEvent.next_attempt_at, OutboxEvent.id)
-                    .limit(limit)
+                    .limit(5)  # a few, in case another dispatcher takes the first ones meanwhile
                 )
             )
         for event_id in due:
+            token = secrets.token_hex(16)
 
-            def lease(s: Session, event_id: int = event_id) -> OutboxEvent | None:
+            def lease(s: Session, event_id: int = event_id, token: str = token) -> OutboxEvent | None:
                 got = s.execute(
                     update(OutboxEvent)
-                    .where(
-                        OutboxEvent.id == event_id,
-                        OutboxEvent.status == "pending",
-                        (OutboxEvent.locked_until.is_(None)) | (OutboxEvent.locked_until < now),
-                    )
-                    .values(locked_until=now + timedelta(seconds=lease_s))
+                    .where(OutboxEvent.id == event_id, OutboxEvent.status == "pending", unlocked)
+                    .values(locked_until=now + timedelta(seconds=lease_s), lease_token=token)
                 ).rowcount
                 return s.get(OutboxEvent, event_id) if got == 1 else None
 
             event = self._write(lease)
             if event is not None:
-                claimed.append(event)
-        return claimed
+                return event
+        return None
 
-    def event_delivered(self, event_id: int) -> None:
-        """Mark an event delivered and note it in the case history."""
+    def event_delivered(self, event_id: int) -> bool:
+        """Mark an event delivered and note it in the case history; False when it already was (another
+        dispatcher whose lease had run out delivered it too: receivers drop the repeat by its key)."""
 
-        def work(s: Session) -> None:
+        def work(s: Session) -> bool:
             event = s.get(OutboxEvent, event_id, with_for_update=True)
+            if event.status == "delivered":
+                return False
             now = utcnow()
-            event.status, event.delivered_at, event.locked_until = "delivered", now, None
-            event.attempts += 1
+            event.status, event.delivered_at, event.attempts = "delivered", now, event.attempts + 1
+            event.locked_until = event.lease_token = event.last_error = None
             s.add(_outbox_history(event, "webhook", "pushed", now))
+            return True
 
-        self._write(work)
+        return self._write(work)
 
-    def event_failed(self, event_id: int, error: str) -> None:
-        """Record a failed attempt; schedule the next one with exponential backoff, or give up."""
+    def event_failed(self, event_id: int, lease_token: str, error: str) -> bool:
+        """Record a failed attempt and schedule the next one with exponential backoff, or give up. Only the
+        holder of the lease records: False when the lease ran out and another dispatcher holds the event."""
 
-        def work(s: Session) -> None:
+        def work(s: Session) -> bool:
             event = s.get(OutboxEvent, event_id, with_for_update=True)
+            if event.status != "pending" or event.lease_token != lease_token:
+                return False
             event.attempts += 1
-            event.last_error, event.locked_until = error[:2000], None
+            event.last_error, event.locked_until, event.lease_token = error[:2000], None, None
             if event.attempts >= self.webhook.max_attempts:
                 event.status = "failed"
                 log.error("webhook gave up on %s after %d attempts: %s", event.idempotency_key, event.attempts, error)
@@ -628,8 +649,9 @@ class CaseStore:
                 delay = min(self.webhook.backoff_s * 2 ** (event.attempts - 1), self.webhook.max_backoff_s)
                 delay *= 1 + 0.1 * secrets.randbelow(100) / 100  # jitter: receivers recovering are not stampeded
                 event.next_attempt_at = utcnow() + timedelta(seconds=delay)
+            return True
 
-        self._write(work)
+        return self._write(work)
 
     def outbox_events(self, status: str | None = None, limit: int = 100) -> list[OutboxEventOut]:
         """Outbox events, newest first, optionally of one status."""
@@ -650,16 +672,18 @@ class CaseStore:
             now, retried = utcnow(), []
             for event in s.scalars(query):
                 s.add(_outbox_history(event, str(actor), "push retried", now, last_error=event.last_error))
-                event.status, event.attempts, event.next_attempt_at, event.locked_until = "pending", 0, now, None
+                event.status, event.attempts, event.next_attempt_at = "pending", 0, now
+                event.locked_until = event.lease_token = None
                 retried.append(event.id)
             return sorted(retried)
 
         return self._write(work)
 
     def outbox_counts(self) -> dict[str, int]:
-        """Outbox events per status."""
+        """Outbox events per status, every status named (0 when none)."""
         with self.reading() as s:
-            return dict(s.execute(select(OutboxEvent.status, func.count()).group_by(OutboxEvent.status)).all())
+            found = dict(s.execute(select(OutboxEvent.status, func.count()).group_by(OutboxEvent.status)).all())
+        return {status: int(found.get(status, 0)) for status in OUTBOX_STATUSES}
 
     # ------------------------------------------------------------------------------------- queries
     def get_case(self, case_id: int) -> CaseOut:
@@ -1037,6 +1061,12 @@ def _key_out(row: ApiKey) -> KeyOut:
         last_used_at=row.last_used_at,
         revoked_at=row.revoked_at,
     )
+
+
+def _silent(action: str, before: str) -> bool:
+    """Actions the webhook is not told of: relabelling a case already confirmed (it stays confirmed), and
+    reopening a dismissed one (back to new: the receiver never heard of it, dismissals are not pushed)."""
+    return (action, before) in {("relabel", "confirmed"), ("reopen", "dismissed")}
 
 
 def _outbox_history(event: OutboxEvent, actor: str, action: str, at: datetime, **details: Any) -> History:

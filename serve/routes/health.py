@@ -27,12 +27,15 @@ def readyz(request: Request) -> JSONResponse:
     checks["model"] = state.detector.detector.version if state.detector.loaded else None
     follower = getattr(state, "follower", None)
     checks["model_follow"] = follower.status() if follower is not None else "off (pinned model or disabled)"
+    dispatcher = getattr(state, "dispatcher", None)
+    checks["webhook"] = dispatcher.status() if dispatcher is not None else "off (no webhook url)"
     if state.cameras is not None:
         try:
             checks["cameras"] = dict(camera_states(state.cameras.status()))
         except Exception as exc:
             checks["cameras"] = f"status failed: {exc}"
     ok = checks["started"] is True and checks["database"] is True
+    ok = ok and (dispatcher is None or dispatcher.running)  # events would wait for ever without it
     if state.config.load_detector:
         ok = ok and checks["model"] is not None
     return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)

@@ -1,5 +1,5 @@
 """The store's view for retraining, on SQLite and PostgreSQL: reviewed cases with the verdict and the model's
-original class, the cases a shared frame belongs to, and a store created before migrations 0002 and 0003."""
+original class, the cases a shared frame belongs to, and a store created by the first release."""
 
 from __future__ import annotations
 
@@ -55,9 +55,10 @@ def test_reviewed_cases_carry_verdict_correction_and_window(store):
     }
 
 
-def test_a_store_from_before_0002_and_0003_upgrades_and_keeps_its_cases(tmp_path):
-    """A case store as release 0001 left it (no reviewed_at index, no case version) is migrated on start,
-    keeps its cases, which get the version their history gives, and can be acted on with it at once."""
+def test_a_store_from_the_first_release_upgrades_and_keeps_its_cases(tmp_path):
+    """A case store as release 0001 left it (no reviewed_at index, no case version, no outbox lease token) is
+    migrated on start, keeps its cases, which get the version their history gives, and can be acted on with it
+    at once."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
     made = CaseStore(url, tmp_path / "data")
     case_id = made.ingest(make_violation(key="before")).case_id  # frame only, as producers filed then
@@ -71,10 +72,12 @@ def test_a_store_from_before_0002_and_0003_upgrades_and_keeps_its_cases(tmp_path
         command.downgrade(cfg, "0001")
     assert schema_revision(engine) == "0001"
     assert "version" not in {c["name"] for c in inspect(engine).get_columns("cases")}
+    assert "lease_token" not in {c["name"] for c in inspect(engine).get_columns("outbox")}
     engine.dispose()
     store = CaseStore(url, tmp_path / "data")  # migrates to head on start
     try:
-        assert schema_revision(store.write_engine) == "0003"
+        assert schema_revision(store.write_engine) == "0004"
+        assert "lease_token" in {c["name"] for c in inspect(store.write_engine).get_columns("outbox")}
         assert "ix_cases_reviewed_at" in {i["name"] for i in inspect(store.write_engine).get_indexes("cases")}
         (reviewed,) = store.reviewed_cases()
         assert reviewed.case.id == case_id and {e.kind for e in reviewed.case.evidence} == {"frame"}

@@ -33,7 +33,7 @@ def test_migrations_create_the_schema_and_match_the_models(store):
 
     from serve.db import Base
 
-    assert schema_revision(store.write_engine) == "0003"
+    assert schema_revision(store.write_engine) == "0004"
     assert {"cases", "occurrences", "evidence", "history", "api_keys", "outbox"} <= set(
         inspect(store.write_engine).get_table_names()
     )
@@ -383,7 +383,7 @@ def test_confirm_enqueues_a_webhook_event_in_the_same_transaction(db_url, tmp_pa
         assert events[0].idempotency_key == f"streetwatch-case-{cid}-confirmed-1"
         assert events[0].payload["violation_keys"] == ["w1"] and events[0].payload["case"]["status"] == "confirmed"
         store.dispatch(cid, "环卫所", future(), ALICE)  # not in events: nothing enqueued
-        assert store.outbox_counts() == {"pending": 1}
+        assert store.outbox_counts() == {"pending": 1, "delivered": 0, "failed": 0}
     finally:
         store.dispose()
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session
 from waiting import wait_for
 
 from serve.config import WebhookConfig
+from serve.db import OutboxEvent, utcnow
 from serve.outbox import WebhookDispatcher
 from serve.store import Actor, CaseStore
 
@@ -53,7 +57,7 @@ class Receiver:
 
 
 def webhook(url: str, **kw) -> WebhookConfig:
-    return WebhookConfig(url=url, backoff_s=0.05, max_backoff_s=0.2, poll_s=0.05, timeout_s=2, **kw)
+    return WebhookConfig(**{"url": url, "backoff_s": 0.05, "max_backoff_s": 0.2, "poll_s": 0.05, "timeout_s": 2, **kw})
 
 
 def test_confirmed_case_is_pushed_with_retries_and_the_idempotency_key(db_url, tmp_path, violation):
@@ -125,9 +129,124 @@ def test_gives_up_after_max_attempts_and_keeps_the_event(tmp_path, violation):
     assert len(receiver.requests) == 3
 
 
-def test_webhook_url_must_be_http():
-    with pytest.raises(ValueError, match="http"):
-        WebhookConfig(url="ftp://example.org/x")
+@pytest.mark.parametrize(
+    ("url", "secret", "reason"),
+    [
+        ("ftp://example.org/x", None, "must start with http"),
+        ("http://127.0.0.1:99999/hook", None, "port 99999"),
+        ("http://receiver:80a/hook", None, "not a valid URL"),
+        ("http://xn--/hook", None, "not a valid URL"),
+        ("http:///hook", None, "names no host"),
+        ("http://receiver/case hook", None, "space"),
+        ("http://receiver/hook", "sécret", "printable ASCII"),
+        ("http://receiver/hook", "s3cret\n", "printable ASCII"),
+    ],
+)
+def test_a_webhook_url_or_secret_that_cannot_be_sent_is_refused_at_start(url, secret, reason):
+    with pytest.raises(ValueError, match=reason):
+        WebhookConfig(url=url, secret=secret)
+
+
+def test_a_url_the_http_client_rejects_is_a_failed_attempt_and_delivery_goes_on(tmp_path, violation):
+    receiver = Receiver()
+    config = webhook(receiver.url)
+    config.url = "http://xn--/hook"  # past validation (an older config): the HTTP client itself refuses it
+    store = CaseStore(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "d", webhook=config)
+    dispatcher = WebhookDispatcher(store, config)
+    dispatcher.start()
+    try:
+        cid = store.ingest(violation()).case_id
+        store.review(cid, "confirm", ALICE)
+        wait_for(lambda: dispatcher.failed_attempts >= 1, 15, "a failed attempt")
+        assert dispatcher.running and "IDNA" in dispatcher.status()["last_error"]
+        assert store.outbox_events()[0].last_error.startswith("IDNAError")
+        config.url = receiver.url  # fixed: the same thread delivers
+        wait_for(lambda: store.outbox_counts()["delivered"] == 1, 15, "the delivery")
+        event = store.outbox_events()[0]
+        assert event.attempts >= 2 and event.last_error is None  # delivered: no error left standing
+    finally:
+        dispatcher.stop()
+        receiver.close()
+        store.dispose()
+    assert len(receiver.delivered) == 1
+
+
+def test_readiness_says_when_the_dispatcher_is_not_running(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from serve.app import create_app
+    from serve.config import ServiceConfig
+
+    app = create_app(ServiceConfig(data_dir=tmp_path / "svc", load_detector=False, webhook=webhook("http://127.0.0.1:9/x")))
+    with TestClient(app) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"]["webhook"]["running"] is True
+        app.state.dispatcher.stop()
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["webhook"]["running"] is False
+
+
+def test_events_of_one_case_arrive_in_the_order_they_happened(db_url, tmp_path, violation):
+    receiver = Receiver(fail_first=1)  # the first attempt (the confirmation) fails
+    config = webhook(receiver.url, events=["confirmed", "dispatched"], backoff_s=0.5, max_backoff_s=1)
+    store = CaseStore(db_url, tmp_path / "d", webhook=config)
+    cid = store.ingest(violation()).case_id
+    store.review(cid, "confirm", ALICE)
+    store.dispatch(cid, "环卫所", datetime.now(timezone.utc) + timedelta(days=1), ALICE)
+    dispatcher = WebhookDispatcher(store, config)
+    dispatcher.start()
+    try:
+        wait_for(lambda: store.outbox_counts()["delivered"] == 2, 15, "both deliveries")
+    finally:
+        dispatcher.stop()
+        receiver.close()
+        store.dispose()
+    assert [r["body"]["event"] for r in receiver.requests] == ["case.confirmed", "case.confirmed", "case.dispatched"]
+
+
+def test_an_attempt_is_recorded_only_by_the_holder_of_the_lease(db_url, tmp_path, violation):
+    store = CaseStore(db_url, tmp_path / "d", webhook=webhook("http://127.0.0.1:9/x", backoff_s=60))
+    try:
+        cids = [store.ingest(violation(source_id=f"cam{i}")).case_id for i in range(3)]
+        for cid in cids:
+            store.review(cid, "confirm", ALICE)
+        first = store.claim_due_event(lease_s=60)
+        held = store.claim_due_event(lease_s=60)  # a process killed while it held this one
+        assert first.case_id == cids[0] and held.case_id == cids[1]
+        with Session(store.write_engine) as s, s.begin():  # the first lease runs out (a slow receiver) ...
+            s.execute(update(OutboxEvent).where(OutboxEvent.id == first.id).values(locked_until=utcnow()))
+        again = store.claim_due_event(lease_s=60)  # ... another dispatcher takes it; the held one is skipped
+        assert again.id == first.id and again.lease_token != first.lease_token
+        assert store.claim_due_event(lease_s=60).case_id == cids[2]  # not stalled behind the held lease
+        assert store.claim_due_event(lease_s=60) is None
+        assert store.event_failed(first.id, first.lease_token, "timeout") is False  # the late one: not recorded
+        assert store.event_failed(again.id, again.lease_token, "HTTP 500") is True
+        event = next(e for e in store.outbox_events() if e.id == first.id)
+        assert (event.attempts, event.last_error) == (1, "HTTP 500")
+        assert store.event_delivered(held.id) is True
+        assert store.event_delivered(held.id) is False  # delivered twice (a lease ran out): recorded once
+        assert [h.action for h in store.history(cids[1])].count("pushed") == 1
+    finally:
+        store.dispose()
+
+
+def test_reopening_a_dismissed_case_is_not_pushed(tmp_path, violation):
+    config = webhook("http://127.0.0.1:9/x", events=["confirmed", "resolved", "reopened"])
+    store = CaseStore(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "d", webhook=config)
+    try:
+        dismissed = store.ingest(violation()).case_id
+        store.review(dismissed, "dismiss", ALICE)
+        store.reopen(dismissed, ALICE, "looked again: it is a violation")
+        resolved = store.ingest(violation(source_id="cam2")).case_id
+        store.review(resolved, "confirm", ALICE)
+        store.dispatch(resolved, "环卫所", datetime.now(timezone.utc) + timedelta(days=1), ALICE)
+        store.resolve(resolved, ALICE, "cleared")
+        store.reopen(resolved, ALICE, "it is back")
+        pushed = [(e.case_id, e.event) for e in reversed(store.outbox_events())]
+    finally:
+        store.dispose()
+    # the receiver never heard of the dismissed case; the resolved one it knows is reopened
+    assert pushed == [(resolved, "confirmed"), (resolved, "resolved"), (resolved, "reopened")]
 
 
 def test_admin_lists_failed_events_and_retries_them_once_the_receiver_is_fixed(tmp_path, violation):
