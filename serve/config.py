@@ -88,7 +88,7 @@ class WebhookConfig(BaseModel):
         every event waiting for ever."""
         if value is None:
             return value
-        if not value.startswith(("http://", "https://")):
+        if not value.lower().startswith(("http://", "https://")):
             raise ValueError("webhook url must start with http:// or https://")
         if any(c.isspace() for c in value):
             raise ValueError("webhook url contains a space or line break")
@@ -99,6 +99,11 @@ class WebhookConfig(BaseModel):
             raise ValueError(f"webhook url is not a valid URL: {exc}") from None
         if not host:
             raise ValueError("webhook url names no host")
+        if ":" not in host:  # a name (IPv6 literals aside) must be one the resolver can encode
+            try:
+                host.rstrip(".").encode("idna")
+            except UnicodeError as exc:
+                raise ValueError(f"webhook url's host {host!r} is not a valid host name: {exc}") from None
         if port is not None and not 0 < port < 65536:
             raise ValueError(f"webhook url's port {port} is not between 1 and 65535")
         return value

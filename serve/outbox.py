@@ -36,6 +36,7 @@ class WebhookDispatcher:
         self.failed_attempts = 0
         self.last_error: str | None = None
         self.last_error_at: float | None = None
+        self._sending_since: float | None = None
 
     @property
     def lease_s(self) -> float:
@@ -64,14 +65,28 @@ class WebhookDispatcher:
         return self._thread is not None and self._thread.is_alive()
 
     def status(self) -> dict[str, Any]:
-        """For /readyz: whether it runs, what it did, the last error and how long ago."""
+        """For /readyz: whether it runs, what it did, the last error, how long the attempt in progress has run."""
         return {
             "running": self.running,
             "delivered": self.delivered,
             "failed_attempts": self.failed_attempts,
             "last_error": self.last_error,
             "last_error_s_ago": None if self.last_error_at is None else round(time.monotonic() - self.last_error_at, 1),
+            "sending_s": None if self._sending_since is None else round(time.monotonic() - self._sending_since, 1),
         }
+
+    def _excerpt(self, response: httpx.Response, started: float, limit: int = 200) -> str:
+        """The start of a refusal's body, for ``last_error``: read until ``limit`` bytes or ``timeout_s`` after
+        the attempt began, whichever comes first (a receiver dripping its answer does not hold delivery)."""
+        got = b""
+        try:
+            for chunk in response.iter_bytes():
+                got += chunk
+                if len(got) >= limit or time.monotonic() - started > self.config.timeout_s:
+                    break
+        except httpx.HTTPError:
+            pass  # what came is enough to say why
+        return got[:limit].decode("utf-8", "replace")
 
     def _note(self, error: str) -> None:
         self.last_error, self.last_error_at = error, time.monotonic()
@@ -105,12 +120,17 @@ class WebhookDispatcher:
 
     def _deliver(self, client: httpx.Client, event: OutboxEvent) -> None:
         body = json.dumps(event.payload, ensure_ascii=False).encode()
+        self._sending_since = started = time.monotonic()
         try:
-            response = client.post(self.config.url, content=body, headers={"Idempotency-Key": event.idempotency_key})
-            ok = 200 <= response.status_code < 300
-            error = None if ok else f"HTTP {response.status_code}: {response.text[:200]}"
+            with client.stream(
+                "POST", self.config.url, content=body, headers={"Idempotency-Key": event.idempotency_key}
+            ) as response:  # streamed: the answer's status is all a delivery needs, a body is not waited for
+                ok = 200 <= response.status_code < 300
+                error = None if ok else f"HTTP {response.status_code}: {self._excerpt(response, started)}"
         except Exception as exc:  # network errors, and anything the client refuses: a failed attempt
             ok, error = False, f"{type(exc).__name__}: {exc}"
+        finally:
+            self._sending_since = None
         try:
             if ok:
                 self.store.event_delivered(event.id)

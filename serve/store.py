@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import ColumnElement, exists, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, aliased, selectinload
 
@@ -580,22 +580,13 @@ class CaseStore:
     def claim_due_event(self, lease_s: float = 60.0) -> OutboxEvent | None:
         """The next event due for delivery, leased to the caller for ``lease_s`` (other dispatchers skip it
         meanwhile; ``lease_token`` names this lease), or None. Events of one case go out in the order they
-        happened: an event waits while an earlier one of its case is still pending."""
+        happened: an event waits while an earlier one of its case is pending, or failed until retried."""
         now = utcnow()
-        earlier = aliased(OutboxEvent)
-        unlocked = OutboxEvent.locked_until.is_(None) | (OutboxEvent.locked_until < now)
         with self.reading() as s:
             due = list(
                 s.scalars(
                     select(OutboxEvent.id)
-                    .where(OutboxEvent.status == "pending", OutboxEvent.next_attempt_at <= now, unlocked)
-                    .where(
-                        ~exists().where(
-                            earlier.case_id == OutboxEvent.case_id,
-                            earlier.id < OutboxEvent.id,
-                            earlier.status == "pending",
-                        )
-                    )
+                    .where(*_claimable(now))
                     .order_by(OutboxEvent.next_attempt_at, OutboxEvent.id)
                     .limit(5)  # a few, in case another dispatcher takes the first ones meanwhile
                 )
@@ -604,10 +595,11 @@ class CaseStore:
             token = secrets.token_hex(16)
 
             def lease(s: Session, event_id: int = event_id, token: str = token) -> OutboxEvent | None:
-                got = s.execute(
-                    update(OutboxEvent)
-                    .where(OutboxEvent.id == event_id, OutboxEvent.status == "pending", unlocked)
+                got = s.execute(  # claimable still: another dispatcher may have tried it, or an admin retried
+                    update(OutboxEvent)  # an earlier event of its case, since it was read
+                    .where(OutboxEvent.id == event_id, *_claimable(now))
                     .values(locked_until=now + timedelta(seconds=lease_s), lease_token=token)
+                    .execution_options(synchronize_session=False)
                 ).rowcount
                 return s.get(OutboxEvent, event_id) if got == 1 else None
 
@@ -1060,6 +1052,22 @@ def _key_out(row: ApiKey) -> KeyOut:
         created_at=row.created_at,
         last_used_at=row.last_used_at,
         revoked_at=row.revoked_at,
+    )
+
+
+def _claimable(now: datetime) -> tuple[ColumnElement[bool], ...]:
+    """Conditions of an outbox event a dispatcher may lease now: pending, due, not leased, and no earlier event
+    of its case still to go (pending, or failed: given up until an admin retries it)."""
+    earlier = aliased(OutboxEvent)
+    return (
+        OutboxEvent.status == "pending",
+        OutboxEvent.next_attempt_at <= now,
+        OutboxEvent.locked_until.is_(None) | (OutboxEvent.locked_until < now),
+        ~exists().where(
+            earlier.case_id == OutboxEvent.case_id,
+            earlier.id < OutboxEvent.id,
+            earlier.status.in_(("pending", "failed")),
+        ),
     )
 
 

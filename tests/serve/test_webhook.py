@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -286,3 +288,90 @@ def test_admin_lists_failed_events_and_retries_them_once_the_receiver_is_fixed(t
         receiver.close()
     assert len(receiver.delivered) == 1
     assert receiver.delivered[0]["headers"]["Idempotency-Key"] == f"streetwatch-case-{cid}-confirmed-1"
+
+
+def test_a_given_up_event_holds_its_case_back_until_an_admin_retries_it(db_url, tmp_path, violation):
+    config = webhook("http://127.0.0.1:9/x", events=["confirmed", "dispatched"], max_attempts=1)
+    store = CaseStore(db_url, tmp_path / "d", webhook=config)
+    try:
+        cid = store.ingest(violation()).case_id
+        store.review(cid, "confirm", ALICE)
+        store.dispatch(cid, "环卫所", datetime.now(timezone.utc) + timedelta(days=1), ALICE)
+        confirmed = store.claim_due_event()
+        assert confirmed.event == "confirmed" and store.event_failed(confirmed.id, confirmed.lease_token, "down")
+        assert store.claim_due_event() is None  # the dispatch would overtake the confirmation it follows
+        assert store.retry_failed_events(ALICE) == [confirmed.id]
+        again = store.claim_due_event()
+        assert again.id == confirmed.id and store.event_delivered(again.id)
+        assert store.claim_due_event().event == "dispatched"
+    finally:
+        store.dispose()
+
+
+def test_a_claim_checks_the_event_again_when_it_leases_it(db_url, tmp_path, violation):
+    """Between reading what is due and leasing it, another dispatcher may try the event and schedule its
+    next attempt: the lease must not take it before that attempt is due."""
+    config = webhook("http://127.0.0.1:9/x", backoff_s=60, max_backoff_s=60)
+    store = CaseStore(db_url, tmp_path / "d", webhook=config)
+    other = CaseStore(db_url, tmp_path / "d", webhook=config)
+    real_reading = store.reading
+
+    @contextmanager
+    def reading_then_another_dispatcher_fails_it():
+        with real_reading() as s:
+            yield s
+        store.reading = real_reading  # once
+        taken = other.claim_due_event()
+        assert other.event_failed(taken.id, taken.lease_token, "HTTP 503")
+
+    try:
+        store.review(store.ingest(violation()).case_id, "confirm", ALICE)
+        store.reading = reading_then_another_dispatcher_fails_it
+        assert store.claim_due_event() is None  # due again only in a minute
+        (event,) = store.outbox_events()
+        assert (event.status, event.attempts) == ("pending", 1)
+    finally:
+        store.dispose()
+        other.dispose()
+
+
+def test_a_receiver_dripping_its_answer_does_not_hold_delivery(tmp_path, violation):
+    answered = []
+
+    class Dripping(BaseHTTPRequestHandler):
+        """Answers at once (500 the first time, then 200), then drips a 60-byte body over 15 s."""
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            answered.append(200 if answered else 500)
+            self.send_response(answered[-1])
+            self.send_header("Content-Length", "60")
+            self.end_headers()
+            for _ in range(60):
+                try:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                except OSError:
+                    return  # the dispatcher hung up: it had what it needed
+                time.sleep(0.25)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Dripping)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = webhook(f"http://127.0.0.1:{server.server_address[1]}/x", timeout_s=1, max_attempts=1)
+    store = CaseStore(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "d", webhook=config)
+    dispatcher = WebhookDispatcher(store, config)
+    try:
+        for camera in ("cam1", "cam2"):
+            store.review(store.ingest(violation(source_id=camera)).case_id, "confirm", ALICE)
+        dispatcher.start()
+        # the refusal's body is read for at most timeout_s, an acceptance's not at all
+        wait_for(lambda: store.outbox_counts() == {"pending": 0, "delivered": 1, "failed": 1}, 6, "both answers")
+        assert store.outbox_events(status="failed")[0].last_error.startswith("HTTP 500: x")
+    finally:
+        dispatcher.stop()
+        store.dispose()
+        server.shutdown()
+        server.server_close()
