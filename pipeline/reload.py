@@ -8,6 +8,10 @@ cannot load or run is refused there, and the old one stays), then hands it to th
 ``DetectorHolder.swap`` in the service, ``proc.detector = new`` for a stream processor. Work in flight
 holds its own reference to the old detector and finishes on it; the old session is freed when the last
 such reference goes. Every result carries the version of the detector that produced it.
+
+A refused default is tried again, without a change of ``registry.json``, when its model folder changes (a
+file fixed in place) and otherwise every ``retry_s`` seconds (a failure that was not the folder's), so a
+broken default is neither retried on every poll nor forgotten until the next promotion.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,17 +43,20 @@ class ModelFollower:
         current: Detector | None,
         on_swap: Sequence[SwapCallback] = (),
         poll_s: float = 2.0,
+        retry_s: float = 60.0,
     ):
         self.config = config  # the template of every detector built (model: the default's name)
         self.current = current
         self.on_swap = list(on_swap)
         self.poll_s = poll_s
+        self.retry_s = retry_s
         self.reloads = 0
         self.failures = 0
         self.last_error: str | None = None
         self.last_check: float | None = None
         self.last_swap: float | None = None
         self._seen: tuple[int, int, int] | None = None
+        self._refused: tuple[str | None, Any, float] | None = None  # (name, folder state, when) of a failed load
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one check at a time (the thread, or a caller's check_now)
@@ -92,6 +100,27 @@ class ModelFollower:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
+    @staticmethod
+    def _folder_state(name: str | None) -> Any:
+        """What a change of a model folder changes: each entry's name, size, times and inode (None: no folder)."""
+        if not name:
+            return None
+        state = []
+        try:
+            for entry in sorted(os.scandir(Path(models_root(), name)), key=lambda e: e.name):
+                st = entry.stat()
+                state.append((entry.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+        except OSError:
+            return None
+        return state
+
+    def _retry_due(self) -> bool:
+        """After a refused load: whether to try again (the model folder changed, or ``retry_s`` passed)."""
+        if self._refused is None:
+            return False
+        name, state, at = self._refused
+        return time.monotonic() - at >= self.retry_s or self._folder_state(name) != state
+
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_s):
             try:
@@ -105,16 +134,19 @@ class ModelFollower:
         with self._lock:
             self.last_check = time.monotonic()
             signature = self._signature()
-            if signature == self._seen and not force:
+            if signature == self._seen and not force and not self._retry_due():
                 return False
             self._seen = signature
+            self._refused = None
+            name, state = None, None
             try:
                 name = read_registry().get("default")
                 if not name:
                     return False
+                state = self._folder_state(name)  # before loading: a fix made meanwhile is a change
                 card = resolve(name).card
             except (ModelError, OSError, ValueError) as exc:
-                self._failed(f"registry unreadable: {exc}")
+                self._failed(f"registry unreadable: {exc}", name, state)
                 return False
             if self.current is not None and (card.name, card.version) == (
                 self.current.ref.card.name,
@@ -127,7 +159,7 @@ class ModelFollower:
                 probe = np.full((detector.imgsz, detector.imgsz, 3), 114, np.uint8)
                 detector.detect_batch([probe])  # warm-up: the first request must not pay for it, nor fail
             except Exception as exc:  # ModelError, onnxruntime errors: keep serving with the old model
-                self._failed(f"cannot load {name}@{card.version}: {exc}")
+                self._failed(f"cannot load {name}@{card.version}: {exc}", name, state)
                 return False
             old = self.current
             for swap in self.on_swap:
@@ -141,7 +173,10 @@ class ModelFollower:
             )
             return True
 
-    def _failed(self, message: str) -> None:
+    def _failed(self, message: str, name: str | None, state: Any) -> None:
+        """Record a refusal; the default ``name`` is tried again when its folder leaves ``state`` or after
+        ``retry_s``."""
+        self._refused = (name, state, time.monotonic())
         self.failures += 1
         self.last_error = message
         log.error("model follower: %s; still running %s", message, self.current.version if self.current else None)

@@ -75,3 +75,31 @@ def test_stream_worker_switches_to_the_promoted_model_between_batches(
     lines = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text().splitlines()]
     versions = {rec["key"]: rec["model_version"] for rec in lines}
     assert sorted(versions.values()) == ["tiny-v2@t2/fp32", "tiny@t1/fp32"]  # each case keeps its finder
+
+
+def test_a_refused_default_is_loaded_once_its_folder_is_fixed_in_place(
+    tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    root = tmp_path / "registry"
+    shutil.copytree(tiny_registry, root)
+    shutil.copytree(root / "tiny", root / "tiny-v2")
+    write_card(root / "tiny-v2", load_card(root / "tiny-v2").model_copy(update={"name": "tiny-v2", "version": "t2"}))
+    monkeypatch.setenv("STREETWATCH_MODELS_DIR", str(root))
+    detector = Detector()
+    follower = ModelFollower(detector.config, detector)
+    assert not follower.check_now() and follower.last_error is None  # the registry names what runs
+    onnx = root / "tiny-v2" / "model.onnx"
+    good = onnx.read_bytes()
+    onnx.write_bytes(good[: len(good) // 2])  # a copy cut short
+    set_default("tiny-v2", {"by": "test"})
+    assert not follower.check_now()
+    assert follower.failures == 1 and "sha256 does not match" in follower.last_error
+    assert follower.current is detector
+    assert not follower.check_now() and follower.failures == 1  # unchanged and still broken: not tried every poll
+    follower.retry_s = 0  # ... but again after retry_s (a failure that was not the folder's)
+    assert not follower.check_now() and follower.failures == 2
+    follower.retry_s = 3600
+    onnx.write_bytes(good)  # fixed in place; registry.json is not touched
+    assert follower.check_now()
+    assert follower.current.version == "tiny-v2@t2/fp32" and follower.last_error is None and follower.reloads == 1
+    assert not follower.check_now() and follower.reloads == 1
