@@ -289,11 +289,13 @@ def write_card(folder: Path, card: ModelCard) -> Path:
 
 
 def list_models(root: Path | None = None) -> list[ModelRef]:
-    """Every model folder in the registry, by name."""
+    """Every model folder in the registry, by name. A folder whose name starts with ``.`` is not a model (e.g. a
+    promotion's temporary copy)."""
     root = root or models_root()
     refs = []
     for card_path in sorted(root.glob(f"*/{CARD_NAME}")):
-        refs.append(ModelRef(folder=card_path.parent, card=load_card(card_path.parent)))
+        if not card_path.parent.name.startswith("."):
+            refs.append(ModelRef(folder=card_path.parent, card=load_card(card_path.parent)))
     return refs
 
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from pathlib import Path
 
+import pytest
+
+from models.registry import list_models
 from pipeline.cli import main
 
 
@@ -20,3 +25,19 @@ def test_models_lists_every_model_in_aligned_columns_with_the_default_marked(cap
     # names and versions of different lengths: version, files and classes each start at one place on every line
     for column in (3, 4, 5):
         assert len({r.start(column) for r in rows}) == 1, column
+
+
+@pytest.fixture
+def registry(tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the tiny model's registry, the product's registry for one test."""
+    root = tmp_path / "registry"
+    shutil.copytree(tiny_registry, root)
+    monkeypatch.setenv("STREETWATCH_MODELS_DIR", str(root))
+    return root
+
+
+def test_hidden_folders_such_as_a_promotion_s_temporary_copy_are_not_models(registry: Path, capsys):
+    shutil.copytree(registry / "tiny", registry / ".tiny.incoming-k2j4")
+    assert [r.folder.name for r in list_models()] == ["tiny"]
+    assert main(["models", "--json"]) == 0
+    assert [m["folder"] for m in json.loads(capsys.readouterr().out)] == [str(registry / "tiny")]
