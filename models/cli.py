@@ -27,13 +27,28 @@ def history_lines(events: list[dict]) -> list[str]:
     return lines
 
 
+def one_line(text: str) -> str:
+    """A message on one line (a validation error spans several)."""
+    return " ".join(text.split())
+
+
 def cmd_models(args: argparse.Namespace) -> int:
-    """List registered models, or show one card."""
-    from models.registry import ModelError, history_events, list_models, read_registry, resolve
+    """List registered models, or show one card. Exit status 1 when a model folder's card is unreadable."""
+    from models.registry import ModelError, history_events, read_registry, resolve, scan_models
     from pipeline.cli import CLIError
 
+    if args.name and not args.history:
+        try:
+            print(resolve(args.name).card.model_dump_json(indent=2))
+        except ModelError as exc:
+            raise CLIError(one_line(str(exc))) from None
+        return 0
+    try:
+        index = read_registry()
+    except ModelError as exc:  # registry.json that is not JSON: one line naming it, not a traceback
+        raise CLIError(one_line(str(exc))) from None
     if args.history:
-        events = history_events(read_registry())
+        events = history_events(index)
         if args.name:  # the history of one model
             events = [e for e in events if args.name in (e.get("name"), e.get("previous"))]
         if args.json:
@@ -41,29 +56,25 @@ def cmd_models(args: argparse.Namespace) -> int:
             return 0
         print("\n".join(history_lines(events)) or "no promotions recorded" + (f" for {args.name}" if args.name else ""))
         return 0
-    if args.name:
-        try:
-            print(resolve(args.name).card.model_dump_json(indent=2))
-        except ModelError as exc:
-            raise CLIError(str(exc)) from None
-        return 0
-    default = read_registry().get("default")
-    refs = list_models()
+    default = index.get("default")
+    refs, unreadable = scan_models()
+    status = 1 if unreadable else 0
     if args.json:
-        print(
-            json.dumps(
-                [
-                    {
-                        **r.card.model_dump(include={"name", "version", "created", "interim"}),
-                        "default": r.card.name == default,
-                        "folder": str(r.folder),
-                    }
-                    for r in refs
-                ]
-            )
-        )
-        return 0
-    name_w = max((len(r.card.name) for r in refs), default=0)
+        listed = [
+            {
+                **r.card.model_dump(include={"name", "version", "created", "interim"}),
+                "default": r.card.name == default,
+                "folder": str(r.folder),
+            }
+            for r in refs
+        ]
+        listed += [
+            {"name": f.name, "default": f.name == default, "folder": str(f), "error": one_line(error)}
+            for f, error in unreadable.items()
+        ]
+        print(json.dumps(listed))
+        return status
+    name_w = max([len(r.card.name) for r in refs] + [len(f.name) for f in unreadable], default=0)
     version_w = max((len(r.card.version) for r in refs), default=0)
     for r in refs:
         mark = "*" if r.card.name == default else " "
@@ -71,7 +82,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         interim = " (interim)" if r.card.interim else ""
         classes = ", ".join(r.card.product_classes())
         print(f"{mark} {r.card.name:{name_w}}  {r.card.version:{version_w}}  {kinds:12}  {classes}{interim}")
-    return 0
+    for folder, error in unreadable.items():
+        mark = "*" if folder.name == default else "!"
+        print(f"{mark} {folder.name:{name_w}}  unreadable: {one_line(error)}")
+    return status
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.classes import CLASS_NAMES
 
@@ -270,6 +270,15 @@ def rollback_default(root: Path | None = None, **details: Any) -> dict[str, Any]
     return entry
 
 
+def validation_problems(exc: ValidationError) -> str:
+    """What pydantic refused, in one line: each field with its reason."""
+    parts = []
+    for e in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in e["loc"])
+        parts.append(f"{where}: {e['msg']}" if where else e["msg"])
+    return "; ".join(parts)
+
+
 def load_card(folder: Path) -> ModelCard:
     """Read and validate the card of a model folder."""
     path = folder / CARD_NAME
@@ -277,6 +286,8 @@ def load_card(folder: Path) -> ModelCard:
         return ModelCard.model_validate_json(path.read_text())
     except FileNotFoundError:
         raise ModelError(f"{folder}: not a model folder (no {CARD_NAME})") from None
+    except ValidationError as exc:
+        raise ModelError(f"{path}: invalid model card: {validation_problems(exc)}") from None
     except ValueError as exc:
         raise ModelError(f"{path}: invalid model card: {exc}") from None
 
@@ -288,15 +299,26 @@ def write_card(folder: Path, card: ModelCard) -> Path:
     return path
 
 
-def list_models(root: Path | None = None) -> list[ModelRef]:
-    """Every model folder in the registry, by name. A folder whose name starts with ``.`` is not a model (e.g. a
-    promotion's temporary copy)."""
+def scan_models(root: Path | None = None) -> tuple[list[ModelRef], dict[Path, str]]:
+    """Every model folder in the registry, by name, and the folders whose card cannot be read, with why.
+    A folder whose name starts with ``.`` is not a model (e.g. a promotion's temporary copy)."""
     root = root or models_root()
-    refs = []
+    refs, unreadable = [], {}
     for card_path in sorted(root.glob(f"*/{CARD_NAME}")):
-        if not card_path.parent.name.startswith("."):
-            refs.append(ModelRef(folder=card_path.parent, card=load_card(card_path.parent)))
-    return refs
+        folder = card_path.parent
+        if folder.name.startswith("."):
+            continue
+        try:
+            refs.append(ModelRef(folder=folder, card=load_card(folder)))
+        except (ModelError, OSError) as exc:
+            unreadable[folder] = str(exc)
+    return refs, unreadable
+
+
+def list_models(root: Path | None = None) -> list[ModelRef]:
+    """Every model folder in the registry with a valid card, by name (:func:`scan_models` also says which
+    folders have none)."""
+    return scan_models(root)[0]
 
 
 def resolve(ref: str | os.PathLike[str] | None = "default", root: Path | None = None) -> ModelRef:

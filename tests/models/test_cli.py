@@ -36,6 +36,32 @@ def registry(tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     return root
 
 
+def test_an_invalid_registry_index_is_a_one_line_error_naming_it(registry: Path, capsys):
+    (registry / "registry.json").write_text('{"default": "tiny",')  # cut short
+    for argv in (["models"], ["models", "--json"], ["models", "--history"]):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"streetwatch: error: {registry / 'registry.json'}: invalid")
+    assert main(["models", "tiny"]) == 0  # a card by name does not need the index
+    assert json.loads(capsys.readouterr().out)["name"] == "tiny"
+
+
+def test_a_model_folder_with_a_bad_card_is_listed_as_unreadable_beside_the_others(registry: Path, capsys):
+    shutil.copytree(registry / "tiny", registry / "broken")
+    (registry / "broken" / "card.json").write_text('{"name": "broken"}')  # most fields missing
+    assert main(["models"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and re.match(r"\* tiny +t1 +fp32\+int8\+pt +litter, car$", lines[0])
+    assert lines[1].startswith(f"! broken  unreadable: {registry / 'broken' / 'card.json'}: invalid model card: ")
+    assert "version: Field required; created: Field required" in lines[1]
+    assert main(["models", "--json"]) == 1
+    listed = json.loads(capsys.readouterr().out)
+    assert [(m["name"], m["default"]) for m in listed] == [("tiny", True), ("broken", False)]
+    assert "invalid model card" in listed[1]["error"] and "version" not in listed[1]
+
+
 def test_hidden_folders_such_as_a_promotion_s_temporary_copy_are_not_models(registry: Path, capsys):
     shutil.copytree(registry / "tiny", registry / ".tiny.incoming-k2j4")
     assert [r.folder.name for r in list_models()] == ["tiny"]
