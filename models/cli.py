@@ -7,7 +7,8 @@ import json
 
 
 def history_lines(events: list[dict]) -> list[str]:
-    """The registry history, one line per event: when, what, who, the gate's verdict, reasons."""
+    """The registry history, one line per event: when, what, who, the gate's verdict and the model it was
+    measured against, a forced promotion's reason and what it overrode, notes."""
     lines = []
     for e in events:
         what = f"{e.get('name')}@{e['version']}" if e.get("version") else f"{e.get('name')} (an entry without details)"
@@ -16,11 +17,20 @@ def history_lines(events: list[dict]) -> list[str]:
             line += f" by {e['by']}"
         gate = e.get("gate")
         if gate:
-            line += " gate " + ("passed" if gate.get("passed") else "REFUSED: " + "; ".join(gate.get("failures", [])))
+            base = gate.get("baseline") or {}
+            against = f" against {base.get('name')}@{base.get('version')}" if base.get("name") else ""
+            if gate.get("passed"):
+                line += f" gate passed{against}"
+            else:
+                line += f" gate REFUSED{against}: " + "; ".join(gate.get("failures", []))
         if e.get("forced"):
             line += f"; FORCED, reason: {e.get('reason')}"
+            if e.get("override"):
+                line += f"; overrode: {e['override']}"
         elif e.get("reason"):
             line += f"; reason: {e['reason']}"
+        if e.get("note"):
+            line += f"; {e['note']}"
         if e.get("previous"):
             line += f"; was {e['previous']}"
         lines.append(line)

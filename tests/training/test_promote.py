@@ -244,3 +244,16 @@ def test_compare_then_promote_on_real_models(registry: Path, shapes_data: Path):
     assert result.gate.passed and result.baseline.map50 == result.candidate.map50 > 0.5
     record_gate(resolve("tiny-v2"), gate_record(result, resolve("default")))
     assert promote("tiny-v2").event["gate"]["fingerprint"] == result.fingerprint
+
+
+def test_history_shows_the_gate_baseline_and_what_a_forced_promotion_overrode(registry: Path, capsys):
+    verdict(registry, "tiny-v2", passed=True)
+    promote("tiny-v2")
+    verdict(registry, "tiny-v3", passed=True, baseline="tiny")  # measured against the default before tiny-v2
+    promote("tiny-v3", force=True, reason="the field needs it today")
+    assert main(["models", "--history"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and "promote  tiny-v2@t2 by " in lines[1] and "gate passed against tiny@t1" in lines[1]
+    forced = "gate passed against tiny@t1; FORCED, reason: the field needs it today; overrode: the gate compared "
+    assert forced in lines[2]
+    assert lines[2].endswith("but the default is now tiny-v2@t2: compare again; was tiny-v2")
