@@ -5,7 +5,9 @@ when it lies elsewhere; the dataset manifest it was trained on is kept beside it
 the default when the promotion gate passed: the verdict ``streetwatch compare`` wrote into its card,
 measured against the default in force (or a comparison run now when an evaluation set is given).
 A refused model is promoted only with ``force`` and a reason, both recorded in the registry history.
-The registry write checks that the default did not change meanwhile (concurrent promotions are safe).
+Forced or not, a model becomes the default only when the service's detector loads it and runs one
+warm-up detection (``force`` overrides the gate, never that). The registry write checks that the
+default did not change meanwhile (concurrent promotions are safe).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from models.registry import (
     ModelError,
@@ -77,11 +81,35 @@ def gate_verdict(ref: ModelRef, current: ModelRef | None) -> tuple[dict[str, Any
     return record, None
 
 
+def verify_files(ref: ModelRef) -> None:
+    """Every file of the model against its card's sha256: a corrupt model is never registered, forced or not."""
+    for role in ref.card.files:
+        ref.file(role)
+
+
+def check_runs(ref: ModelRef) -> None:
+    """Build the service's detector for each ONNX file of the model and run one warm-up detection on a grey
+    image, as a running service does before it takes a new default; refuse a model that fails there (a file
+    onnxruntime cannot read, a card whose input size or classes do not fit the network)."""
+    from pipeline.detect import Detector
+
+    card = ref.card
+    for variant in [v for v in ("fp32", "int8") if v in card.files] or ["fp32"]:
+        try:
+            detector = Detector(model=str(ref.folder.resolve()), variant=variant)
+            probe = np.full((detector.imgsz, detector.imgsz, 3), 114, np.uint8)
+            detector.detect_batch([probe])
+        except Exception as exc:  # ModelError, onnxruntime's own errors, shape errors in post-processing
+            raise ModelError(
+                f"{ref.folder}: cannot become the default model: the detector cannot load or run its {variant} "
+                f"model (card: imgsz {card.imgsz}, stride {card.stride}, {len(card.names)} classes): {exc}"
+            ) from None
+
+
 def register_folder(ref: ModelRef, root: Path) -> tuple[ModelRef, bool]:
     """The model as a folder of the registry root: itself, or a copy made now (refusing a different model
     of the same name already there). Every file is verified against the card first."""
-    for role in ref.card.files:
-        ref.file(role)  # sha256-verified: a corrupt model is never registered, forced or not
+    verify_files(ref)
     target = root / ref.card.name
     if ref.folder.resolve() == target.resolve():
         return ref, False
@@ -156,6 +184,8 @@ def promote(
     record, problem = gate_verdict(ref, current)
     if problem and not force:
         raise PromotionRefused(f"{ref.card.name} not promoted: {problem}")
+    verify_files(ref)
+    check_runs(ref)  # force overrides the gate, not this: a default every service start would fail on
     ref, copied = register_folder(ref, root)
     note = keep_manifest(ref)
     event: dict[str, Any] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from models.registry import (
     ModelError,
     RegistryConflict,
     default_chain,
+    describe_file,
     history_events,
     load_card,
     read_registry,
@@ -257,3 +259,27 @@ def test_history_shows_the_gate_baseline_and_what_a_forced_promotion_overrode(re
     forced = "gate passed against tiny@t1; FORCED, reason: the field needs it today; overrode: the gate compared "
     assert forced in lines[2]
     assert lines[2].endswith("but the default is now tiny-v2@t2: compare again; was tiny-v2")
+
+
+def test_a_model_the_detector_cannot_run_never_becomes_the_default_even_forced(registry: Path, tmp_path: Path, capsys):
+    before = (registry / "registry.json").read_bytes()
+    folder = registry / "tiny-v2"  # a cut-short ONNX file whose hash went into the card: sha256 cannot tell
+    (folder / "model.onnx").write_bytes((folder / "model.onnx").read_bytes()[:4096])
+    card = load_card(folder)
+    card.files["fp32"] = describe_file(folder, "model.onnx")
+    write_card(folder, card)
+    verdict(registry, "tiny-v2", passed=True)
+    refused = rf"{re.escape(str(folder))}: cannot become the default model: the detector cannot load or run its fp32"
+    for force in (False, True):
+        with pytest.raises(ModelError, match=refused + r" .*cannot load ONNX model"):
+            promote("tiny-v2", force=force, reason="forced" if force else None)
+    # a card naming an input size the network does not take, from outside the registry: not even copied in
+    outside = variant(tmp_path / "elsewhere", "tiny-odd", "t5", registry / "tiny")
+    write_card(outside, load_card(outside).model_copy(update={"imgsz": 100}))
+    with pytest.raises(ModelError, match=r"tiny-odd: cannot become the default model: .*imgsz 100"):
+        promote(str(outside), force=True, reason="forced")
+    with pytest.raises(SystemExit) as exited:  # the command: a one-line error, not the gate's "--force" advice
+        main(["promote", str(outside), "--force", "--reason", "forced"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1 and "cannot become the default model" in err
+    assert not (registry / "tiny-odd").exists() and (registry / "registry.json").read_bytes() == before
