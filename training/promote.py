@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from models.registry import (
+    ModelCard,
     ModelError,
     ModelRef,
     describe_file,
@@ -81,6 +82,14 @@ def gate_verdict(ref: ModelRef, current: ModelRef | None) -> tuple[dict[str, Any
     return record, None
 
 
+def same_model(card: ModelCard, other: ModelCard) -> bool:
+    """Whether ``other`` is the model ``card`` describes: same name and version, each of its files there with
+    the same hash (``other`` may hold more, e.g. the dataset manifest a promotion added)."""
+    return (other.name, other.version) == (card.name, card.version) and all(
+        role in other.files and other.files[role].sha256 == f.sha256 for role, f in card.files.items()
+    )
+
+
 def verify_files(ref: ModelRef) -> None:
     """Every file of the model against its card's sha256: a corrupt model is never registered, forced or not."""
     for role in ref.card.files:
@@ -118,12 +127,7 @@ def register_folder(ref: ModelRef, root: Path) -> tuple[ModelRef, bool]:
             there = load_card(target)
         except ModelError:
             there = None
-        same = (
-            there is not None
-            and there.version == ref.card.version
-            and all(role in there.files and there.files[role].sha256 == f.sha256 for role, f in ref.card.files.items())
-        )
-        if not same:
+        if there is None or not same_model(ref.card, there):
             raise ModelError(
                 f"{target} already holds another model named {ref.card.name!r}; export the candidate under a new "
                 "--name (every version keeps its own folder)"
@@ -175,9 +179,9 @@ def promote(
     ref = resolve(model, root)
     index = read_registry(root)
     current_name = index.get("default")
-    if current_name == ref.card.name and ref.folder.resolve() == (root / current_name).resolve():
-        raise ModelError(f"{ref.card.name} is already the default model")
     current = resolve(current_name, root) if current_name else None
+    if current is not None and same_model(ref.card, current.card):
+        raise ModelError(f"{ref.card.name}@{ref.card.version} is already the default model; nothing changed")
     if data and current is not None:
         record = _compare_now(ref, current, data, split, data_map, gate_config, progress)
         ref = resolve(model, root)  # the card now holds the verdict

@@ -283,3 +283,17 @@ def test_a_model_the_detector_cannot_run_never_becomes_the_default_even_forced(r
     err = capsys.readouterr().err
     assert exited.value.code == 2 and err.count("\n") == 1 and "cannot become the default model" in err
     assert not (registry / "tiny-odd").exists() and (registry / "registry.json").read_bytes() == before
+
+
+def test_promoting_the_default_again_changes_nothing(registry: Path, tmp_path: Path, capsys):
+    before = (registry / "registry.json").read_bytes()
+    copy = tmp_path / "export" / "tiny"  # the same model from elsewhere (the folder it was exported to)
+    shutil.copytree(registry / "tiny", copy)
+    with pytest.raises(ModelError, match=r"tiny@t1 is already the default model; nothing changed"):
+        promote(str(copy), force=True, reason="redeploy")
+    with pytest.raises(ModelError, match=r"tiny@t1 is already the default model; nothing changed"):
+        promote("tiny")
+    with pytest.raises(SystemExit) as exited:
+        main(["promote", str(copy), "--force", "--reason", "redeploy"])
+    assert exited.value.code == 2 and "tiny@t1 is already the default model" in capsys.readouterr().err
+    assert (registry / "registry.json").read_bytes() == before
