@@ -7,13 +7,14 @@ measured against the default in force (or a comparison run now when an evaluatio
 A refused model is promoted only with ``force`` and a reason, both recorded in the registry history.
 Forced or not, a model becomes the default only when the service's detector loads it and runs one
 warm-up detection (``force`` overrides the gate, never that). The registry write checks that the
-default did not change meanwhile (concurrent promotions are safe).
+default did not change meanwhile (concurrent promotions are safe, also of one folder from outside).
 """
 
 from __future__ import annotations
 
 import getpass
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from models.registry import (
     ModelCard,
     ModelError,
     ModelRef,
+    RegistryConflict,
     describe_file,
     file_sha256,
     load_card,
@@ -117,28 +119,34 @@ def check_runs(ref: ModelRef) -> None:
 
 def register_folder(ref: ModelRef, root: Path) -> tuple[ModelRef, bool]:
     """The model as a folder of the registry root: itself, or a copy made now (refusing a different model
-    of the same name already there). Every file is verified against the card first."""
+    of the same name already there). Every file is verified against the card first. The copy goes to a
+    unique hidden folder renamed into place, so concurrent promotions of one folder make one copy."""
     verify_files(ref)
     target = root / ref.card.name
     if ref.folder.resolve() == target.resolve():
         return ref, False
-    if target.exists():
+    if not target.exists():
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{ref.card.name}.incoming-"))
         try:
-            there = load_card(target)
-        except ModelError:
-            there = None
-        if there is None or not same_model(ref.card, there):
-            raise ModelError(
-                f"{target} already holds another model named {ref.card.name!r}; export the candidate under a new "
-                "--name (every version keeps its own folder)"
-            )
-        return resolve(target), False
-    tmp = root / f".{ref.card.name}.incoming"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(ref.folder, tmp)
-    tmp.rename(target)
-    return resolve(target), True
+            shutil.copytree(ref.folder, tmp, dirs_exist_ok=True)
+            tmp.rename(target)
+            return resolve(target), True
+        except OSError:
+            if not target.exists():
+                raise
+            # another promotion renamed its copy into place first: is it this model?
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone after a rename; the loser's copy otherwise
+    try:
+        there = load_card(target)
+    except ModelError:
+        there = None
+    if there is None or not same_model(ref.card, there):
+        raise ModelError(
+            f"{target} already holds another model named {ref.card.name!r}; export the candidate under a new "
+            "--name (every version keeps its own folder)"
+        )
+    return resolve(target), False
 
 
 def keep_manifest(ref: ModelRef) -> str | None:
@@ -207,7 +215,16 @@ def promote(
         event["reason"] = reason.strip()
     if note:
         event["manifest_note"] = note
-    entry = set_default(ref.card.name, event, root, expect_default=current_name)
+    try:
+        entry = set_default(ref.card.name, event, root, expect_default=current_name)
+    except RegistryConflict:
+        now = read_registry(root).get("default")
+        if now == ref.card.name and same_model(ref.card, resolve(now, root).card):
+            raise ModelError(
+                f"{ref.card.name}@{ref.card.version} is already the default model (another promotion made it so "
+                "meanwhile); nothing changed"
+            ) from None
+        raise
     return Promotion(ref, entry, copied)
 
 

@@ -32,7 +32,7 @@ from pipeline.cli import main
 from training.cli import EXIT_GATE_REFUSED
 from training.compare import GATE_KEY, Comparison, apply_gate, compare, gate_record, record_gate
 from training.evaluate import EvalResult, load_split, make_predictor
-from training.promote import PromotionRefused, promote, rollback
+from training.promote import Promotion, PromotionRefused, promote, rollback
 
 
 def variant(root: Path, name: str, version: str, source: Path) -> Path:
@@ -297,3 +297,33 @@ def test_promoting_the_default_again_changes_nothing(registry: Path, tmp_path: P
         main(["promote", str(copy), "--force", "--reason", "redeploy"])
     assert exited.value.code == 2 and "tiny@t1 is already the default model" in capsys.readouterr().err
     assert (registry / "registry.json").read_bytes() == before
+
+
+def test_concurrent_promotions_of_one_outside_folder_copy_it_once(registry: Path, tmp_path: Path):
+    for k in range(3):
+        name = f"tiny-field{k}"
+        outside = variant(tmp_path / f"elsewhere{k}", name, f"f{k}", registry / "tiny")
+        start = threading.Barrier(2)
+        outcomes: list[Promotion | Exception] = []
+
+        def run(outside: Path = outside, start: threading.Barrier = start, outcomes: list = outcomes) -> None:
+            start.wait()
+            try:
+                outcomes.append(promote(str(outside), force=True, reason="both at once"))
+            except Exception as exc:
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        promoted = [o for o in outcomes if isinstance(o, Promotion)]
+        others = [o for o in outcomes if not isinstance(o, Promotion)]
+        assert len(promoted) == 1 and promoted[0].copied, outcomes
+        assert len(others) == 1 and type(others[0]) is ModelError, outcomes  # a message, not a traceback
+        assert f"{name}@f{k} is already the default model" in str(others[0])
+        assert sorted(p.name for p in registry.iterdir() if name in p.name) == [name]  # one copy, no leftovers
+        load_card(registry / name)
+        assert read_registry()["default"] == name
+        assert [e["name"] for e in history_events(read_registry())].count(name) == 1
