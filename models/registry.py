@@ -148,12 +148,18 @@ def read_registry(root: Path | None = None) -> dict[str, Any]:
 
 
 def write_registry(index: dict[str, Any], root: Path | None = None) -> None:
-    """Atomically replace the registry index (a unique temporary file, fsynced, renamed over the old one).
+    """Atomically replace the registry index (a unique temporary file, fsynced, renamed over the old one),
+    keeping the old file's permissions (0644 for a new one: services run as other users read it).
     Callers that read, change and write the index hold :func:`registry_lock` around all three."""
     root = root or models_root()
     root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{REGISTRY_FILE}.", suffix=".tmp")
     try:
+        mode = (root / REGISTRY_FILE).stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o644
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{REGISTRY_FILE}.", suffix=".tmp")  # mkstemp makes it 0600
+    try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(index, indent=2, ensure_ascii=False) + "\n")
             fh.flush()

@@ -2,7 +2,7 @@ import shutil
 
 import pytest
 
-from models.registry import ModelError, read_registry, resolve, scan_models
+from models.registry import ModelError, read_registry, resolve, scan_models, write_registry
 
 
 def test_default_resolves_to_the_shipped_model_with_verified_files():
@@ -52,3 +52,12 @@ def test_a_model_file_path_names_its_file_and_needs_its_card(tmp_path):
     shutil.copy(folder / "model.int8.onnx", loose)
     with pytest.raises(ModelError, match=r"model\.int8\.onnx: a model file runs from its model folder"):
         resolve(loose)
+
+
+def test_the_registry_index_stays_readable_by_other_users_when_replaced(tmp_path):
+    index = tmp_path / "registry.json"
+    write_registry({"default": "a", "history": ["a"]}, tmp_path)
+    assert index.stat().st_mode & 0o777 == 0o644  # a service run as another user reads it
+    index.chmod(0o664)  # a registry shared by a group
+    write_registry({"default": "b", "history": ["a", "b"]}, tmp_path)
+    assert index.stat().st_mode & 0o777 == 0o664 and read_registry(tmp_path)["default"] == "b"
