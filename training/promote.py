@@ -190,14 +190,14 @@ def promote(
     current = resolve(current_name, root) if current_name else None
     if current is not None and same_model(ref.card, current.card):
         raise ModelError(f"{ref.card.name}@{ref.card.version} is already the default model; nothing changed")
+    verify_files(ref)
+    check_runs(ref)  # before any comparison; force overrides the gate, not this (every serve start would fail)
     if data and current is not None:
         record = _compare_now(ref, current, data, split, data_map, gate_config, progress)
         ref = resolve(model, root)  # the card now holds the verdict
     record, problem = gate_verdict(ref, current)
     if problem and not force:
         raise PromotionRefused(f"{ref.card.name} not promoted: {problem}")
-    verify_files(ref)
-    check_runs(ref)  # force overrides the gate, not this: a default every service start would fail on
     ref, copied = register_folder(ref, root)
     note = keep_manifest(ref)
     event: dict[str, Any] = {

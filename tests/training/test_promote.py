@@ -261,7 +261,9 @@ def test_history_shows_the_gate_baseline_and_what_a_forced_promotion_overrode(re
     assert lines[2].endswith("but the default is now tiny-v2@t2: compare again; was tiny-v2")
 
 
-def test_a_model_the_detector_cannot_run_never_becomes_the_default_even_forced(registry: Path, tmp_path: Path, capsys):
+def test_a_model_the_detector_cannot_run_never_becomes_the_default_even_forced(
+    registry: Path, tmp_path: Path, shapes_data: Path, capsys
+):
     before = (registry / "registry.json").read_bytes()
     folder = registry / "tiny-v2"  # a cut-short ONNX file whose hash went into the card: sha256 cannot tell
     (folder / "model.onnx").write_bytes((folder / "model.onnx").read_bytes()[:4096])
@@ -278,6 +280,8 @@ def test_a_model_the_detector_cannot_run_never_becomes_the_default_even_forced(r
     write_card(outside, load_card(outside).model_copy(update={"imgsz": 100}))
     with pytest.raises(ModelError, match=r"tiny-odd: cannot become the default model: .*imgsz 100"):
         promote(str(outside), force=True, reason="forced")
+    with pytest.raises(ModelError, match=r"tiny-odd: cannot become the default model"):  # refused before comparing
+        promote(str(outside), data=str(shapes_data))
     with pytest.raises(SystemExit) as exited:  # the command: a one-line error, not the gate's "--force" advice
         main(["promote", str(outside), "--force", "--reason", "forced"])
     err = capsys.readouterr().err
