@@ -148,28 +148,34 @@ def read_registry(root: Path | None = None) -> dict[str, Any]:
 
 
 def write_registry(index: dict[str, Any], root: Path | None = None) -> None:
-    """Atomically replace the registry index (a unique temporary file, fsynced, renamed over the old one),
-    keeping the old file's permissions (0644 for a new one: services run as other users read it).
-    Callers that read, change and write the index hold :func:`registry_lock` around all three."""
+    """Atomically replace the registry index. Callers that read, change and write the index hold
+    :func:`registry_lock` around all three."""
     root = root or models_root()
     root.mkdir(parents=True, exist_ok=True)
+    replace_file(root / REGISTRY_FILE, json.dumps(index, indent=2, ensure_ascii=False) + "\n")
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Replace ``path`` atomically: a unique temporary file beside it, fsynced, renamed over the old one, the
+    folder synced; the old file's permissions kept (0644 for a new one: services run as other users read it).
+    A reader sees the old text or the new, never half of it."""
     try:
-        mode = (root / REGISTRY_FILE).stat().st_mode & 0o7777
+        mode = path.stat().st_mode & 0o7777
     except FileNotFoundError:
         mode = 0o644
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{REGISTRY_FILE}.", suffix=".tmp")  # mkstemp makes it 0600
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mkstemp makes it 0600
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(index, indent=2, ensure_ascii=False) + "\n")
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, root / REGISTRY_FILE)
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     with contextlib.suppress(OSError):  # the rename itself survives a crash once the folder is synced
-        dir_fd = os.open(root, os.O_RDONLY)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
@@ -299,9 +305,9 @@ def load_card(folder: Path) -> ModelCard:
 
 
 def write_card(folder: Path, card: ModelCard) -> Path:
-    """Write a card into a model folder."""
+    """Write a card into a model folder (atomically)."""
     path = folder / CARD_NAME
-    path.write_text(card.model_dump_json(indent=2) + "\n")
+    replace_file(path, card.model_dump_json(indent=2) + "\n")  # a service may be reading it
     return path
 
 

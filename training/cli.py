@@ -194,11 +194,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         return EXIT_INT8_REFUSED
     if args.default:
         from models.registry import ModelError
-        from training.promote import user
+        from training.promote import check_runs, user
 
         if folder.resolve() != (models_root() / ref.card.name).resolve():
             raise CLIError(f"--default: {folder} is not in the registry; run `streetwatch promote {folder}`")
         try:
+            check_runs(ref)  # no gate, but never a default the service cannot load
             set_default(ref.card.name, {"action": "export", "by": user(), "note": "export --default, no gate"})
         except ModelError as exc:
             raise CLIError(str(exc)) from None

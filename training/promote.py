@@ -187,7 +187,12 @@ def promote(
     ref = resolve(model, root)
     index = read_registry(root)
     current_name = index.get("default")
-    current = resolve(current_name, root) if current_name else None
+    current, broken = None, None
+    if current_name:
+        try:
+            current = resolve(current_name, root)
+        except ModelError as exc:  # a forced promotion is the way out of a broken default
+            broken = f"the default in force, {current_name}, cannot be read: nothing to compare with ({exc})"
     if current is not None and same_model(ref.card, current.card):
         raise ModelError(f"{ref.card.name}@{ref.card.version} is already the default model; nothing changed")
     verify_files(ref)
@@ -195,7 +200,7 @@ def promote(
     if data and current is not None:
         record = _compare_now(ref, current, data, split, data_map, gate_config, progress)
         ref = resolve(model, root)  # the card now holds the verdict
-    record, problem = gate_verdict(ref, current)
+    record, problem = gate_verdict(ref, current) if broken is None else (None, broken)
     if problem and not force:
         raise PromotionRefused(f"{ref.card.name} not promoted: {problem}")
     ref, copied = register_folder(ref, root)
@@ -206,7 +211,7 @@ def promote(
         "gate": _gate_summary(record) if record else None,
         "forced": bool(problem and force),
     }
-    if current is None:
+    if current is None and broken is None:
         event["note"] = "first model of the registry: nothing to compare with"
     if problem and force:
         event["override"] = problem

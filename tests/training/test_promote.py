@@ -331,3 +331,26 @@ def test_concurrent_promotions_of_one_outside_folder_copy_it_once(registry: Path
         load_card(registry / name)
         assert read_registry()["default"] == name
         assert [e["name"] for e in history_events(read_registry())].count(name) == 1
+
+
+def test_a_default_that_cannot_be_read_is_replaced_only_by_a_forced_promotion(registry: Path):
+    (registry / "tiny" / "card.json").write_text("{ cut short")  # the default in force is broken
+    with pytest.raises(PromotionRefused, match="the default in force, tiny, cannot be read"):
+        promote("tiny-v2")
+    done = promote("tiny-v2", force=True, reason="tiny's folder was damaged; v2 is the same network")
+    assert read_registry(registry)["default"] == "tiny-v2"
+    assert "tiny, cannot be read" in done.event["override"] and done.event["forced"] is True
+    assert "note" not in done.event  # not "the first model of the registry"
+
+
+def test_a_card_is_replaced_whole_keeping_its_permissions(registry: Path):
+    """A service reading the card while a promotion records its verdict sees the old card or the new one."""
+    folder = registry / "tiny-v2"
+    os.chmod(folder / "card.json", 0o640)
+    card = load_card(folder)
+    with open(folder / "card.json") as reader:  # opened before the write, read after it
+        write_card(folder, card.model_copy(update={"version": "t2b"}))
+        assert json.loads(reader.read())["version"] == "t2"  # whole, and not the new text
+    assert load_card(folder).version == "t2b"
+    assert (folder / "card.json").stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []  # no temporary file left
