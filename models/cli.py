@@ -44,7 +44,7 @@ def one_line(text: str) -> str:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List registered models, or show one card. Exit status 1 when a model folder's card is unreadable."""
-    from models.registry import ModelError, history_events, read_registry, resolve, scan_models
+    from models.registry import ModelError, history_events, models_root, read_registry, resolve, scan_models
     from pipeline.cli import CLIError
 
     if args.name and not args.history:
@@ -68,6 +68,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     default = index.get("default")
     refs, unreadable = scan_models()
+    if default and default not in {r.card.name for r in refs} | {f.name for f in unreadable}:
+        unreadable[models_root() / default] = (  # the state in which `serve` cannot start: say so
+            f"registry.json names it the default, but there is no model folder {models_root() / default}"
+        )
     status = 1 if unreadable else 0
     if args.json:
         listed = [

@@ -144,6 +144,15 @@ def read_registry(root: Path | None = None) -> dict[str, Any]:
         raise ModelError(f"{path}: invalid registry index: expected an object with 'default' and 'history'")
     index.setdefault("default", None)
     index.setdefault("history", [])
+    if not (index["default"] is None or isinstance(index["default"], str)):
+        raise ModelError(f"{path}: invalid registry index: 'default' must be a model name, not {index['default']!r}")
+    history = index["history"]
+    if not isinstance(history, list) or not all(isinstance(e, (str, dict)) for e in history):
+        raise ModelError(f"{path}: invalid registry index: 'history' must be a list of events")
+    for e in history:
+        gate = e.get("gate") if isinstance(e, dict) else None
+        if gate is not None and not (isinstance(gate, dict) and isinstance(gate.get("baseline") or {}, dict)):
+            raise ModelError(f"{path}: invalid registry index: a 'gate' must be an object (its 'baseline' too): {e}")
     return index
 
 
@@ -265,9 +274,16 @@ def rollback_default(root: Path | None = None, **details: Any) -> dict[str, Any]
                 f"in the history of {root / REGISTRY_FILE}"
             )
         current, target = chain[-1], chain[-2]
-        card = resolve(target, root).card  # the folder must still be there and valid
-        for role in card.files:
-            resolve(target, root).file(role)
+        try:
+            ref = resolve(target, root)  # the folder must still be there and valid
+            for role in ref.card.files:
+                ref.file(role)
+        except ModelError as exc:
+            raise ModelError(
+                f"cannot roll back to {target}: {exc}. Promote another model instead (`streetwatch promote NAME`, "
+                "with --force --reason if the gate cannot judge it)"
+            ) from None
+        card = ref.card
         entry = {
             "action": "rollback",
             **details,
@@ -344,7 +360,8 @@ def resolve(ref: str | os.PathLike[str] | None = "default", root: Path | None = 
             raise ModelError(f"no default model registered in {root / REGISTRY_FILE}")
         text = name
     path = Path(text)
-    if (root / text / CARD_NAME).is_file() and not path.is_absolute():
+    hidden = bool(path.parts) and path.parts[0].startswith(".")  # a promotion's temporary copy is no model
+    if (root / text / CARD_NAME).is_file() and not path.is_absolute() and not hidden:
         folder = root / text
     elif path.is_dir():
         folder = path

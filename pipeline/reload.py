@@ -141,12 +141,16 @@ class ModelFollower:
             name, state = None, None
             try:
                 name = read_registry().get("default")
-                if not name:
-                    return False
+            except (ModelError, OSError, ValueError) as exc:
+                self._failed(f"registry unreadable: {exc}", None, None)
+                return False
+            if not name:
+                return False
+            try:
                 state = self._folder_state(name)  # before loading: a fix made meanwhile is a change
                 card = resolve(name).card
             except (ModelError, OSError, ValueError) as exc:
-                self._failed(f"registry unreadable: {exc}", name, state)
+                self._failed(f"cannot read the default model {name}: {exc}", name, state)
                 return False
             if self.current is not None and (card.name, card.version) == (
                 self.current.ref.card.name,

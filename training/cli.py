@@ -279,7 +279,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from pipeline.cli import CLIError
     from training.compare import load_gate
     from training.evaluate import DatasetError
-    from training.promote import PromotionRefused, promote
+    from training.promote import AlreadyDefault, PromotionRefused, promote
 
     try:
         gate = load_gate(args.gate) if args.data else None
@@ -293,6 +293,9 @@ def cmd_promote(args: argparse.Namespace) -> int:
             gate_config=gate,
             progress=True,
         )
+    except AlreadyDefault as exc:  # what was asked for is so: a deploy script may run promote again
+        print(exc)
+        return 0
     except PromotionRefused as exc:
         print(f"streetwatch: {exc}", file=sys.stderr)
         print("streetwatch: to promote it anyway: --force --reason 'why'", file=sys.stderr)

@@ -45,6 +45,10 @@ class PromotionRefused(ModelError):
     """The gate did not pass (or was not run) and the promotion was not forced; the message says why."""
 
 
+class AlreadyDefault(ModelError):
+    """The model is the default already (perhaps made so by another promotion meanwhile): nothing to do."""
+
+
 @dataclass
 class Promotion:
     """What a promotion did."""
@@ -117,6 +121,24 @@ def check_runs(ref: ModelRef) -> None:
             ) from None
 
 
+def name_taken(ref: ModelRef, root: Path) -> str | None:
+    """Why ``ref`` cannot take its name in the registry root: another model of that name is there (None when
+    the name is free, or holds this very model)."""
+    target = root / ref.card.name
+    if ref.folder.resolve() == target.resolve() or not target.exists():
+        return None
+    try:
+        there = load_card(target)
+    except ModelError:
+        there = None
+    if there is not None and same_model(ref.card, there):
+        return None
+    return (
+        f"{target} already holds another model named {ref.card.name!r}; export {ref.folder} under a new --name "
+        "(every version keeps its own folder)"
+    )
+
+
 def register_folder(ref: ModelRef, root: Path) -> tuple[ModelRef, bool]:
     """The model as a folder of the registry root: itself, or a copy made now (refusing a different model
     of the same name already there). Every file is verified against the card first. The copy goes to a
@@ -126,27 +148,30 @@ def register_folder(ref: ModelRef, root: Path) -> tuple[ModelRef, bool]:
     if ref.folder.resolve() == target.resolve():
         return ref, False
     if not target.exists():
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{ref.card.name}.incoming-"))
+        try:
+            tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{ref.card.name}.incoming-"))
+        except OSError as exc:
+            raise ModelError(f"cannot copy {ref.folder} into {root}: {exc}") from None
         try:
             shutil.copytree(ref.folder, tmp, dirs_exist_ok=True)
             tmp.rename(target)
             return resolve(target), True
-        except OSError:
+        except OSError as exc:  # shutil.Error too: a full disk, a dangling link in the folder
             if not target.exists():
-                raise
+                raise ModelError(f"cannot copy {ref.folder} into {root}: {one_line(str(exc))}") from None
             # another promotion renamed its copy into place first: is it this model?
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # gone after a rename; the loser's copy otherwise
-    try:
-        there = load_card(target)
-    except ModelError:
-        there = None
-    if there is None or not same_model(ref.card, there):
-        raise ModelError(
-            f"{target} already holds another model named {ref.card.name!r}; export the candidate under a new "
-            "--name (every version keeps its own folder)"
-        )
+    problem = name_taken(ref, root)
+    if problem:
+        raise ModelError(problem)
     return resolve(target), False
+
+
+def one_line(text: str) -> str:
+    """A long message (shutil's list of failed files) cut to one readable line."""
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def keep_manifest(ref: ModelRef) -> str | None:
@@ -194,7 +219,10 @@ def promote(
         except ModelError as exc:  # a forced promotion is the way out of a broken default
             broken = f"the default in force, {current_name}, cannot be read: nothing to compare with ({exc})"
     if current is not None and same_model(ref.card, current.card):
-        raise ModelError(f"{ref.card.name}@{ref.card.version} is already the default model; nothing changed")
+        raise AlreadyDefault(f"{ref.card.name}@{ref.card.version} is already the default model; nothing changed")
+    problem = name_taken(ref, root)  # before the gate: its advice would name the other model
+    if problem:
+        raise ModelError(problem)
     verify_files(ref)
     check_runs(ref)  # before any comparison; force overrides the gate, not this (every serve start would fail)
     if data and current is not None:
@@ -222,14 +250,19 @@ def promote(
         event["manifest_note"] = note
     try:
         entry = set_default(ref.card.name, event, root, expect_default=current_name)
-    except RegistryConflict:
+    except RegistryConflict as exc:
         now = read_registry(root).get("default")
         if now == ref.card.name and same_model(ref.card, resolve(now, root).card):
-            raise ModelError(
+            raise AlreadyDefault(
                 f"{ref.card.name}@{ref.card.version} is already the default model (another promotion made it so "
                 "meanwhile); nothing changed"
             ) from None
-        raise
+        where = f" (its folder {ref.folder} is in the registry)" if copied else ""
+        raise RegistryConflict(
+            f"{ref.card.name} was not made the default{where}: {exc}. Its gate verdict was measured against "
+            f"{current_name}: run `streetwatch compare --candidate {ref.card.name} --baseline default` and promote "
+            "again"
+        ) from None
     return Promotion(ref, entry, copied)
 
 

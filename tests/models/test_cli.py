@@ -67,3 +67,36 @@ def test_hidden_folders_such_as_a_promotion_s_temporary_copy_are_not_models(regi
     assert [r.folder.name for r in list_models()] == ["tiny"]
     assert main(["models", "--json"]) == 0
     assert [m["folder"] for m in json.loads(capsys.readouterr().out)] == [str(registry / "tiny")]
+    with pytest.raises(SystemExit) as exited:  # nor can one be named as a model
+        main(["models", ".tiny.incoming-k2j4"])
+    assert exited.value.code == 2 and "no such model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "index",
+    [
+        {"default": 5, "history": []},
+        {"default": "tiny", "history": "tiny"},
+        {"default": "tiny", "history": [{"name": "tiny", "version": "t1", "gate": "passed"}]},
+        {"default": "tiny", "history": [{"name": "tiny", "version": "t1", "gate": {"baseline": "t0"}}]},
+    ],
+)
+def test_a_registry_index_of_the_wrong_shape_is_a_one_line_error(registry: Path, index: dict, capsys):
+    (registry / "registry.json").write_text(json.dumps(index))
+    for argv in (["models"], ["models", "--history"], ["models", "default"], ["rollback"]):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "registry.json: invalid registry index" in err, (argv, err)
+
+
+def test_a_default_without_its_folder_is_listed_as_missing(registry: Path, capsys):
+    (registry / "registry.json").write_text(json.dumps({"default": "ghost", "history": ["tiny", "ghost"]}))
+    assert main(["models"]) == 1  # the state in which a service cannot start
+    lines = capsys.readouterr().out.splitlines()
+    assert re.match(r"  tiny +t1 ", lines[0])
+    assert lines[1].startswith("* ghost  unreadable: registry.json names it the default, but there is no model folder")
+    assert main(["models", "--json"]) == 1
+    listed = json.loads(capsys.readouterr().out)
+    assert [(m["name"], m["default"]) for m in listed] == [("tiny", False), ("ghost", True)]

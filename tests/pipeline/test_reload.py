@@ -103,3 +103,9 @@ def test_a_refused_default_is_loaded_once_its_folder_is_fixed_in_place(
     assert follower.check_now()
     assert follower.current.version == "tiny-v2@t2/fp32" and follower.last_error is None and follower.reloads == 1
     assert not follower.check_now() and follower.reloads == 1
+    registry = root / "registry.json"
+    registry.write_text(json.dumps({"default": "ghost", "history": []}))  # a default whose folder is not there
+    assert not follower.check_now() and follower.last_error.startswith("cannot read the default model ghost: ")
+    registry.write_text(json.dumps({"default": 5, "history": []}))  # the index itself is wrong
+    assert not follower.check_now() and follower.last_error.startswith("registry unreadable: ")
+    assert follower.current.version == "tiny-v2@t2/fp32"  # still serving what it had

@@ -32,7 +32,7 @@ from pipeline.cli import main
 from training.cli import EXIT_GATE_REFUSED
 from training.compare import GATE_KEY, Comparison, apply_gate, compare, gate_record, record_gate
 from training.evaluate import EvalResult, load_split, make_predictor
-from training.promote import Promotion, PromotionRefused, promote, rollback
+from training.promote import AlreadyDefault, Promotion, PromotionRefused, promote, rollback
 
 
 def variant(root: Path, name: str, version: str, source: Path) -> Path:
@@ -293,13 +293,12 @@ def test_promoting_the_default_again_changes_nothing(registry: Path, tmp_path: P
     before = (registry / "registry.json").read_bytes()
     copy = tmp_path / "export" / "tiny"  # the same model from elsewhere (the folder it was exported to)
     shutil.copytree(registry / "tiny", copy)
-    with pytest.raises(ModelError, match=r"tiny@t1 is already the default model; nothing changed"):
+    with pytest.raises(AlreadyDefault, match=r"tiny@t1 is already the default model; nothing changed"):
         promote(str(copy), force=True, reason="redeploy")
-    with pytest.raises(ModelError, match=r"tiny@t1 is already the default model; nothing changed"):
+    with pytest.raises(AlreadyDefault, match=r"tiny@t1 is already the default model; nothing changed"):
         promote("tiny")
-    with pytest.raises(SystemExit) as exited:
-        main(["promote", str(copy), "--force", "--reason", "redeploy"])
-    assert exited.value.code == 2 and "tiny@t1 is already the default model" in capsys.readouterr().err
+    assert main(["promote", str(copy), "--force", "--reason", "redeploy"]) == 0  # a deploy script may run it again
+    assert "tiny@t1 is already the default model" in capsys.readouterr().out
     assert (registry / "registry.json").read_bytes() == before
 
 
@@ -325,7 +324,7 @@ def test_concurrent_promotions_of_one_outside_folder_copy_it_once(registry: Path
         promoted = [o for o in outcomes if isinstance(o, Promotion)]
         others = [o for o in outcomes if not isinstance(o, Promotion)]
         assert len(promoted) == 1 and promoted[0].copied, outcomes
-        assert len(others) == 1 and type(others[0]) is ModelError, outcomes  # a message, not a traceback
+        assert len(others) == 1 and type(others[0]) is AlreadyDefault, outcomes  # a message, not a traceback
         assert f"{name}@f{k} is already the default model" in str(others[0])
         assert sorted(p.name for p in registry.iterdir() if name in p.name) == [name]  # one copy, no leftovers
         load_card(registry / name)
@@ -354,3 +353,27 @@ def test_a_card_is_replaced_whole_keeping_its_permissions(registry: Path):
     assert load_card(folder).version == "t2b"
     assert (folder / "card.json").stat().st_mode & 0o777 == 0o640
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+def test_an_outside_folder_taking_a_registered_name_is_refused_before_the_gate(registry: Path, tmp_path: Path):
+    outside = variant(tmp_path / "export", "tiny-v2", "other", registry / "tiny")  # not the registered tiny-v2
+    for forced in (False, True):  # the gate's advice would name the registered model; --force would not help
+        with pytest.raises(ModelError, match=rf"already holds another model named 'tiny-v2'; export {outside}"):
+            promote(str(outside), force=forced, reason="r")
+    assert read_registry(registry)["default"] == "tiny"
+
+
+def test_a_folder_that_cannot_be_copied_is_a_message_not_a_traceback(registry: Path, tmp_path: Path):
+    outside = variant(tmp_path / "export", "tiny-field", "f1", registry / "tiny")
+    (outside / "train-run").symlink_to(tmp_path / "gone")  # a dangling link beside the model
+    with pytest.raises(ModelError, match=rf"cannot copy {outside} into {registry}"):
+        promote(str(outside), force=True, reason="r")
+    assert not (registry / "tiny-field").exists() and not list(registry.glob(".tiny-field*"))
+
+
+def test_rolling_back_to_a_folder_that_is_gone_says_what_to_do(registry: Path):
+    promote("tiny-v2", force=True, reason="r")
+    shutil.rmtree(registry / "tiny")
+    with pytest.raises(ModelError, match=r"cannot roll back to tiny: .*Promote another model instead"):
+        rollback()
+    assert read_registry(registry)["default"] == "tiny-v2"
