@@ -216,14 +216,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
     )
     sink = None
     if args.file_cases:
-        from pipeline.cases import open_sink
+        from pipeline.cases import open_sink, target_label
 
         if args.file_cases.endswith(".jsonl"):  # a JSON-lines file may go in a folder not made yet
             Path(args.file_cases).parent.mkdir(parents=True, exist_ok=True)
         try:
             sink = open_sink(args.file_cases)
         except Exception as exc:  # an unreachable queue or bad URL: say so before any work
-            raise CLIError(f"--file-cases {args.file_cases}: {exc}") from None
+            raise CLIError(f"--file-cases {target_label(args.file_cases)}: {exc}") from None  # never the key
     try:
         audit = Audit(detector, config, sink=sink, target=args.file_cases)
     except AuditError as exc:
@@ -395,9 +395,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
     try:
         sink = open_sink(target)
     except ImportError:
-        raise CLIError(f"sink {target}: the case-queue sinks (serve.sinks) are not available in this install") from None
+        raise CLIError(f"sink {where}: the case-queue sinks (serve.sinks) are not available in this install") from None
     except (OSError, ValueError) as exc:
-        raise CLIError(f"cannot open sink {target}: {exc}") from None
+        raise CLIError(f"cannot open sink {where}: {exc}") from None
     proc = StreamProcessor(config, detector, sink)
     to_stdout = target in (None, "-")
     counts = {"open": 0, "update": 0, "ended": 0}

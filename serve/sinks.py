@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit, urlunsplit
 
 import httpx
 from sqlalchemy import make_url
@@ -40,10 +40,47 @@ INGEST_PATH = "/v1/cases/ingest"
 PERMANENT = {400, 413, 415, 422}
 
 
+#: The file in a spool folder naming the service its violations are for.
+SPOOL_OWNER = "service.url"
+
+
 def default_spool_dir(base_url: str) -> Path:
-    """Where an HTTP sink spools for a service URL unless told otherwise."""
+    """Where an HTTP sink spools for a service URL unless told otherwise: a folder per service."""
     root = Path(os.environ.get("STREETWATCH_SPOOL_DIR") or Path.home() / ".cache" / "streetwatch" / "spool")
     return root / hashlib.sha256(base_url.encode()).hexdigest()[:16]
+
+
+def claim_spool(spool: Path, base_url: str) -> None:
+    """Make ``spool`` the spool of the service at ``base_url``. A spool still holding violations for another
+    service is refused (ValueError): the next sink on a spool sends whatever it finds there, so sharing one
+    would file cases into the wrong service."""
+    owner_file = spool / SPOOL_OWNER
+    try:
+        owner = owner_file.read_text().strip()
+    except FileNotFoundError:
+        owner = None
+    if owner == base_url:
+        return
+    if owner and any(spool.glob("*.json")):
+        raise ValueError(
+            f"spool={spool} holds violations for {owner}, not {base_url}: send them there first (a worker or audit "
+            f"with the sink {owner}?spool={spool}), or give this service a spool of its own"
+        )
+    atomic_write(owner_file, base_url + "\n")
+
+
+def service_url(parts: SplitResult) -> str:
+    """The service's base URL, written one way: scheme and host in lower case, no default port, no trailing
+    slash (one service, one default spool, however its URL was typed)."""
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{parts.scheme}://{parts.netloc}: not a valid port") from None
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    netloc = host if port in (None, {"http": 80, "https": 443}[scheme]) else f"{host}:{port}"
+    return urlunsplit((scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
 class HttpSink:
@@ -65,6 +102,7 @@ class HttpSink:
         self.spool = Path(spool_dir) if spool_dir else default_spool_dir(base_url.rstrip("/"))
         self.rejected = self.spool / "rejected"
         self.spool.mkdir(parents=True, exist_ok=True)
+        claim_spool(self.spool, base_url.rstrip("/"))
         self.backoff_s, self.max_backoff_s, self.close_timeout_s = backoff_s, max_backoff_s, close_timeout_s
         self._client = httpx.Client(timeout=timeout_s, headers={"Authorization": f"Bearer {api_key}"})
         self._wake = threading.Event()
@@ -241,7 +279,7 @@ def open_case_sink(target: str) -> ViolationSink:
         key = query.pop("key", None) or os.environ.get("STREETWATCH_API_KEY")
         if not key:
             raise ValueError(f"{parts.scheme}://{parts.netloc}: no API key; add ?key=KEY or set STREETWATCH_API_KEY")
-        base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        base = service_url(parts)
         try:
             wait = float(query.get("wait", 60))
         except ValueError:

@@ -96,7 +96,7 @@ def test_http_sink_spools_while_the_service_is_down_then_delivers(tmp_path, monk
         assert total == 4
         first = next(c for c in cases if store.occurrence_keys(c.id) == ["down-0"])
         assert len(first.evidence) == 2  # the update's evidence joined the same case
-        assert os.listdir(spool) == ["rejected"]
+        assert sorted(os.listdir(spool)) == ["rejected", "service.url"]
     finally:
         store.dispose()
 
@@ -145,3 +145,53 @@ def test_http_sink_never_loses_sight_of_a_refused_violation(tmp_path):
     finally:
         sink.close()
         server.shutdown()
+
+
+def test_a_spool_holding_violations_for_one_service_is_not_sent_to_another(tmp_path, monkeypatch):
+    monkeypatch.setenv("STREETWATCH_API_KEY", "sw_ing_x")
+    spool = tmp_path / "spool"
+    sink = open_case_sink(f"http://127.0.0.1:9?spool={spool}&wait=0")  # nothing listens there
+    sink.emit(make_violation(key="for-port-9"))
+    sink.close()
+    assert sink.pending() == 1
+    with pytest.raises(ValueError, match=rf"spool={spool} holds violations for http://127.0.0.1:9, not http://127"):
+        open_case_sink(f"http://127.0.0.1:10?spool={spool}&wait=0")
+    again = open_case_sink(f"HTTP://127.0.0.1:9/?spool={spool}&wait=0")  # the same service, however typed
+    again.close()
+    (spool / next(p.name for p in spool.glob("*.json"))).unlink()  # once it is empty, another may take it
+    other = open_case_sink(f"http://127.0.0.1:10?spool={spool}&wait=0")
+    other.close()
+    assert (spool / "service.url").read_text() == "http://127.0.0.1:10\n"
+
+
+def test_a_service_has_one_default_spool_however_its_url_is_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("STREETWATCH_API_KEY", "sw_ing_x")
+    monkeypatch.setenv("STREETWATCH_SPOOL_DIR", str(tmp_path / "spools"))
+    spools = set()
+    for url in ("http://Example.org:80/", "http://example.org", "HTTP://EXAMPLE.ORG:80"):
+        sink = open_case_sink(f"{url}?wait=0")
+        spools.add(sink.spool)
+        sink.close()
+    assert len(spools) == 1
+
+
+def test_a_sink_that_cannot_open_is_named_without_its_key(tmp_path, capsys):
+    """The error goes to stderr, which ends up in logs: the ingest key is never in it."""
+    from pipeline.cli import main
+
+    spool = tmp_path / "spool"
+    stuck = open_case_sink(f"http://127.0.0.1:9?key=sw_ing_x&spool={spool}&wait=0")
+    stuck.emit(make_violation())
+    stuck.close()
+    target = f"http://127.0.0.1:10?key=sw_ing_secret&spool={spool}"
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(jpeg(1))
+    for argv in (
+        ["audit", str(tmp_path / "photos"), "--out", str(tmp_path / "out"), "--file-cases", target],
+        ["watch", "--demo", "--duration", "1", "--sink", target],
+    ):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and "holds violations for http://127.0.0.1:9" in err, argv
+        assert "sw_ing_secret" not in err and "key=***" in err, argv
