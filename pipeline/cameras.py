@@ -25,6 +25,8 @@ Example::
 
 from __future__ import annotations
 
+import math
+import random
 import re
 from datetime import time
 from pathlib import Path
@@ -209,6 +211,13 @@ class BackoffConfig(BaseModel):
         if self.max_s < self.initial_s:
             raise ValueError("max_s must not be less than initial_s")
         return self
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` failures in a row: ``initial_s`` doubling, jittered by ±10 % so
+        that cameras behind one failed switch do not retry in step, never more than ``max_s`` (also after
+        days of failures: the doubling stops where it would pass max_s)."""
+        doublings = min(failures, max(0, math.ceil(math.log2(self.max_s / self.initial_s))) + 1)
+        return min(self.max_s, self.initial_s * 2**doublings * random.uniform(0.9, 1.1))
 
 
 class CameraConfig(BaseModel):

@@ -19,7 +19,6 @@ not looped ends in ``ended`` (also when it is cut short), one that gives no fram
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -154,7 +153,7 @@ class CameraReader:
                     return
                 if self.frames_decoded > got:
                     failures = 0  # it was live: start the backoff from the beginning
-                delay = min(cfg.backoff.max_s, cfg.backoff.initial_s * 2**failures) * random.uniform(0.9, 1.1)
+                delay = cfg.backoff.delay(failures)
                 failures += 1
                 quiet = time.monotonic() - (self.last_data_mono or started)
                 self.state = "stalled" if self.frames_decoded > got and quiet >= cfg.stall_timeout_s else "failed"
