@@ -25,8 +25,6 @@ Example::
 
 from __future__ import annotations
 
-import math
-import random
 import re
 from datetime import time
 from pathlib import Path
@@ -39,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from models.classes import VEHICLE_CLASSES, VIOLATIONS
 from pipeline.cases import GeoPoint
+from pipeline.retry import backoff_delay
 from pipeline.track import TrackerConfig
 
 STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
@@ -216,8 +215,7 @@ class BackoffConfig(BaseModel):
         """Seconds to wait after ``failures`` failures in a row: ``initial_s`` doubling, jittered by ±10 % so
         that cameras behind one failed switch do not retry in step, never more than ``max_s`` (also after
         days of failures: the doubling stops where it would pass max_s)."""
-        doublings = min(failures, max(0, math.ceil(math.log2(self.max_s / self.initial_s))) + 1)
-        return min(self.max_s, self.initial_s * 2**doublings * random.uniform(0.9, 1.1))
+        return backoff_delay(self.initial_s, self.max_s, failures)
 
 
 class CameraConfig(BaseModel):

@@ -16,7 +16,6 @@ import hashlib
 import itertools
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from sqlalchemy import make_url
 
 from pipeline.cases import Violation, ViolationSink
 from pipeline.files import atomic_write
+from pipeline.retry import backoff_delay
 
 if TYPE_CHECKING:
     from serve.store import CaseStore, Ingested
@@ -185,8 +185,8 @@ class HttpSink:
                 outcome = self._send(path)
                 if outcome == "retry":
                     failures += 1
-                    delay = min(self.backoff_s * 2 ** (failures - 1), self.max_backoff_s)
-                    self._stop.wait(delay * (0.75 + random.random() / 2))  # new emits do not cut the backoff short
+                    delay = backoff_delay(self.backoff_s, self.max_backoff_s, failures - 1, jitter=0.25)
+                    self._stop.wait(delay)  # new emits do not cut the backoff short
                     break
                 failures = 0
 

