@@ -167,6 +167,8 @@ def test_review_pages_on_a_phone_in_summer_time_with_odd_addresses(browser, tmp_
         assert forged.status_code == 403 and "set-cookie" not in forged.headers
 
         page = browser.new_page(viewport={"width": 375, "height": 800}, locale="de-DE")
+        icons: list[tuple[str, int]] = []
+        page.on("response", lambda r: icons.append((r.url, r.status)) if "favicon" in r.url else None)
         page.goto(f"{service.url}/ui/login?next=/v1/cases")  # a link that would land on the raw API
         page.fill("input[name=key]", reviewer)
         page.click("button[type=submit]")
@@ -191,6 +193,7 @@ def test_review_pages_on_a_phone_in_summer_time_with_odd_addresses(browser, tmp_
         page.wait_for_selector("#action-error:not([hidden])")
         assert "department is blank" in page.inner_text("#action-error")
 
+        assert icons and all(status == 200 for _, status in icons), icons  # the tab shows an icon, no 404
         page.goto(f"{service.url}/ui/cases/{ids[1]}")  # filed with a crop only: the crop is its picture
         page.wait_for_function("() => { const i = document.querySelector('#frame'); return i && i.naturalWidth > 0 }")
         # relabel offers the classes of the chosen type: parking has three, the case's car chosen; litter one
