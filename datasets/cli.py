@@ -170,14 +170,17 @@ def cmd_export_reviews(args: argparse.Namespace) -> int:
     print(
         f"{c['cases']} reviewed cases -> {c['images']} images in {result.out}: {c['confirmed']} confirmed boxes "
         f"({c['corrected']} with the class corrected), {c['dismissed']} dismissed boxes left out, "
-        f"{c['background_images']} background images; {c['skipped']} cases skipped"
+        f"{c['background_images']} background images; {c['skipped']} cases skipped (a frame carries the verdicts "
+        "of every case on it, earlier reviews included)"
     )
     for s in result.skipped[:10]:
         print(f"  skipped case {s['case_id']} ({s['verdict']}): {s['reason']}")
     if len(result.skipped) > 10:
         print(f"  ... {len(result.skipped) - 10} more in {result.out / 'export.json'}")
+    for w in result.withdrawn:
+        print(f"  withdrawn: case {w['case_id']}'s picture {w['sha256'][:12]} from earlier exports: {w['reason']}")
     out = result.out
-    if not c["images"]:  # the window is recorded all the same: the next export continues after it
+    if not c["images"] and not c["withdrawn"]:  # the window is recorded all the same: the next export continues
         print(f"nothing to retrain on in this window; the next export continues with --after {out}")
         return 0
     print(f"contact sheet: {out / 'sheet.jpg'}; Label Studio: {out / 'tasks.json'} (config {out / 'label-studio.xml'})")

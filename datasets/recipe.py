@@ -441,20 +441,32 @@ def build(
 
 def superseded_exports(samples: list[Sample], loaded: list[SourceData]) -> dict[int, tuple[Sample, str]]:
     """Frames that a later review export of the recipe exported again (a case relabelled or reviewed again
-    after the earlier export): index -> (sample, why), for every copy but the latest export's. The latest
-    copy carries every verdict on the frame as of its window, so an older copy would only contradict it."""
-    from datasets.reviews import EXPORT_FILE
+    after the earlier export) or withdrew (a dismissal reopened and not reviewed again): index -> (sample,
+    why), for every copy but the latest export's. The latest copy carries every verdict on the frame as of
+    its window, so an older copy would only contradict it; a withdrawn frame waits for its next review."""
+    from datasets.reviews import EXPORT_FILE, load_export
 
-    rank = {d.spec.name: k for k, d in enumerate(loaded) if d.root and (d.root.parent / EXPORT_FILE).is_file()}
+    exports = {d.spec.name: d for d in loaded if d.root and (d.root.parent / EXPORT_FILE).is_file()}
+    rank = {name: k for k, name in enumerate(exports)}
+    withdrawn: dict[str, tuple[int, str, int]] = {}  # frame sha256 -> (rank, export, case) of its latest withdrawal
+    for name, d in exports.items():
+        for w in load_export(d.root.parent).get("withdrawn", []):
+            if w["sha256"] not in withdrawn or rank[name] >= withdrawn[w["sha256"]][0]:
+                withdrawn[w["sha256"]] = (rank[name], name, w["case_id"])
     latest: dict[str, Sample] = {}
     for s in samples:
         if s.source in rank and (s.sha256 not in latest or rank[s.source] >= rank[latest[s.sha256].source]):
             latest[s.sha256] = s
-    return {
-        i: (s, f"superseded by {latest[s.sha256].key}: the same frame in a later review export")
-        for i, s in enumerate(samples)
-        if s.source in rank and latest[s.sha256] is not s
-    }
+    out = {}
+    for i, s in enumerate(samples):
+        if s.source not in rank:
+            continue
+        if latest[s.sha256] is not s:
+            out[i] = (s, f"superseded by {latest[s.sha256].key}: the same frame in a later review export")
+        elif s.sha256 in withdrawn and withdrawn[s.sha256][0] > rank[s.source]:
+            _, name, case_id = withdrawn[s.sha256]
+            out[i] = (s, f"withdrawn by {name}: case {case_id} was reopened after this export, not reviewed again")
+    return out
 
 
 def background_source(sample: Sample) -> str | None:

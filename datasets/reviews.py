@@ -111,6 +111,7 @@ class ExportResult:
     items: list[ExportItem]
     skipped: list[dict[str, Any]] = field(default_factory=list)
     cases: int = 0
+    withdrawn: list[dict[str, Any]] = field(default_factory=list)  # earlier exports' frames no longer to train on
 
     def counts(self) -> dict[str, int]:
         labels = [lb for i in self.items for lb in i.labels]
@@ -122,6 +123,7 @@ class ExportResult:
             "corrected": sum(lb.verdict == "confirmed" and lb.detector_class != lb.model_class for lb in labels),
             "dismissed": sum(lb.verdict == "dismissed" for lb in labels),
             "skipped": len(self.skipped),
+            "withdrawn": len(self.withdrawn),
         }
 
 
@@ -172,6 +174,9 @@ def export_reviews(
 ) -> ExportResult:
     """Export the cases reviewed in [since, until) (see the module docstring); returns what was written."""
     from datasets.recipe import load_recipe
+    from serve.store import CONFIRMED_STATUSES
+
+    reviewed_statuses = (*CONFIRMED_STATUSES, "dismissed")
 
     try:
         base_name = load_recipe(base_recipe).name
@@ -201,7 +206,7 @@ def export_reviews(
     users = store.evidence_cases(list(frames))
     known = {rc.case.id: rc for rc in reviewed}
     others = {cid for pairs in users.values() for cid, _ in pairs} - set(known)
-    for rc in store.reviewed_cases(ids=others) if others else []:
+    for rc in store.reviewed_cases(until=until, ids=others) if others else []:  # as the window ends
         known[rc.case.id] = rc
     (out / "images").mkdir()
     (out / "labels").mkdir()
@@ -210,15 +215,16 @@ def export_reviews(
         bar.update(1)
         pending = [(cid, status) for cid, status in users.get(sha, []) if cid not in known]
         if pending:
-            waiting = ", ".join(f"case {cid} ({status})" for cid, status in pending)
+            later = [f"case {cid}" for cid, status in pending if status in reviewed_statuses]
+            waiting = [f"case {cid} ({status})" for cid, status in pending if status not in reviewed_statuses]
+            why = "; ".join(
+                [f"its frame also shows {', '.join(waiting)}, not reviewed yet: exported once that is reviewed"]
+                * bool(waiting)
+                + [f"its frame also shows {', '.join(later)}, reviewed after this window: exported by the next"]
+                * bool(later)
+            )
             for cid in sorted(chosen):
-                result.skipped.append(
-                    {
-                        "case_id": cid,
-                        "verdict": known[cid].verdict,
-                        "reason": f"its frame also shows {waiting}, not reviewed yet: exported once that is reviewed",
-                    }
-                )
+                result.skipped.append({"case_id": cid, "verdict": known[cid].verdict, "reason": why})
             continue
         shown = [(known[cid], next(e for e in known[cid].case.evidence if e.sha256 == sha)) for cid, _ in users[sha]]
         labels = [_label(rc, evidence) for rc, evidence in shown]
@@ -239,6 +245,18 @@ def export_reviews(
             result.items.append(item)
     bar.close()
     result.items.sort(key=lambda i: i.stem)
+    exported = {i.sha256 for i in result.items}
+    result.withdrawn = [
+        {
+            "case_id": cid,
+            "sha256": sha,
+            "reason": "its dismissal was withdrawn (reopened): an earlier export's "
+            "negative no longer stands until the case is reviewed again",
+        }
+        for cid, shas in store.withdrawn_dismissals(since, until).items()
+        for sha in shas
+        if sha not in exported
+    ]
     name = source_name or f"field-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
         raise ExportError(f"source name {name!r}: use lowercase letters, digits, '-' and '_'")
@@ -305,6 +323,7 @@ def _write_export_json(
         "counts": result.counts(),
         "items": [{**asdict(i), "negative": i.negative} for i in result.items],
         "skipped": result.skipped,
+        "withdrawn": result.withdrawn,
         "corrections": [],
     }
     (result.out / EXPORT_FILE).write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n")

@@ -245,7 +245,9 @@ def _load_folder(spec: SourceSpec, shared: Path, repo: Path, mapping: ClassMappi
         for stem in stems:
             tags.setdefault(stem, set()).add(key)
     images = iter_image_paths([images_dir], recursive=False)
-    if not given and not any((labels_dir / f"{image.stem}.txt").is_file() for image in images):
+    # a review export may hold no image (only frames withdrawn from earlier exports): still a source
+    review_export = (images_dir.parent / "export.json").is_file()
+    if not given and not review_export and not any((labels_dir / f"{image.stem}.txt").is_file() for image in images):
         raise SourceMissing(f"source {spec.name}: no labelled images in {images_dir} (labels: {labels_dir})")
     for image in images:
         label = labels_dir / f"{image.stem}.txt"
@@ -283,7 +285,7 @@ def _load_folder(spec: SourceSpec, shared: Path, repo: Path, mapping: ClassMappi
                     spec.name,
                 )
             )
-    if not data.samples:
+    if not data.samples and not review_export:
         raise SourceMissing(f"source {spec.name}: no labelled images in {images_dir} (labels: {labels_dir})")
     _check_unique_stems(data)
     return data

@@ -50,7 +50,13 @@ def check_box(
         return None
     outside = f"box ({x1:.3f},{y1:.3f})-({x2:.3f},{y2:.3f}) lies outside the image"
     if min(x1, y1) < -tolerance or max(x2, y2) > 1 + tolerance:
-        report("error", "out_of_range", f"{outside}; coordinates must be normalised to 0..1")
+        partly = x2 > 0 and y2 > 0 and x1 < 1 and y1 < 1
+        what = f"reaches more than {tolerance:g} past the image's edge" if partly else "lies outside the image"
+        report(
+            "error",
+            "out_of_range",
+            f"box ({x1:.3f},{y1:.3f})-({x2:.3f},{y2:.3f}) {what}; coordinates must be normalised to 0..1",
+        )
         return None
     if x2 <= 0 or y2 <= 0 or x1 >= 1 or y1 >= 1:
         report("error", "out_of_range", f"{outside} entirely")

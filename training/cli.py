@@ -128,7 +128,7 @@ def record_metrics(model: str, variant: str, data: str, split: str, result) -> N
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint into a registry model folder (ONNX fp32, int8 when calibrated) with its card;
     with --data, evaluate both and refuse an int8 model that loses more than the allowed mAP50."""
-    from models.registry import models_root, set_default
+    from models.registry import models_root, resolve, set_default
     from pipeline.cli import CLIError, resolve_inputs
     from training.export import build_model_folder, gate_int8
     from training.train import run_record
@@ -174,10 +174,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(
             f"left out, mapped to no product class: {shown} ({len(dropped)} of {len(ref.card.names)}; --map maps names)"
         )
-    print(
-        f"exported {ref.card.name}@{ref.card.version} to {folder}: {', '.join(ref.card.files)}; "
-        f"classes: {', '.join(ref.card.product_classes())}"
-    )
     refused = False
     if split is not None:
         gate = gate_int8(ref, split, data_name=str(args.data), max_drop_points=args.int8_max_drop)
@@ -185,6 +181,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"{variant}: mAP50 {result.map50:.4f}, mAP50-95 {result.map50_95:.4f} on {args.data} [{args.split}]")
         print(gate.message)
         refused = gate.refused
+        ref = resolve(folder)  # the card as it stands after the check (a refused int8 is no longer listed)
+    print(
+        f"exported {ref.card.name}@{ref.card.version} to {folder}: {', '.join(ref.card.files)}; "
+        f"classes: {', '.join(ref.card.product_classes())}"
+    )
     if refused:
         print(
             f"streetwatch: int8 refused; {folder} holds the fp32 model only"

@@ -459,3 +459,67 @@ def test_coco_image_without_size_is_measured_from_its_file(tmp_path: Path):
     nowhere = {"id": 5, "file_name": "elsewhere/zzz.jpg"}
     with pytest.raises(ExportError, match=r"b\.json: image 5 \(elsewhere/zzz\.jpg\) gives no width/height"):
         import_annotations(coco_file(tmp_path / "b.json", ann, nowhere), export)
+
+
+def test_a_window_takes_each_verdict_as_it_stood_when_the_window_ended(filed, tmp_path: Path):
+    store = filed["store"]
+    (_, ids1), _ = filed["photos"]
+    for cid in ids1[:-1]:
+        store.review(cid, "confirm", ALICE)
+    until = datetime.now(timezone.utc)
+    store.review(ids1[-1], "dismiss", BOB)  # the photo's last case, reviewed after the window's end
+    early = export_reviews(store, tmp_path / "a", until=until, progress=False)
+    assert early.items == [] and {s["case_id"] for s in early.skipped} == set(ids1[:-1])
+    assert f"case {ids1[-1]}, reviewed after this window" in early.skipped[0]["reason"]
+    later = export_reviews(store, tmp_path / "b", since=export_window_end(tmp_path / "a"), progress=False)
+    assert [lb.case_id for lb in later.items[0].labels] == ids1  # the next window takes the photo, whole
+
+
+def test_a_dismissal_reopened_after_an_export_withdraws_its_frame_from_the_build(
+    filed, garbage_like: Path, tmp_path: Path
+):
+    store = filed["store"]
+    (_, ids1), _ = filed["photos"]
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        yaml.safe_dump(
+            {
+                "name": "base",
+                "sources": [{"name": "garbage", "path": str(garbage_like), "mapping": "garbage"}],
+                "dedup": {"scene": False},
+                "pseudo": {"enabled": False},
+            }
+        )
+    )
+    for cid in ids1:
+        store.review(cid, "dismiss", ALICE)  # the photo is a background image: nothing on it is litter
+    first = export_reviews(store, tmp_path / "first", base_recipe=str(base), source_name="field-1", progress=False)
+    assert len(first.items) == 1 and first.items[0].negative
+    store.reopen(ids1[0], BOB, "that one is litter after all")  # not reviewed again yet
+    second = export_reviews(
+        store,
+        tmp_path / "second",
+        since=export_window_end(tmp_path / "first"),
+        base_recipe=str(tmp_path / "first" / "recipe.yaml"),
+        source_name="field-2",
+        progress=False,
+    )
+    assert second.items == [] and [w["case_id"] for w in second.withdrawn] == [ids1[0]]
+    assert second.withdrawn[0]["sha256"] == first.items[0].sha256
+    result = build(load_recipe(tmp_path / "second" / "recipe.yaml"), tmp_path, tmp_path / "dataset", sheets=False)
+    assert not [p for p in (tmp_path / "dataset" / "images" / "train").iterdir() if "case-" in p.stem]
+    (dropped,) = [d for d in json.loads(result.manifest.read_text())["dedup"]["dropped"] if "field" in d["image"]]
+    assert dropped["image"].startswith("field-1/") and f"case {ids1[0]} was reopened" in dropped["why"]
+    store.review(ids1[0], "confirm", BOB)  # reviewed again: the next export brings the photo back, with the box
+    third = export_reviews(
+        store,
+        tmp_path / "third",
+        since=export_window_end(tmp_path / "second"),
+        base_recipe=str(tmp_path / "second" / "recipe.yaml"),
+        source_name="field-3",
+        progress=False,
+    )
+    assert third.withdrawn == [] and [i.sha256 for i in third.items] == [first.items[0].sha256]
+    build(load_recipe(tmp_path / "third" / "recipe.yaml"), tmp_path, tmp_path / "dataset3", sheets=False)
+    (stem,) = [p.stem for p in (tmp_path / "dataset3" / "images" / "train").iterdir() if "case-" in p.stem]
+    assert stem.startswith("field-3__")

@@ -123,3 +123,10 @@ def test_check_box_clips_any_overlap_when_pixel_boxes_allow_it():
         ("error", "out_of_range"),
         ("error", "degenerate_box"),
     ]
+
+
+def test_a_box_reaching_far_past_an_edge_is_told_apart_from_one_wholly_outside():
+    _, issues = parse_label_lines("0 0.95 0.5 0.2 0.2\n0 1.5 0.5 0.2 0.2", nc=1, file="f.txt")  # x 0.85-1.05; 1.4-1.6
+    partly, wholly = (i.message for i in issues)
+    assert "reaches more than 0.02 past the image's edge" in partly and "lies outside" not in partly
+    assert "lies outside the image" in wholly

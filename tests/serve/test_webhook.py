@@ -179,7 +179,9 @@ def test_readiness_says_when_the_dispatcher_is_not_running(tmp_path):
     from serve.app import create_app
     from serve.config import ServiceConfig
 
-    app = create_app(ServiceConfig(data_dir=tmp_path / "svc", load_detector=False, webhook=webhook("http://127.0.0.1:9/x")))
+    app = create_app(
+        ServiceConfig(data_dir=tmp_path / "svc", load_detector=False, webhook=webhook("http://127.0.0.1:9/x"))
+    )
     with TestClient(app) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["checks"]["webhook"]["running"] is True

@@ -89,6 +89,8 @@ def test_export_refuses_an_int8_model_that_loses_accuracy(
     assert _export([*args, "--default"]) == EXIT_INT8_REFUSED
     captured = capsys.readouterr()
     assert "int8 REFUSED" in captured.out and "NOT made the default" in captured.err
+    (summary,) = [line for line in captured.out.splitlines() if line.startswith("exported tq@")]
+    assert summary.split(": ")[1].startswith("fp32, pt;")  # what the folder holds, not the int8 refused
     ref = resolve("tq")
     assert set(ref.card.files) == {"fp32", "pt"} and not (ref.folder / "model.int8.onnx").exists()
     gate = ref.card.metrics["int8_gate"]
