@@ -264,18 +264,23 @@ class StreamProcessor:
         for cam_id, reader in self.readers.items():
             worker = self.workers[cam_id]
             last = reader.last_frame_ts
+            state = reader.current_state()
+            if state == "live":
+                error = worker.error  # the reader's last failure is over: reconnects counts it
+            else:
+                error = reader.error if state == "failed" else (worker.error or reader.error)
             out.append(
                 CameraStatus(
                     camera_id=cam_id,
                     name=reader.config.label,
-                    state=reader.current_state(),
+                    state=state,
                     last_frame_time=worker._time(last) if last is not None else None,
                     frames_decoded=reader.frames_decoded,
                     frames_processed=worker.frames_processed,
                     frames_dropped=reader.frames_dropped,
                     reconnects=reader.reconnects,
                     lag_s=None if worker.lag_s is None else round(worker.lag_s, 3),
-                    error=reader.error if reader.state == "failed" else (worker.error or reader.error),
+                    error=error,
                     retry_in_s=round(reader.retry_at - now, 1)
                     if reader.retry_at and reader.state == "failed"
                     else None,

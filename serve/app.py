@@ -237,6 +237,7 @@ def create_app(
 
     config = config or ServiceConfig()
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    own_store = store is None  # closed when the app stops; a store handed in belongs to the caller
     store = store or CaseStore(config.database_url, config.data_dir, config.dedup, config.webhook, config.public_url)
     if detector is None and config.load_detector:
         detector = Detector(config.detector)
@@ -289,6 +290,8 @@ def create_app(
                 await batcher.stop()
             if dispatcher:
                 dispatcher.stop()
+            if own_store:  # SQLite folds its write-ahead log into the database file as the last connection closes
+                store.dispose()
 
     app = FastAPIOffline(  # a FastAPI app whose /docs and /redoc load Swagger UI and ReDoc from the
         title="streetwatch",  # installed package, not a CDN: a bureau's network is often offline

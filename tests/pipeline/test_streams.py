@@ -126,7 +126,7 @@ def test_rtsp_camera_killed_mid_stream_reconnects_without_losing_or_duplicating(
         time.sleep(1.0)
         server.start()
         wait_for(lambda: status().frames_processed >= before.frames_processed + 6, 40, "samples after reconnecting")
-        assert status().state == "live"
+        assert status().state == "live" and status().error is None  # the outage is over, not "last error: ..."
         reconnects = status().reconnects
         server.proc.send_signal(signal.SIGSTOP)  # 3rd: the server hangs, the connection stays open, no data
         wait_for(lambda: status().state == "stalled", 15, "the camera to show as stalled")

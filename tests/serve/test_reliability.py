@@ -61,6 +61,8 @@ def test_concurrent_http_producers_no_duplicates_none_lost(tmp_path):
         assert [r["pending"] for r in results] == [0, 0, 0, 0]
     finally:
         service.stop()
+    # stopped, it closed its store: the write-ahead log is folded into the database file, none left beside it
+    assert not (service.data_dir / "streetwatch.db-wal").exists()
     cases, store = all_cases(f"sqlite:///{service.data_dir / 'streetwatch.db'}", service.data_dir)
     try:
         filed = sorted(k for c in cases for k in store.occurrence_keys(c.id))
