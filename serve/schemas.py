@@ -275,9 +275,14 @@ class OutboxEventOut(Model):
 
 
 class OutboxRetryIn(Model):
-    """Which failed events to try again."""
+    """Which failed (and, asked, pending) events to try again now."""
 
     ids: list[int] | None = Field(None, description="Event numbers; none: every failed event")
+    pending: bool = Field(
+        False,
+        description="Also send pending events now instead of at their next backoff time (a receiver that was "
+        "down is back); their attempts are kept",
+    )
 
 
 class OutboxRetried(Model):

@@ -654,19 +654,27 @@ class CaseStore:
                 query = query.where(OutboxEvent.status == status)
             return [OutboxEventOut.model_validate(e, from_attributes=True) for e in s.scalars(query)]
 
-    def retry_failed_events(self, actor: Actor, ids: Collection[int] | None = None) -> list[int]:
+    def retry_failed_events(self, actor: Actor, ids: Collection[int] | None = None, pending: bool = False) -> list[int]:
         """Put failed events back in the queue with a fresh budget of attempts (after the receiver is
-        fixed); noted in each case's history. Pending and delivered events are left alone."""
+        fixed); noted in each case's history. With ``pending``, events still waiting out their backoff are
+        made due now as well (their attempts kept; one being sent is left to its attempt). Delivered events
+        are left alone."""
 
         def work(s: Session) -> list[int]:
-            query = select(OutboxEvent).where(OutboxEvent.status == "failed").with_for_update()
+            now, retried = utcnow(), []
+            statuses = ("failed", "pending") if pending else ("failed",)
+            query = select(OutboxEvent).where(OutboxEvent.status.in_(statuses)).with_for_update()
             if ids is not None:
                 query = query.where(OutboxEvent.id.in_(list(ids)))
-            now, retried = utcnow(), []
             for event in s.scalars(query):
-                s.add(_outbox_history(event, str(actor), "push retried", now, last_error=event.last_error))
-                event.status, event.attempts, event.next_attempt_at = "pending", 0, now
-                event.locked_until = event.lease_token = None
+                if event.status == "failed":
+                    s.add(_outbox_history(event, str(actor), "push retried", now, last_error=event.last_error))
+                    event.status, event.attempts, event.next_attempt_at = "pending", 0, now
+                    event.locked_until = event.lease_token = None
+                elif event.next_attempt_at > now and (event.locked_until is None or event.locked_until < now):
+                    event.next_attempt_at = now
+                else:
+                    continue  # due already, or in flight
                 retried.append(event.id)
             return sorted(retried)
 

@@ -26,9 +26,11 @@ def list_events(
     return request.app.state.store.outbox_events(status, limit)
 
 
-@router.post("/retry", response_model=OutboxRetried, responses=ERRORS, summary="Try failed webhook events again")
+@router.post(
+    "/retry", response_model=OutboxRetried, responses=ERRORS, summary="Try failed (or pending) webhook events now"
+)
 def retry_events(body: OutboxRetryIn, request: Request, actor: Admin) -> OutboxRetried:
-    retried = request.app.state.store.retry_failed_events(actor, body.ids)
+    retried = request.app.state.store.retry_failed_events(actor, body.ids, pending=body.pending)
     dispatcher = request.app.state.dispatcher
     if retried and dispatcher is not None:
         dispatcher.wake()

@@ -377,3 +377,30 @@ def test_a_receiver_dripping_its_answer_does_not_hold_delivery(tmp_path, violati
         store.dispose()
         server.shutdown()
         server.server_close()
+
+
+def test_an_admin_sends_events_waiting_out_their_backoff_now(tmp_path, violation):
+    """A receiver down for an hour is back: events due only in a quarter of an hour go now, on request."""
+    from fastapi.testclient import TestClient
+
+    from serve.app import create_app
+    from serve.config import ServiceConfig
+
+    config = ServiceConfig(
+        data_dir=tmp_path / "svc",
+        load_detector=False,
+        webhook=webhook("http://127.0.0.1:9/x", backoff_s=900, max_backoff_s=900),
+    )
+    app = create_app(config)
+    store = app.state.store
+    admin = {"Authorization": f"Bearer {store.create_key('admin', 'ops')[0]}"}
+    store.review(store.ingest(violation()).case_id, "confirm", ALICE)
+    event = store.claim_due_event()
+    assert store.event_failed(event.id, event.lease_token, "ConnectError: refused")  # next try in 15 minutes
+    assert store.claim_due_event() is None
+    with TestClient(app) as client:
+        app.state.dispatcher.stop()  # (the test takes the events itself)
+        assert client.post("/v1/outbox/retry", json={}, headers=admin).json() == {"retried": []}  # failed only
+        assert client.post("/v1/outbox/retry", json={"pending": True}, headers=admin).json() == {"retried": [event.id]}
+    again = store.claim_due_event()
+    assert again.id == event.id and again.attempts == 1  # due now; its attempts kept
