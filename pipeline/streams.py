@@ -117,7 +117,8 @@ class CameraWorker:
             zone_name = event.zone.name if event.zone and event.zone.config is not WHOLE_FRAME else "whole frame"
             label = f"{obj.violation} {obj.class_name} {obj.score:.2f}"
             caption = [
-                f"{obj.violation}: {obj.class_name} {obj.score:.2f} | camera {self.camera.label} [{self.camera.id}]"
+                f"{obj.violation}: {obj.class_name} {_score(obj.best_score)} (this frame {obj.score:.2f})"
+                f" | camera {self.camera.label} [{self.camera.id}]"
                 f" | zone {zone_name}",
                 f"{self._time(frame.ts):%Y-%m-%d %H:%M:%S %z} | first seen {self._time(obj.first_seen):%H:%M:%S}"
                 f" ({frame.ts - obj.first_seen:.0f} s) | model {model_version}",
@@ -141,7 +142,7 @@ class CameraWorker:
             first_seen=self._time(obj.first_seen),
             last_seen=self._time(obj.last_seen),
             detector_class=obj.class_name,
-            score=round(min(max(obj.best_score, 0.0), 1.0), 4),
+            score=float(_score(obj.best_score)),
             box=box,
             frame_size=size,
             model_version=version,
@@ -357,3 +358,8 @@ class StreamProcessor:
                     listener(violation)
                 except Exception:
                     log.exception("violation listener failed")
+
+
+def _score(value: float) -> str:
+    """A violation's score as it is filed and captioned: its best detection score, clipped to 0..1."""
+    return f"{min(max(value, 0.0), 1.0):.4f}"

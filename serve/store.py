@@ -832,10 +832,16 @@ class CaseStore:
         return {status: int(found.get(status, 0)) for status in lifecycle.STATUSES}
 
     def sources(self) -> list[tuple[str, str]]:
-        """(source id, name) of every camera or photo source with cases, for filters."""
+        """(source id, label) of every camera or photo source with cases, for filters: its name, with its id
+        where two sources share a name (two cameras named after one street)."""
         with self.reading() as s:
             rows = s.execute(select(Case.source_id, func.max(Case.source_name)).group_by(Case.source_id)).all()
-        return sorted(((sid, name or sid) for sid, name in rows), key=lambda r: r[1])
+        names = [name or sid for sid, name in rows]
+        labels = [
+            (sid, name if names.count(name) == 1 else f"{name} [{sid}]")
+            for (sid, _), name in zip(rows, names, strict=True)
+        ]
+        return sorted(labels, key=lambda r: r[1])
 
     def _case_out(self, s: Session, case: Case, now: datetime) -> CaseOut:
         evidence = sorted(case.evidence, key=lambda e: (-e.score, e.kind != "frame", e.id))

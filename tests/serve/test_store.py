@@ -462,3 +462,14 @@ def test_sightings_of_one_key_with_and_without_a_position_count_every_update(pg_
         assert out[0].outcome == "updated"
     finally:
         store.dispose()
+
+
+def test_sources_sharing_a_name_are_told_apart_by_their_id(store, violation):
+    store.ingest(violation(source_id="cam-a", source_name="人民路 Renmin Rd"))
+    store.ingest(violation(source_id="cam-b", source_name="人民路 Renmin Rd"))
+    store.ingest(violation(source_id="cam-c", source_name="东门 East gate"))
+    assert store.sources() == [
+        ("cam-c", "东门 East gate"),
+        ("cam-a", "人民路 Renmin Rd [cam-a]"),
+        ("cam-b", "人民路 Renmin Rd [cam-b]"),
+    ]
