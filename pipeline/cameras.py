@@ -364,7 +364,7 @@ def parse_cameras(text: str, source: str = "<cameras>", base_dir: Path | None = 
         raise CameraConfigError(source, [f"{source}:{line} invalid YAML: {problem}"]) from None
     if root is None or not isinstance(data, dict):
         raise CameraConfigError(source, [f"{source}:1: expected a mapping with a 'cameras' list"])
-    problems = _duplicate_keys(root, source)
+    problems = _duplicate_keys(root, source) + _repeated_ids(root, data, source)
     if problems:
         raise CameraConfigError(source, problems)
     try:
@@ -385,6 +385,23 @@ def parse_cameras(text: str, source: str = "<cameras>", base_dir: Path | None = 
     if problems:
         raise CameraConfigError(source, problems)
     return config
+
+
+def _repeated_ids(root: yaml.Node, data: dict, source: str) -> list[str]:
+    """A camera id used again, at the line of the repeat (the model's own check can only name the list)."""
+    cameras = data.get("cameras")
+    seen: dict[str, int] = {}
+    problems = []
+    for index, cam in enumerate(cameras if isinstance(cameras, list) else []):
+        cam_id = cam.get("id") if isinstance(cam, dict) else None
+        if not isinstance(cam_id, str):
+            continue
+        if cam_id in seen:
+            line, _ = _locate(root, ("cameras", index, "id"))
+            first, _ = _locate(root, ("cameras", seen[cam_id], "id"))
+            problems.append(f"{source}:{line}: camera id {cam_id!r} is used twice (first at line {first})")
+        seen.setdefault(cam_id, index)
+    return problems
 
 
 def _duplicate_keys(node: yaml.Node, source: str) -> list[str]:

@@ -113,7 +113,7 @@ def test_the_demo_config_is_valid_and_attributes_the_video():
             ("timezone: Asia/Shanghai", "timezone: Mars/Olympus"),
             "cams.yaml:1: timezone: unknown time zone 'Mars/Olympus'",
         ),
-        (("id: lobby", "id: gate-2"), "cams.yaml:2: cameras: camera id 'gate-2' is used twice"),
+        (("id: lobby", "id: gate-2"), "cams.yaml:16: camera id 'gate-2' is used twice (first at line 3)"),
         (  # a camera named "off" (or no, yes, on): YAML 1.1 reads the bare word as a boolean
             ("id: lobby", "id: off"),
             "cams.yaml:16: camera #2: id: YAML read False as true/false (YAML reads unquoted yes, no, on, off so)",
