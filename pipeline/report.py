@@ -13,7 +13,7 @@ import base64
 import csv
 import io
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -248,7 +248,7 @@ def render_html(audit: Audit, data: AuditData) -> str:
     card = audit.detector.ref.card
     context = {
         "title": "巡查照片审核报告 · Patrol photo audit",
-        "generated": datetime.now(timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "generated": datetime.now(audit.tz).strftime("%Y-%m-%d %H:%M %Z"),  # the zone photo times are shown in
         "out": str(audit.out),
         "model": audit.detector.version,
         "card": card,

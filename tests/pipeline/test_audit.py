@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -265,6 +266,7 @@ def test_html_report_is_self_contained_and_counts_right(audited):
     for kind in VIOLATIONS.values():
         assert kind.zh in html and kind.name in html  # Chinese and English names in the summary
     assert "<svg" in html and "<script src" not in html
+    assert re.search(r"Generated \d{4}-\d\d-\d\d \d\d:\d\d CST", html)  # in the zone photo times are shown in
 
 
 def test_filed_cases_are_complete_and_rerun_files_nothing_twice(audited, photo_folder, sample_photos):
