@@ -212,9 +212,7 @@ class BackoffConfig(BaseModel):
         return self
 
     def delay(self, failures: int) -> float:
-        """Seconds to wait after ``failures`` failures in a row: ``initial_s`` doubling, jittered by ±10 % so
-        that cameras behind one failed switch do not retry in step, never more than ``max_s`` (also after
-        days of failures: the doubling stops where it would pass max_s)."""
+        """Seconds to wait after ``failures`` failures in a row (see :func:`pipeline.retry.backoff_delay`)."""
         return backoff_delay(self.initial_s, self.max_s, failures)
 
 

@@ -184,9 +184,8 @@ def target_label(target: str) -> str:
     query = parse_qsl(parts.query, keep_blank_values=True)
     if not parts.password and not query:
         return target  # as given (urlunsplit would turn sqlite:///x into sqlite:/x)
-    if parts.password:
-        host = parts.hostname or ""
-        parts = parts._replace(netloc=f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else ""))
+    if parts.password:  # the host and port as written (a port that is no number is shown, not raised on)
+        parts = parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}")
     query = [(k, "***" if k == "key" else v) for k, v in query if k not in ("spool", "wait")]
     return urlunsplit(parts._replace(query=urlencode(query, safe="*/")))
 

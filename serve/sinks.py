@@ -76,7 +76,7 @@ def service_url(parts: SplitResult) -> str:
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"{parts.scheme}://{parts.netloc}: not a valid port") from None
+        raise ValueError(f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}: not a valid port") from None
     if ":" in host:  # an IPv6 literal
         host = f"[{host}]"
     netloc = host if port in (None, {"http": 80, "https": 443}[scheme]) else f"{host}:{port}"
@@ -278,7 +278,8 @@ def open_case_sink(target: str) -> ViolationSink:
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         key = query.pop("key", None) or os.environ.get("STREETWATCH_API_KEY")
         if not key:
-            raise ValueError(f"{parts.scheme}://{parts.netloc}: no API key; add ?key=KEY or set STREETWATCH_API_KEY")
+            where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"  # never a password from the URL
+            raise ValueError(f"{where}: no API key; add ?key=KEY or set STREETWATCH_API_KEY")
         base = service_url(parts)
         try:
             wait = float(query.get("wait", 60))

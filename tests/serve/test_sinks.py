@@ -195,3 +195,16 @@ def test_a_sink_that_cannot_open_is_named_without_its_key(tmp_path, capsys):
         err = capsys.readouterr().err
         assert exited.value.code == 2 and "holds violations for http://127.0.0.1:9" in err, argv
         assert "sw_ing_secret" not in err and "key=***" in err, argv
+
+
+def test_a_service_url_with_a_password_and_a_bad_port_is_one_line_naming_neither_secret(tmp_path, capsys):
+    from pipeline.cli import main
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(jpeg(1))
+    target = "http://u:secretpw@127.0.0.1:99999?key=sw_ing_secret"
+    with pytest.raises(SystemExit) as exited:
+        main(["audit", str(tmp_path / "photos"), "--out", str(tmp_path / "out"), "--file-cases", target])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1 and "not a valid port" in err
+    assert "secretpw" not in err and "sw_ing_secret" not in err
