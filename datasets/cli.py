@@ -178,7 +178,8 @@ def cmd_export_reviews(args: argparse.Namespace) -> int:
     if len(result.skipped) > 10:
         print(f"  ... {len(result.skipped) - 10} more in {result.out / 'export.json'}")
     for w in result.withdrawn:
-        print(f"  withdrawn: case {w['case_id']}'s picture {w['sha256'][:12]} from earlier exports: {w['reason']}")
+        cases = ", ".join(str(c) for c in w["case_ids"])
+        print(f"  withdrawn from {w['export']}: picture {w['sha256'][:12]} (cases {cases}): {w['reason']}")
     out = result.out
     if not c["images"] and not c["withdrawn"]:  # the window is recorded all the same: the next export continues
         print(f"nothing to retrain on in this window; the next export continues with --after {out}")

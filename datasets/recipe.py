@@ -448,11 +448,11 @@ def superseded_exports(samples: list[Sample], loaded: list[SourceData]) -> dict[
 
     exports = {d.spec.name: d for d in loaded if d.root and (d.root.parent / EXPORT_FILE).is_file()}
     rank = {name: k for k, name in enumerate(exports)}
-    withdrawn: dict[str, tuple[int, str, int]] = {}  # frame sha256 -> (rank, export, case) of its latest withdrawal
+    withdrawn: dict[str, tuple[int, str, list[int]]] = {}  # frame sha256 -> (rank, export, cases): latest withdrawal
     for name, d in exports.items():
         for w in load_export(d.root.parent).get("withdrawn", []):
             if w["sha256"] not in withdrawn or rank[name] >= withdrawn[w["sha256"]][0]:
-                withdrawn[w["sha256"]] = (rank[name], name, w["case_id"])
+                withdrawn[w["sha256"]] = (rank[name], name, w.get("case_ids", []))
     latest: dict[str, Sample] = {}
     for s in samples:
         if s.source in rank and (s.sha256 not in latest or rank[s.source] >= rank[latest[s.sha256].source]):
@@ -464,8 +464,9 @@ def superseded_exports(samples: list[Sample], loaded: list[SourceData]) -> dict[
         if latest[s.sha256] is not s:
             out[i] = (s, f"superseded by {latest[s.sha256].key}: the same frame in a later review export")
         elif s.sha256 in withdrawn and withdrawn[s.sha256][0] > rank[s.source]:
-            _, name, case_id = withdrawn[s.sha256]
-            out[i] = (s, f"withdrawn by {name}: case {case_id} was reopened after this export, not reviewed again")
+            _, name, case_ids = withdrawn[s.sha256]
+            cases = ", ".join(f"case {c}" for c in case_ids)
+            out[i] = (s, f"withdrawn by {name}: a verdict on it changed since ({cases}); not exported again yet")
     return out
 
 

@@ -179,14 +179,22 @@ def export_reviews(
     reviewed_statuses = (*CONFIRMED_STATUSES, "dismissed")
 
     try:
-        base_name = load_recipe(base_recipe).name
+        base = load_recipe(base_recipe)
     except (FileNotFoundError, ValueError) as exc:
         raise ExportError(f"--base-recipe: {exc}") from None
+    base_name = base.name
     prepare_export_folder(out)
     until = until or datetime.now(timezone.utc)  # the window's end is recorded: the next export starts there
     reviewed = store.reviewed_cases(since, until)
     result = ExportResult(out, [], cases=len(reviewed))
+    # pictures earlier exports of the chain hold with a case whose verdict changed in this window (reviewed
+    # again, or a dismissal reopened): exported again with the verdicts as they stand, or withdrawn
+    changed = {rc.case.id for rc in reviewed} | store.reopened_dismissals(since, until)
+    held = {sha: (name, ids, origin) for sha, name, ids, origin in _earlier_pictures(base) if ids & changed}
     frames: dict[str, set[int]] = {}  # clean frame -> the window's cases that chose it
+    for sha, (_, ids, origin) in held.items():
+        if origin == "clean":  # (an old case's crop comes back on the crops path, if dismissed again)
+            frames.setdefault(sha, set()).update(ids & {rc.case.id for rc in reviewed})
     crops: list[ReviewedCase] = []
     for rc in reviewed:
         clean = _best_evidence(rc, "clean")
@@ -225,7 +233,9 @@ def export_reviews(
             )
             for cid in sorted(chosen):
                 result.skipped.append({"case_id": cid, "verdict": known[cid].verdict, "reason": why})
-            continue
+            continue  # (an earlier export's copy of it is withdrawn below)
+        if sha not in users:
+            continue  # an earlier export's frame the store no longer holds: withdrawn below
         shown = [(known[cid], next(e for e in known[cid].case.evidence if e.sha256 == sha)) for cid, _ in users[sha]]
         labels = [_label(rc, evidence) for rc, evidence in shown]
         item = _write_item(store, out, sha, "clean", labels, tuple(shown[0][1].frame_size))
@@ -248,13 +258,13 @@ def export_reviews(
     exported = {i.sha256 for i in result.items}
     result.withdrawn = [
         {
-            "case_id": cid,
             "sha256": sha,
-            "reason": "its dismissal was withdrawn (reopened): an earlier export's "
-            "negative no longer stands until the case is reviewed again",
+            "export": name,
+            "case_ids": sorted(ids & changed),
+            "reason": "a verdict on it changed in this window (reviewed again, or a dismissal reopened) and it "
+            "could not be exported again yet: the earlier copy no longer stands",
         }
-        for cid, shas in store.withdrawn_dismissals(since, until).items()
-        for sha in shas
+        for sha, (name, ids, _) in sorted(held.items())
         if sha not in exported
     ]
     name = source_name or f"field-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
@@ -266,6 +276,20 @@ def export_reviews(
     _write_recipe(result, base_recipe, base_name, name)
     export_sheet(result.items, out, out / SHEET_FILE)
     return result
+
+
+def _earlier_pictures(recipe: Any) -> list[tuple[str, str, set[int], str]]:
+    """Every picture the review exports among a recipe's sources hold: (sha256, export source, case ids,
+    origin: clean frame or crop)."""
+    out = []
+    for spec in recipe.sources:
+        folder = Path(spec.path).parent if spec.path else None
+        if folder is None or not (folder / EXPORT_FILE).is_file():
+            continue
+        for item in load_export(folder).get("items", []):
+            labels = {lb["case_id"] for lb in item.get("labels", [])}
+            out.append((item["sha256"], spec.name, labels, item.get("origin", "clean")))
+    return out
 
 
 def _write_item(

@@ -783,29 +783,16 @@ class CaseStore:
                 for c in rows
             ]
 
-    def withdrawn_dismissals(self, since: datetime | None, until: datetime) -> dict[int, list[str]]:
-        """Cases whose dismissal was withdrawn (reopened) in [since, until) and not reviewed again before
-        ``until``: case id -> the sha256 of the pictures an export takes for it (its clean frames, or its
-        crops when it has none): an earlier export's negative that no longer stands."""
+    def reopened_dismissals(self, since: datetime | None, until: datetime) -> set[int]:
+        """Cases whose dismissal was withdrawn (reopened) in [since, until): a training export's negative
+        from them no longer stands."""
         with self.reading() as s:
             query = select(History.case_id).where(
                 History.action == "reopen", History.from_status == "dismissed", History.at < until
             )
             if since is not None:
                 query = query.where(History.at >= since)
-            ids = sorted(set(s.scalars(query)))
-            found: dict[int, dict[str, list[str]]] = {}
-            for part in _chunks(ids):
-                rows = s.execute(
-                    select(Case.id, Evidence.kind, Evidence.sha256)
-                    .join(Evidence, Evidence.case_id == Case.id)
-                    .where(Case.id.in_(part), Evidence.kind.in_(("clean", "crop")))
-                    .where(Case.reviewed_at.is_(None) | (Case.reviewed_at >= until))
-                    .order_by(Case.id, Evidence.id)
-                )
-                for case_id, kind, sha in rows:
-                    found.setdefault(case_id, {}).setdefault(kind, []).append(sha)
-        return {cid: kinds.get("clean") or kinds["crop"] for cid, kinds in found.items()}
+            return set(s.scalars(query))
 
     def evidence_cases(self, shas: Collection[str]) -> dict[str, list[tuple[int, str]]]:
         """For each evidence id, the cases that show it, as (case id, status): a photo's clean frame is

@@ -504,12 +504,15 @@ def test_a_dismissal_reopened_after_an_export_withdraws_its_frame_from_the_build
         source_name="field-2",
         progress=False,
     )
-    assert second.items == [] and [w["case_id"] for w in second.withdrawn] == [ids1[0]]
+    assert second.items == [] and [(w["export"], w["case_ids"]) for w in second.withdrawn] == [("field-1", [ids1[0]])]
     assert second.withdrawn[0]["sha256"] == first.items[0].sha256
     result = build(load_recipe(tmp_path / "second" / "recipe.yaml"), tmp_path, tmp_path / "dataset", sheets=False)
     assert not [p for p in (tmp_path / "dataset" / "images" / "train").iterdir() if "case-" in p.stem]
     (dropped,) = [d for d in json.loads(result.manifest.read_text())["dedup"]["dropped"] if "field" in d["image"]]
-    assert dropped["image"].startswith("field-1/") and f"case {ids1[0]} was reopened" in dropped["why"]
+    assert (
+        dropped["image"].startswith("field-1/")
+        and f"withdrawn by field-2: a verdict on it changed since (case {ids1[0]})" in dropped["why"]
+    )
     store.review(ids1[0], "confirm", BOB)  # reviewed again: the next export brings the photo back, with the box
     third = export_reviews(
         store,
@@ -523,3 +526,47 @@ def test_a_dismissal_reopened_after_an_export_withdraws_its_frame_from_the_build
     build(load_recipe(tmp_path / "third" / "recipe.yaml"), tmp_path, tmp_path / "dataset3", sheets=False)
     (stem,) = [p.stem for p in (tmp_path / "dataset3" / "images" / "train").iterdir() if "case-" in p.stem]
     assert stem.startswith("field-3__")
+
+
+def test_a_frame_whose_verdict_changed_but_must_wait_is_withdrawn_then_comes_back(
+    filed, garbage_like: Path, tmp_path: Path
+):
+    """A dismissal reopened and confirmed, while another case on the frame is relabelled only after the
+    window: the frame waits for the next export, and meanwhile the earlier copy (which teaches the now
+    confirmed object as background) must not train."""
+    store = filed["store"]
+    (_, ids1), _ = filed["photos"]
+    a, rest = ids1[0], ids1[1:]
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        yaml.safe_dump({"name": "base", "sources": [{"name": "g", "path": str(garbage_like), "mapping": "garbage"}]})
+    )
+    store.review(a, "dismiss", ALICE)
+    for cid in rest:
+        store.review(cid, "confirm", ALICE)
+    export_reviews(store, tmp_path / "e1", base_recipe=str(base), source_name="field-1", progress=False)
+    store.reopen(a, BOB, "it is litter")
+    store.review(a, "confirm", BOB)
+    until = datetime.now(timezone.utc)
+    store.review(rest[0], "relabel", BOB, type="illegal_parking", detector_class="car")  # after the window
+    e2 = export_reviews(
+        store,
+        tmp_path / "e2",
+        since=export_window_end(tmp_path / "e1"),
+        until=until,
+        base_recipe=str(tmp_path / "e1" / "recipe.yaml"),
+        source_name="field-2",
+        progress=False,
+    )
+    assert e2.items == [] and [(w["export"], w["case_ids"]) for w in e2.withdrawn] == [("field-1", [a])]
+    e3 = export_reviews(
+        store,
+        tmp_path / "e3",
+        since=export_window_end(tmp_path / "e2"),
+        base_recipe=str(tmp_path / "e2" / "recipe.yaml"),
+        source_name="field-3",
+        progress=False,
+    )
+    assert e3.withdrawn == [] and len(e3.items) == 1  # reviewed as a whole now: back, with both changes
+    classes, _ = read_export_labels(tmp_path / "e3", e3.items[0].stem)
+    assert sorted(classes.tolist()) == sorted([CLASS_IDS["litter"]] * (len(ids1) - 1) + [CLASS_IDS["car"]])
