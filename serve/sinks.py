@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import itertools
 import logging
@@ -20,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 from urllib.parse import SplitResult, parse_qs, urlsplit, urlunsplit
 
 import httpx
@@ -40,8 +41,9 @@ INGEST_PATH = "/v1/cases/ingest"
 PERMANENT = {400, 413, 415, 422}
 
 
-#: The file in a spool folder naming the service its violations are for.
+#: The file in a spool folder naming the service its violations are for, and the lock its open sinks hold.
 SPOOL_OWNER = "service.url"
+SPOOL_LOCK = "service.lock"
 
 
 def default_spool_dir(base_url: str) -> Path:
@@ -50,23 +52,47 @@ def default_spool_dir(base_url: str) -> Path:
     return root / hashlib.sha256(base_url.encode()).hexdigest()[:16]
 
 
-def claim_spool(spool: Path, base_url: str) -> None:
-    """Make ``spool`` the spool of the service at ``base_url``. A spool still holding violations for another
-    service is refused (ValueError): the next sink on a spool sends whatever it finds there, so sharing one
-    would file cases into the wrong service."""
-    owner_file = spool / SPOOL_OWNER
+def claim_spool(spool: Path, base_url: str) -> IO[str]:
+    """Make ``spool`` the spool of the service at ``base_url``, for as long as the returned lock file stays
+    open (the sink holds a shared ``flock`` on it; sinks for the same service share it). The next sink on a
+    spool sends whatever it finds there, so a spool is refused (ValueError) to another service while it holds
+    violations or while a sink for its service has it open."""
+    lock = open(spool / SPOOL_LOCK, "a+")  # noqa: SIM115 (held for the sink's life, closed by it)
     try:
-        owner = owner_file.read_text().strip()
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except BlockingIOError:  # other sinks have it open: join them, if it is for the same service
+            fcntl.flock(lock.fileno(), fcntl.LOCK_SH)
+            alone = False
+        owner = _spool_owner(spool)
+        if owner != base_url:
+            if not alone:
+                raise ValueError(
+                    f"spool={spool} is in use by a worker or audit sending to {owner}, not {base_url}: give this "
+                    "service a spool of its own"
+                )
+            if owner and any(spool.glob("*.json")):
+                raise ValueError(
+                    f"spool={spool} holds violations for {owner}, not {base_url}: send them there first (a worker "
+                    f"or audit with the sink {owner}?spool={spool}), or give this service a spool of its own"
+                )
+            atomic_write(spool / SPOOL_OWNER, base_url + "\n")
+        if alone:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_SH)  # (not atomic: someone may claim it in between)
+            if _spool_owner(spool) != base_url:
+                raise ValueError(f"spool={spool} was just taken by a sink for {_spool_owner(spool)}; try again")
+        return lock
+    except BaseException:
+        lock.close()
+        raise
+
+
+def _spool_owner(spool: Path) -> str | None:
+    try:
+        return (spool / SPOOL_OWNER).read_text().strip() or None
     except FileNotFoundError:
-        owner = None
-    if owner == base_url:
-        return
-    if owner and any(spool.glob("*.json")):
-        raise ValueError(
-            f"spool={spool} holds violations for {owner}, not {base_url}: send them there first (a worker or audit "
-            f"with the sink {owner}?spool={spool}), or give this service a spool of its own"
-        )
-    atomic_write(owner_file, base_url + "\n")
+        return None
 
 
 def service_url(parts: SplitResult) -> str:
@@ -102,7 +128,7 @@ class HttpSink:
         self.spool = Path(spool_dir) if spool_dir else default_spool_dir(base_url.rstrip("/"))
         self.rejected = self.spool / "rejected"
         self.spool.mkdir(parents=True, exist_ok=True)
-        claim_spool(self.spool, base_url.rstrip("/"))
+        self._spool_lock = claim_spool(self.spool, base_url.rstrip("/"))
         self.backoff_s, self.max_backoff_s, self.close_timeout_s = backoff_s, max_backoff_s, close_timeout_s
         self._client = httpx.Client(timeout=timeout_s, headers={"Authorization": f"Bearer {api_key}"})
         self._wake = threading.Event()
@@ -168,6 +194,7 @@ class HttpSink:
         self._wake.set()
         self._thread.join(10)
         self._client.close()
+        self._spool_lock.close()  # the spool may change hands once no sink has it open
 
     # ---- sender thread
     def _run(self) -> None:

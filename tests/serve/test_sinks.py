@@ -96,7 +96,7 @@ def test_http_sink_spools_while_the_service_is_down_then_delivers(tmp_path, monk
         assert total == 4
         first = next(c for c in cases if store.occurrence_keys(c.id) == ["down-0"])
         assert len(first.evidence) == 2  # the update's evidence joined the same case
-        assert sorted(os.listdir(spool)) == ["rejected", "service.url"]
+        assert sorted(os.listdir(spool)) == ["rejected", "service.lock", "service.url"]
     finally:
         store.dispose()
 
@@ -208,3 +208,21 @@ def test_a_service_url_with_a_password_and_a_bad_port_is_one_line_naming_neither
     err = capsys.readouterr().err
     assert exited.value.code == 2 and err.count("\n") == 1 and "not a valid port" in err
     assert "secretpw" not in err and "sw_ing_secret" not in err
+
+
+def test_a_spool_open_for_one_service_cannot_be_taken_by_another_until_it_closes(tmp_path, monkeypatch):
+    """Two workers started with one spool= for two services: what the first spools must not be sent by the
+    second to its service (the spool was empty when the second opened)."""
+    monkeypatch.setenv("STREETWATCH_API_KEY", "sw_ing_x")
+    spool = tmp_path / "spool"
+    first = open_case_sink(f"http://127.0.0.1:9?spool={spool}&wait=0")
+    try:
+        with pytest.raises(ValueError, match=r"in use by a worker or audit sending to http://127.0.0.1:9, not"):
+            open_case_sink(f"http://127.0.0.1:10?spool={spool}&wait=0")
+        same = open_case_sink(f"http://127.0.0.1:9/?spool={spool}&wait=0")  # another worker of that service: fine
+        same.close()
+    finally:
+        first.close()
+    other = open_case_sink(f"http://127.0.0.1:10?spool={spool}&wait=0")  # closed and empty: it may change hands
+    other.close()
+    assert (spool / "service.url").read_text() == "http://127.0.0.1:10\n"
