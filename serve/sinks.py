@@ -88,6 +88,22 @@ def claim_spool(spool: Path, base_url: str) -> IO[str]:
         raise
 
 
+def adopt_spool(old: Path, sink: HttpSink) -> int:
+    """Move the violations an earlier default spool of the same service holds into ``sink``'s spool (for
+    them to be sent), unless that folder is the sink's own or belongs to another service; how many moved."""
+    if old == sink.spool or not old.is_dir() or _spool_owner(old) not in (None, sink.url[: -len(INGEST_PATH)]):
+        return 0
+    moved = 0
+    for path in sorted(old.glob("*.json")):
+        with contextlib.suppress(FileNotFoundError):  # another sink took it meanwhile
+            os.replace(path, sink.spool / path.name)
+            moved += 1
+    if moved:
+        log.info("%d spooled violation(s) moved from %s to %s", moved, old, sink.spool)
+        sink._wake.set()
+    return moved
+
+
 def _spool_owner(spool: Path) -> str | None:
     try:
         return (spool / SPOOL_OWNER).read_text().strip() or None
@@ -314,7 +330,11 @@ def open_case_sink(target: str) -> ViolationSink:
             wait = -1.0
         if not 0 <= wait <= 86400:
             raise ValueError(f"wait={query['wait']}: seconds to wait for the service at the end, 0-86400")
-        return HttpSink(base, key, spool_dir=query.get("spool"), close_timeout_s=wait)
+        sink = HttpSink(base, key, spool_dir=query.get("spool"), close_timeout_s=wait)
+        if not query.get("spool"):  # a release before URLs were normalised kept this spelling's spool apart
+            as_typed = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+            adopt_spool(default_spool_dir(as_typed), sink)
+        return sink
     if scheme.startswith(("sqlite", "postgres")):
         url = make_url(target)
         if url.drivername.startswith("sqlite"):

@@ -226,3 +226,24 @@ def test_a_spool_open_for_one_service_cannot_be_taken_by_another_until_it_closes
     other = open_case_sink(f"http://127.0.0.1:10?spool={spool}&wait=0")  # closed and empty: it may change hands
     other.close()
     assert (spool / "service.url").read_text() == "http://127.0.0.1:10\n"
+
+
+def test_violations_in_a_default_spool_of_an_older_release_are_taken_over(tmp_path, monkeypatch):
+    """Before service URLs were normalised, http://127.0.0.1:09 had a default spool of its own: an upgraded
+    worker for that service sends what it holds."""
+    from serve.sinks import default_spool_dir
+
+    monkeypatch.setenv("STREETWATCH_API_KEY", "sw_ing_x")
+    monkeypatch.setenv("STREETWATCH_SPOOL_DIR", str(tmp_path / "spools"))
+    stuck = open_case_sink(f"http://127.0.0.1:9?spool={tmp_path / 'made'}&wait=0")
+    stuck.emit(make_violation(key="left-by-an-older-worker"))
+    stuck.close()
+    legacy = default_spool_dir("http://127.0.0.1:09")  # as the older release named it
+    legacy.mkdir(parents=True)
+    for path in (tmp_path / "made").glob("*.json"):
+        path.rename(legacy / path.name)
+    sink = open_case_sink("http://127.0.0.1:09?wait=0")
+    try:
+        assert sink.spool != legacy and sink.pending() == 1 and not list(legacy.glob("*.json"))
+    finally:
+        sink.close()
