@@ -183,8 +183,10 @@ def export_reviews(
     except (FileNotFoundError, ValueError) as exc:
         raise ExportError(f"--base-recipe: {exc}") from None
     base_name = base.name
-    prepare_export_folder(out)
     until = until or datetime.now(timezone.utc)  # the window's end is recorded: the next export starts there
+    if since is not None and until <= since:
+        raise ExportError(f"--until {until.isoformat()} is not after the window's start {since.isoformat()}")
+    prepare_export_folder(out)
     reviewed = store.reviewed_cases(since, until)
     result = ExportResult(out, [], cases=len(reviewed))
     # pictures earlier exports of the chain hold with a case whose verdict changed in this window (reviewed

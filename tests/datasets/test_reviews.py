@@ -570,3 +570,9 @@ def test_a_frame_whose_verdict_changed_but_must_wait_is_withdrawn_then_comes_bac
     assert e3.withdrawn == [] and len(e3.items) == 1  # reviewed as a whole now: back, with both changes
     classes, _ = read_export_labels(tmp_path / "e3", e3.items[0].stem)
     assert sorted(classes.tolist()) == sorted([CLASS_IDS["litter"]] * (len(ids1) - 1) + [CLASS_IDS["car"]])
+
+
+def test_a_window_that_ends_before_it_starts_is_refused(filed, tmp_path: Path):
+    with pytest.raises(ExportError, match="is not after the window's start"):
+        export_reviews(filed["store"], tmp_path / "x", since=T0, until=T0 - timedelta(days=1), progress=False)
+    assert not (tmp_path / "x").exists()
