@@ -183,9 +183,9 @@ def export_reviews(
     except (FileNotFoundError, ValueError) as exc:
         raise ExportError(f"--base-recipe: {exc}") from None
     base_name = base.name
-    until = until or datetime.now(timezone.utc)  # the window's end is recorded: the next export starts there
-    if since is not None and until <= since:
+    if since is not None and until is not None and until <= since:  # (a --since ahead of now alone: empty)
         raise ExportError(f"--until {until.isoformat()} is not after the window's start {since.isoformat()}")
+    until = until or datetime.now(timezone.utc)  # the window's end is recorded: the next export starts there
     prepare_export_folder(out)
     reviewed = store.reviewed_cases(since, until)
     result = ExportResult(out, [], cases=len(reviewed))
