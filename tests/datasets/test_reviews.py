@@ -222,6 +222,23 @@ def test_export_applies_corrections_keeps_hard_negatives_and_case_ids(filed, tmp
     assert not (tmp_path / "other").exists()
 
 
+@pytest.fixture
+def base_recipe(garbage_like: Path, tmp_path: Path) -> Path:
+    """A small recipe to extend an export with: a garbage-like source, no scene dedup, no teacher."""
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        yaml.safe_dump(
+            {
+                "name": "base",
+                "sources": [{"name": "garbage", "path": str(garbage_like), "mapping": "garbage"}],
+                "dedup": {"scene": False},
+                "pseudo": {"enabled": False},
+            }
+        )
+    )
+    return base
+
+
 def test_a_frame_waits_for_every_case_on_it_and_since_selects_by_review_time(filed, tmp_path: Path):
     store = filed["store"]
     (_, ids1), _ = filed["photos"]
@@ -346,24 +363,15 @@ def test_after_an_export_the_next_one_takes_exactly_the_reviews_made_since(filed
 
 
 def test_a_frame_reviewed_again_after_an_export_is_built_from_the_later_export_only(
-    filed, garbage_like: Path, tmp_path: Path
+    filed, base_recipe: Path, tmp_path: Path
 ):
     store = filed["store"]
     (_, ids1), _ = filed["photos"]
-    base = tmp_path / "base.yaml"
-    base.write_text(
-        yaml.safe_dump(
-            {
-                "name": "base",
-                "sources": [{"name": "garbage", "path": str(garbage_like), "mapping": "garbage"}],
-                "dedup": {"scene": False},
-                "pseudo": {"enabled": False},
-            }
-        )
-    )
     for cid in ids1:
         store.review(cid, "confirm", ALICE)
-    first = export_reviews(store, tmp_path / "first", base_recipe=str(base), source_name="field-1", progress=False)
+    first = export_reviews(
+        store, tmp_path / "first", base_recipe=str(base_recipe), source_name="field-1", progress=False
+    )
     # the reviewer changes her mind about one case: the next export takes the photo again, with the car
     store.review(ids1[0], "relabel", ALICE, type="illegal_parking", detector_class="car")
     after = export_window_end(tmp_path / "first")
@@ -476,24 +484,15 @@ def test_a_window_takes_each_verdict_as_it_stood_when_the_window_ended(filed, tm
 
 
 def test_a_dismissal_reopened_after_an_export_withdraws_its_frame_from_the_build(
-    filed, garbage_like: Path, tmp_path: Path
+    filed, base_recipe: Path, tmp_path: Path
 ):
     store = filed["store"]
     (_, ids1), _ = filed["photos"]
-    base = tmp_path / "base.yaml"
-    base.write_text(
-        yaml.safe_dump(
-            {
-                "name": "base",
-                "sources": [{"name": "garbage", "path": str(garbage_like), "mapping": "garbage"}],
-                "dedup": {"scene": False},
-                "pseudo": {"enabled": False},
-            }
-        )
-    )
     for cid in ids1:
         store.review(cid, "dismiss", ALICE)  # the photo is a background image: nothing on it is litter
-    first = export_reviews(store, tmp_path / "first", base_recipe=str(base), source_name="field-1", progress=False)
+    first = export_reviews(
+        store, tmp_path / "first", base_recipe=str(base_recipe), source_name="field-1", progress=False
+    )
     assert len(first.items) == 1 and first.items[0].negative
     store.reopen(ids1[0], BOB, "that one is litter after all")  # not reviewed again yet
     second = export_reviews(
@@ -529,7 +528,7 @@ def test_a_dismissal_reopened_after_an_export_withdraws_its_frame_from_the_build
 
 
 def test_a_frame_whose_verdict_changed_but_must_wait_is_withdrawn_then_comes_back(
-    filed, garbage_like: Path, tmp_path: Path
+    filed, base_recipe: Path, tmp_path: Path
 ):
     """A dismissal reopened and confirmed, while another case on the frame is relabelled only after the
     window: the frame waits for the next export, and meanwhile the earlier copy (which teaches the now
@@ -537,14 +536,10 @@ def test_a_frame_whose_verdict_changed_but_must_wait_is_withdrawn_then_comes_bac
     store = filed["store"]
     (_, ids1), _ = filed["photos"]
     a, rest = ids1[0], ids1[1:]
-    base = tmp_path / "base.yaml"
-    base.write_text(
-        yaml.safe_dump({"name": "base", "sources": [{"name": "g", "path": str(garbage_like), "mapping": "garbage"}]})
-    )
     store.review(a, "dismiss", ALICE)
     for cid in rest:
         store.review(cid, "confirm", ALICE)
-    export_reviews(store, tmp_path / "e1", base_recipe=str(base), source_name="field-1", progress=False)
+    export_reviews(store, tmp_path / "e1", base_recipe=str(base_recipe), source_name="field-1", progress=False)
     store.reopen(a, BOB, "it is litter")
     store.review(a, "confirm", BOB)
     until = datetime.now(timezone.utc)

@@ -34,15 +34,19 @@ def parked_cars(seconds: float = 14, fps: int = 5, second_after: float = 8):
         yield np.clip(frame + rng.normal(0, 2, frame.shape), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.slow
-def test_stream_worker_switches_to_the_promoted_model_between_batches(
-    tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
+@pytest.fixture
+def two_models(tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The product's registry for one test: tiny (the default) and tiny-v2, the same network as another version."""
     root = tmp_path / "registry"
     shutil.copytree(tiny_registry, root)
     shutil.copytree(root / "tiny", root / "tiny-v2")
     write_card(root / "tiny-v2", load_card(root / "tiny-v2").model_copy(update={"name": "tiny-v2", "version": "t2"}))
     monkeypatch.setenv("STREETWATCH_MODELS_DIR", str(root))
+    return root
+
+
+@pytest.mark.slow
+def test_stream_worker_switches_to_the_promoted_model_between_batches(two_models: Path, tmp_path: Path):
     video = write_h264(tmp_path / "street.mp4", parked_cars(), fps=5)
     camera = CameraConfig(
         id="street",
@@ -77,14 +81,8 @@ def test_stream_worker_switches_to_the_promoted_model_between_batches(
     assert sorted(versions.values()) == ["tiny-v2@t2/fp32", "tiny@t1/fp32"]  # each case keeps its finder
 
 
-def test_a_refused_default_is_loaded_once_its_folder_is_fixed_in_place(
-    tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    root = tmp_path / "registry"
-    shutil.copytree(tiny_registry, root)
-    shutil.copytree(root / "tiny", root / "tiny-v2")
-    write_card(root / "tiny-v2", load_card(root / "tiny-v2").model_copy(update={"name": "tiny-v2", "version": "t2"}))
-    monkeypatch.setenv("STREETWATCH_MODELS_DIR", str(root))
+def test_a_refused_default_is_loaded_once_its_folder_is_fixed_in_place(two_models: Path):
+    root = two_models
     detector = Detector()
     follower = ModelFollower(detector.config, detector)
     assert not follower.check_now() and follower.last_error is None  # the registry names what runs
