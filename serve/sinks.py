@@ -91,7 +91,7 @@ def claim_spool(spool: Path, base_url: str) -> IO[str]:
 def adopt_spool(old: Path, sink: HttpSink) -> int:
     """Move the violations an earlier default spool of the same service holds into ``sink``'s spool (for
     them to be sent), unless that folder is the sink's own or belongs to another service; how many moved."""
-    if old == sink.spool or not old.is_dir() or _spool_owner(old) not in (None, sink.url[: -len(INGEST_PATH)]):
+    if old == sink.spool or not old.is_dir() or _spool_owner(old) not in (None, sink.service):
         return 0
     moved = 0
     for path in sorted(old.glob("*.json")):
@@ -113,8 +113,10 @@ def _spool_owner(spool: Path) -> str | None:
 
 def service_url(parts: SplitResult) -> str:
     """The service's base URL, written one way: scheme and host in lower case, no default port, no trailing
-    slash (one service, one default spool, however its URL was typed)."""
+    slash (one service, one default spool, however its URL was typed); credentials for a proxy in front of
+    it (``user:password@``) are kept."""
     scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    userinfo = parts.netloc.rpartition("@")[0]
     try:
         port = parts.port
     except ValueError:
@@ -122,7 +124,7 @@ def service_url(parts: SplitResult) -> str:
     if ":" in host:  # an IPv6 literal
         host = f"[{host}]"
     netloc = host if port in (None, {"http": 80, "https": 443}[scheme]) else f"{host}:{port}"
-    return urlunsplit((scheme, netloc, parts.path.rstrip("/"), "", ""))
+    return urlunsplit((scheme, f"{userinfo}@{netloc}" if userinfo else netloc, parts.path.rstrip("/"), "", ""))
 
 
 class HttpSink:
@@ -141,10 +143,12 @@ class HttpSink:
         close_timeout_s: float = 60.0,
     ):
         self.url = base_url.rstrip("/") + INGEST_PATH
-        self.spool = Path(spool_dir) if spool_dir else default_spool_dir(base_url.rstrip("/"))
+        parts = urlsplit(base_url.rstrip("/"))
+        self.service = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))  # no credentials on disk
+        self.spool = Path(spool_dir) if spool_dir else default_spool_dir(self.service)
         self.rejected = self.spool / "rejected"
         self.spool.mkdir(parents=True, exist_ok=True)
-        self._spool_lock = claim_spool(self.spool, base_url.rstrip("/"))
+        self._spool_lock = claim_spool(self.spool, self.service)
         self.backoff_s, self.max_backoff_s, self.close_timeout_s = backoff_s, max_backoff_s, close_timeout_s
         self._client = httpx.Client(timeout=timeout_s, headers={"Authorization": f"Bearer {api_key}"})
         self._wake = threading.Event()

@@ -247,3 +247,11 @@ def test_violations_in_a_default_spool_of_an_older_release_are_taken_over(tmp_pa
         assert sink.spool != legacy and sink.pending() == 1 and not list(legacy.glob("*.json"))
     finally:
         sink.close()
+
+
+def test_credentials_for_a_proxy_reach_the_service_but_never_the_spool(tmp_path, monkeypatch):
+    monkeypatch.setenv("STREETWATCH_API_KEY", "sw_ing_x")
+    sink = open_case_sink(f"http://gate:pw@127.0.0.1:9/?spool={tmp_path / 'spool'}&wait=0")
+    sink.close()
+    assert sink.url == "http://gate:pw@127.0.0.1:9/v1/cases/ingest"  # sent as basic auth, as before
+    assert (tmp_path / "spool" / "service.url").read_text() == "http://127.0.0.1:9\n"
