@@ -17,7 +17,14 @@ import yaml
 from datasets.checks import scan_samples
 from datasets.pseudo import add_pseudo_labels
 from datasets.recipe import build, load_recipe
-from datasets.reviews import ExportError, export_reviews, export_window_end, import_annotations, read_export_labels
+from datasets.reviews import (
+    ExportError,
+    ExportResult,
+    export_reviews,
+    export_window_end,
+    import_annotations,
+    read_export_labels,
+)
 from datasets.sources import load_source
 from models.classes import CLASS_IDS, CLASS_NAMES
 from pipeline.cases import EvidenceImage, Violation
@@ -220,6 +227,19 @@ def test_export_applies_corrections_keeps_hard_negatives_and_case_ids(filed, tmp
     with pytest.raises(ExportError, match="--base-recipe: product-v9: no such recipe"):
         export_reviews(store, tmp_path / "other", base_recipe="product-v9", progress=False)
     assert not (tmp_path / "other").exists()
+
+
+def export_after(store: CaseStore, previous: Path, out: Path, name: str, **kw) -> ExportResult:
+    """The next export of a chain: the window after ``previous``'s, extending its recipe."""
+    return export_reviews(
+        store,
+        out,
+        since=export_window_end(previous),
+        base_recipe=str(previous / "recipe.yaml"),
+        source_name=name,
+        progress=False,
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -495,14 +515,7 @@ def test_a_dismissal_reopened_after_an_export_withdraws_its_frame_from_the_build
     )
     assert len(first.items) == 1 and first.items[0].negative
     store.reopen(ids1[0], BOB, "that one is litter after all")  # not reviewed again yet
-    second = export_reviews(
-        store,
-        tmp_path / "second",
-        since=export_window_end(tmp_path / "first"),
-        base_recipe=str(tmp_path / "first" / "recipe.yaml"),
-        source_name="field-2",
-        progress=False,
-    )
+    second = export_after(store, tmp_path / "first", tmp_path / "second", "field-2")
     assert second.items == [] and [(w["export"], w["case_ids"]) for w in second.withdrawn] == [("field-1", [ids1[0]])]
     assert second.withdrawn[0]["sha256"] == first.items[0].sha256
     result = build(load_recipe(tmp_path / "second" / "recipe.yaml"), tmp_path, tmp_path / "dataset", sheets=False)
@@ -513,14 +526,7 @@ def test_a_dismissal_reopened_after_an_export_withdraws_its_frame_from_the_build
         and f"withdrawn by field-2: a verdict on it changed since (case {ids1[0]})" in dropped["why"]
     )
     store.review(ids1[0], "confirm", BOB)  # reviewed again: the next export brings the photo back, with the box
-    third = export_reviews(
-        store,
-        tmp_path / "third",
-        since=export_window_end(tmp_path / "second"),
-        base_recipe=str(tmp_path / "second" / "recipe.yaml"),
-        source_name="field-3",
-        progress=False,
-    )
+    third = export_after(store, tmp_path / "second", tmp_path / "third", "field-3")
     assert third.withdrawn == [] and [i.sha256 for i in third.items] == [first.items[0].sha256]
     build(load_recipe(tmp_path / "third" / "recipe.yaml"), tmp_path, tmp_path / "dataset3", sheets=False)
     (stem,) = [p.stem for p in (tmp_path / "dataset3" / "images" / "train").iterdir() if "case-" in p.stem]
@@ -544,24 +550,9 @@ def test_a_frame_whose_verdict_changed_but_must_wait_is_withdrawn_then_comes_bac
     store.review(a, "confirm", BOB)
     until = datetime.now(timezone.utc)
     store.review(rest[0], "relabel", BOB, type="illegal_parking", detector_class="car")  # after the window
-    e2 = export_reviews(
-        store,
-        tmp_path / "e2",
-        since=export_window_end(tmp_path / "e1"),
-        until=until,
-        base_recipe=str(tmp_path / "e1" / "recipe.yaml"),
-        source_name="field-2",
-        progress=False,
-    )
+    e2 = export_after(store, tmp_path / "e1", tmp_path / "e2", "field-2", until=until)
     assert e2.items == [] and [(w["export"], w["case_ids"]) for w in e2.withdrawn] == [("field-1", [a])]
-    e3 = export_reviews(
-        store,
-        tmp_path / "e3",
-        since=export_window_end(tmp_path / "e2"),
-        base_recipe=str(tmp_path / "e2" / "recipe.yaml"),
-        source_name="field-3",
-        progress=False,
-    )
+    e3 = export_after(store, tmp_path / "e2", tmp_path / "e3", "field-3")
     assert e3.withdrawn == [] and len(e3.items) == 1  # reviewed as a whole now: back, with both changes
     classes, _ = read_export_labels(tmp_path / "e3", e3.items[0].stem)
     assert sorted(classes.tolist()) == sorted([CLASS_IDS["litter"]] * (len(ids1) - 1) + [CLASS_IDS["car"]])
