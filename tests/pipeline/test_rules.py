@@ -170,6 +170,25 @@ def test_a_camera_outage_is_unseen_time_not_a_stay():
     assert opened == [40]  # inside the zone after 3 samples (inertia)
 
 
+def test_an_open_violation_outlasts_a_camera_outage_longer_than_gone_s():
+    # opened at t=10 (dwell 10 s); the camera is down from t=15 to t=200, far longer than gone_s (20 s):
+    # nobody saw the car leave, so it stays open, and the same car after the outage is the same violation
+    engine = parking_engine()
+    events = []
+    for t in [*range(0, 15), *range(200, 230)]:
+        events += [(t, e.kind, e.key) for e in engine.update(T0 + t, dets(("car", PARKED, 0.8, 1)), WH)]
+    assert [(t, kind) for t, kind, _ in events] == [(10, "open")]
+    assert len(engine.open_violations) == 1
+    # the car is gone when the camera is back: its violation ends with the first sample
+    engine = parking_engine()
+    events = []
+    for t in [*range(0, 15), *range(200, 205)]:
+        seen = dets(("car", PARKED, 0.8, 1)) if t < 15 else dets()
+        events += [(t, e.kind) for e in engine.update(T0 + t, seen, WH)]
+    assert events == [(10, "open"), (200, "ended")]
+    assert engine.open_violations == []
+
+
 def test_samples_further_apart_than_configured_are_the_cameras_pace_not_outages():
     # decode: keyframes with a keyframe every 12 s: the camera asks for a sample a second but gets one per 12 s.
     # Once three steps show that pace (until then each is an outage: the stay starts at 36), the car missed in
