@@ -10,7 +10,8 @@ Building blocks, each small and testable on hand-made cases:
   class read 0.995; the two agree within 0.005 on a class.
 - :func:`ap_per_class`: AP at each threshold, and precision/recall at the confidence that maximises the
   mean F1 over classes (ultralytics' ``ap_per_class``), for the classes that have ground truth.
-- :func:`confusion_matrix`: class-agnostic one-to-one matching at an operating confidence.
+- :func:`confusion_matrix`: class-agnostic one-to-one matching at an operating confidence. :func:`evaluate`
+  builds it, like the AP table and the error breakdown, over the classes that have ground truth in the split.
 - :func:`error_breakdown`: at that confidence, why each box of a class is missed and each detection is
   false (a group boxed as one, a box misplaced, another class, nothing there), in the spirit of TIDE.
 
@@ -521,8 +522,7 @@ def evaluate(
     level_ids = np.array([CLASS_IDS[c] for c in image_level or ()], np.int64)
     level = {"found": [], "missed": [], "alarms": [], "quiet": []}
     tps, confs, preds, targets = [], [], [], []
-    confusion = np.zeros((len(split.mapped) + 1,) * 2, np.int64)
-    errors: dict[int, dict[str, Any]] | None = None  # error_breakdown totals
+    operating: list[tuple[np.ndarray, np.ndarray, Detections]] = []  # per image: gt, its classes, dets >= conf
     unreadable = []
     mapped = np.asarray(split.mapped)
     for item in tqdm(split.images, desc="evaluate", unit="img", disable=not progress or None, file=sys.stderr):
@@ -540,8 +540,7 @@ def evaluate(
         confs.append(dets.confidence)
         preds.append(dets.class_id)
         targets.append(item.classes)
-        confusion += confusion_matrix(gt, item.classes, dets, split.mapped, conf=confusion_conf)
-        errors = error_breakdown(gt, item.classes, dets, split.mapped, conf=confusion_conf, totals=errors)
+        operating.append((gt, item.classes, dets[dets.confidence >= confusion_conf]))
         if image_level:
             shows = bool(np.isin(item.classes, level_ids).any())
             flagged = bool((np.isin(dets.class_id, level_ids) & (dets.confidence >= operating_conf)).any())
@@ -567,6 +566,7 @@ def evaluate(
         for i, c in enumerate(result.classes)
     }
     has_gt = len(result.classes) > 0
+    confusion, errors = _operating_errors(operating, result.classes.tolist(), confusion_conf)
     return EvalResult(
         model=model.name,
         data=data_name,
@@ -576,13 +576,28 @@ def evaluate(
         map50_95=round(float(result.ap50_95.mean()), 4) if has_gt else 0.0,
         per_class=per_class,
         confusion=confusion,
-        confusion_classes=[CLASS_NAMES[c] for c in split.mapped],
+        confusion_classes=[CLASS_NAMES[c] for c in result.classes],
         f1_conf=result.conf,
         confusion_conf=confusion_conf,
         unreadable=unreadable,
         image_level=_image_level_summary(level, image_level, operating_conf) if image_level else None,
-        errors={CLASS_NAMES[c]: e for c, e in errors.items() if e["n_gt"]},  # as per_class: classes with labels
+        errors={CLASS_NAMES[c]: e for c, e in errors.items()},
     )
+
+
+def _operating_errors(
+    operating: Sequence[tuple[np.ndarray, np.ndarray, Detections]], labelled: list[int], conf: float
+) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
+    """Confusion matrix and error breakdown at ``conf`` over the classes with ground truth in the split
+    (``labelled``, as the AP table): a split whose labels never show a class it lists cannot tell a
+    detection of that class right from wrong, so such detections count nowhere, as in AP."""
+    confusion = np.zeros((len(labelled) + 1,) * 2, np.int64)
+    errors: dict[int, dict[str, Any]] | None = None
+    for gt, classes, dets in operating:
+        dets = dets[np.isin(dets.class_id, labelled)]
+        confusion += confusion_matrix(gt, classes, dets, labelled, conf=conf)
+        errors = error_breakdown(gt, classes, dets, labelled, conf=conf, totals=errors)
+    return confusion, errors or {}
 
 
 def _image_level_summary(level: dict[str, list[str]], classes: Sequence[str], conf: float) -> dict[str, Any]:

@@ -10,10 +10,12 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from synth import SHAPE_CLASSES
 
 from datasets.mapping import ClassMapping, load_mapping
 from models.classes import CLASS_IDS, CLASS_NAMES
 from pipeline.cli import main
+from pipeline.decode import read_image
 from pipeline.detections import Detections
 from training.evaluate import (
     DatasetError,
@@ -27,6 +29,8 @@ from training.evaluate import (
     load_split,
     make_predictor,
     match_detections,
+    plot_confusion,
+    write_report,
 )
 
 LITTER, BIN = CLASS_IDS["litter"], CLASS_IDS["garbage_bin"]
@@ -283,6 +287,39 @@ def test_evaluate_table_and_confusion_plot(use_tiny_registry, shapes_data: Path,
     assert set(errors) == {"litter", "car"} and "why the rest fail" in out
     for name, e in errors.items():  # the breakdown accounts for every labelled box
         assert e["found"] + sum(e["misses"].values()) == e["n_gt"] == report["per_class"][name]["n_gt"]
+
+
+def test_confusion_matrix_covers_only_classes_with_ground_truth(use_tiny_registry, shapes_data: Path, tmp_path: Path):
+    """A split whose data.yaml lists car but whose labels never show one: the tiny model's car detections
+    are neither a class row nor background false positives, as the AP table leaves car out."""
+    root = tmp_path / "litter-only"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    litter = CLASS_IDS["litter"]
+    for image in sorted((shapes_data.parent / "val" / "images").glob("*.jpg")):
+        (root / "images" / image.name).symlink_to(image)
+        lines = (image.parents[1] / "labels" / f"{image.stem}.txt").read_text().splitlines()
+        kept = [line for line in lines if line.split() and SHAPE_CLASSES[int(line.split()[0])] == "litter"]
+        (root / "labels" / f"{image.stem}.txt").write_text("".join(f"{line}\n" for line in kept))
+    data = root / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(root), "val": "images", "names": dict(enumerate(SHAPE_CLASSES))}))
+    split = load_split(data)
+    assert split.mapped == sorted(CLASS_IDS[n] for n in SHAPE_CLASSES)  # the mapping still lists car
+    model = make_predictor("tiny")
+    operating = [model.predict(read_image(i.path)) for i in split.images]
+    cars = sum(int(((d.class_id == CLASS_IDS["car"]) & (d.confidence > 0.25)).sum()) for d in operating)
+    assert cars > 0  # the model does see cars here: the old matrix counted them as false positives
+    result = evaluate(model, split, progress=False)
+
+    assert set(result.per_class) == set(result.errors) == {"litter"}
+    assert result.confusion_classes == ["litter"] and result.confusion.shape == (2, 2)
+    # every litter box is in the litter column; the predicted rows hold exactly the litter detections
+    assert result.confusion[:, 0].sum() == result.per_class["litter"]["n_gt"]
+    litters = sum(int(((d.class_id == litter) & (d.confidence > 0.25)).sum()) for d in operating)
+    assert result.confusion[0].sum() == litters
+    report = json.loads(write_report(result, tmp_path / "evaluation.json").read_text())
+    assert report["confusion"]["classes"] == ["litter", "background"]
+    assert cv2.imread(str(plot_confusion(result, tmp_path / "confusion.png"))) is not None
 
 
 def test_tiled_evaluation_runs_the_sliced_detector(use_tiny_registry, shapes_data: Path):
