@@ -152,22 +152,46 @@ def _pack(
     workers: int,
     sample_size: int,
 ) -> PackResult:
-    """Write the packed copy into ``out`` (a fresh folder), lowering the settings until it fits the budget."""
+    """Write the packed copy into ``out`` (a fresh folder), lowering the settings until it fits the budget.
+
+    The files besides the images (labels, lists, yaml files, manifest copy) do not depend on the settings:
+    they are written first and measured, so only the images and ``pack.json`` are estimated."""
     budget = int(budget_mb * 1e6) if budget_mb else None
     suffix = ".webp" if fmt == "webp" else ".jpg"
-    labels_bytes = sum(
-        (root / "labels" / sp / f"{p.stem}.txt").stat().st_size
-        for sp, p in items
-        if (root / "labels" / sp / f"{p.stem}.txt").is_file()
-    )
-    overhead = labels_bytes + 400 * len(items) // 10 + 200_000  # lists, yaml, manifest copy, file-system slack
+    fixed = _write_fixed(root, out, items, suffix)
     ladder = settings_ladder(max_side, quality) if budget else [(max_side, quality)]
+    images = {sp: sum(1 for s, _ in items if s == sp) for sp in subset}
     tried: list[dict] = []
+    source: dict[str, object] = {}
+    if (root / MANIFEST).is_file():
+        m = load_manifest(root)
+        source = {"source_fingerprint": m.get("fingerprint"), "source_name": m.get("name")}
+
+    def info_text(side: int, q: int) -> str:
+        info = {
+            "source_dataset": str(root),
+            "format": fmt,
+            "quality": q,
+            "max_side": side,
+            "subset": list(subset),
+            "sources": list(sources) if sources else None,
+            "images": images,
+            "budget_mb": budget_mb,
+            "tried": tried,
+            **source,
+        }
+        return json.dumps(info, indent=1)
+
     start = 0
     if budget and len(ladder) > 1:  # estimate on a sample; binary search for the best setting that fits
         rng = np.random.default_rng(0)
         pick = [items[i][1] for i in rng.choice(len(items), min(sample_size, len(items)), replace=False)]
         sample_images = [read_image(p) for p in pick]
+        # pack.json grows by one entry (< 128 bytes) per estimate and write below: room for all of them
+        entries = 3 + math.ceil(math.log2(len(ladder)))
+        overhead = fixed + len(info_text(max_side, quality).encode()) + 128 * entries
+        # a sample of every image estimates exactly (encoding is deterministic); a part of them, within 5 %
+        target = overhead + (budget - overhead) * (1.0 if len(pick) == len(items) else 0.95)
         estimates: dict[int, float] = {}
 
         def estimate(k: int) -> float:
@@ -178,7 +202,6 @@ def _pack(
                 tried.append({"max_side": side, "quality": q, "estimated_mb": round(est / 1e6, 2)})
             return estimates[k]
 
-        target = budget * 0.95
         if estimate(0) <= target:
             start = 0
         elif estimate(len(ladder) - 1) > target:
@@ -190,8 +213,9 @@ def _pack(
                 lo, hi = (mid, hi) if estimate(mid) > target else (lo, mid)
             start = hi
     for side, q in ladder[start:]:
-        total = _write(root, out, items, side, fmt, q, suffix, workers)
-        tried.append({"max_side": side, "quality": q, "actual_mb": round(total / 1e6, 2)})
+        written = fixed + _write_images(out, items, side, fmt, q, suffix, workers)
+        tried.append({"max_side": side, "quality": q, "actual_mb": round(written / 1e6, 2)})
+        total = written + len(info_text(side, q).encode())  # with pack.json as it will be written
         if budget is None or total <= budget:
             break
         print(f"pack: {total / 1e6:.1f} MB is over the budget; trying smaller", file=sys.stderr)
@@ -200,62 +224,25 @@ def _pack(
             f"cannot fit {len(items)} images into {budget_mb} MB even at {side} px quality {q}; "
             "pack a subset (--subset / --sources) or raise --budget-mb"
         )
-    images = {sp: sum(1 for s, _ in items if s == sp) for sp in subset}
-    result = PackResult(out, side, q, fmt, images, 0, budget, tried)
-    info = {
-        "source_dataset": str(root),
-        "format": fmt,
-        "quality": q,
-        "max_side": side,
-        "subset": list(subset),
-        "sources": list(sources) if sources else None,
-        "images": images,
-        "budget_mb": budget_mb,
-        "tried": tried,
-    }
-    if (root / MANIFEST).is_file():
-        m = load_manifest(root)
-        info["source_fingerprint"] = m.get("fingerprint")
-        info["source_name"] = m.get("name")
-    (out / PACK_INFO).write_text(json.dumps(info, indent=1))
-    result.bytes_total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    return result
+    (out / PACK_INFO).write_text(info_text(side, q))
+    total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return PackResult(out, side, q, fmt, images, total, budget, tried)
 
 
-def _write(
-    root: Path, out: Path, items: list[tuple[str, Path]], side: int, fmt: str, q: int, suffix: str, workers: int
-) -> int:
-    if out.exists():
-        shutil.rmtree(out)
-    for split in {sp for sp, _ in items}:
-        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+def _write_fixed(root: Path, out: Path, items: list[tuple[str, Path]], suffix: str) -> int:
+    """Write what does not depend on the image settings (labels, lists, yaml files, pseudo.json, the source
+    manifest) into ``out``; return the bytes of all files written."""
+    splits = {sp for sp, _ in items}
+    for split in splits:
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
-
-    def one(item: tuple[str, Path]) -> int:
-        split, path = item
-        data = encode(read_image(path), side, fmt, q)
-        (out / "images" / split / f"{path.stem}{suffix}").write_bytes(data)
+    for split, path in items:
         label = root / "labels" / split / f"{path.stem}.txt"
         dest = out / "labels" / split / f"{path.stem}.txt"
         if label.is_file():
             shutil.copyfile(label, dest)
         else:
             dest.write_text("")
-        return len(data)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(
-            tqdm(
-                pool.map(one, items),
-                total=len(items),
-                desc=f"pack {side}px q{q}",
-                unit="img",
-                file=sys.stderr,
-                disable=len(items) < 50 or None,
-            )
-        )
     kept = {f"./images/{sp}/{p.name}": f"./images/{sp}/{p.stem}{suffix}" for sp, p in items}
-    splits = {sp for sp, _ in items}
     for lst in sorted(root.glob("*.txt")):
         lines = [kept[x] for x in lst.read_text().split() if x in kept]
         if lines:
@@ -276,3 +263,31 @@ def _write(
     if (root / MANIFEST).is_file():
         shutil.copyfile(root / MANIFEST, out / SOURCE_MANIFEST)
     return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+
+
+def _write_images(
+    out: Path, items: list[tuple[str, Path]], side: int, fmt: str, q: int, suffix: str, workers: int
+) -> int:
+    """(Re)write every image under ``out/images`` at one setting; return their bytes."""
+    shutil.rmtree(out / "images", ignore_errors=True)
+    for split in {sp for sp, _ in items}:
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+
+    def one(item: tuple[str, Path]) -> int:
+        split, path = item
+        data = encode(read_image(path), side, fmt, q)
+        (out / "images" / split / f"{path.stem}{suffix}").write_bytes(data)
+        return len(data)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        sizes = list(
+            tqdm(
+                pool.map(one, items),
+                total=len(items),
+                desc=f"pack {side}px q{q}",
+                unit="img",
+                file=sys.stderr,
+                disable=len(items) < 50 or None,
+            )
+        )
+    return sum(sizes)

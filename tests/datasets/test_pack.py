@@ -62,6 +62,26 @@ def test_pack_fits_the_budget_and_keeps_labels(dataset: Path, tmp_path: Path):
     assert (out / "source-manifest.json").is_file() and (out / "pack.json").is_file()
 
 
+def test_a_small_pack_with_a_tight_budget_keeps_the_best_setting_that_fits(dataset: Path, tmp_path: Path):
+    """What a pack writes besides its images is measured, not guessed: with a budget a few kB above what
+    a ladder setting really takes, that setting is chosen (not a smaller one), and the budget holds."""
+    ladder = settings_ladder(384, 90)  # the 400 px images are downscaled at every size of this ladder
+    real = [
+        pack(dataset, tmp_path / f"free{k}", max_side=s, quality=q, budget_mb=None, workers=1).bytes_total
+        for k, (s, q) in enumerate(ladder[:3])
+    ]
+    budget = real[2] + 4_000
+    assert real[0] > real[1] > budget  # the two better settings do not fit
+    result = pack(dataset, tmp_path / "tight", max_side=384, quality=90, budget_mb=budget / 1e6, workers=1)
+    assert (result.max_side, result.quality) == ladder[2]
+    assert result.bytes_total == size_of(tmp_path / "tight") <= budget
+    assert sum("actual_mb" in t for t in result.tried) == 1  # chosen from the estimate: written once
+    # the best setting, with a budget just short of what it takes: the next one, still within the budget
+    result = pack(dataset, tmp_path / "short", max_side=384, quality=90, budget_mb=(real[0] - 1) / 1e6, workers=1)
+    assert (result.max_side, result.quality) == ladder[1]
+    assert result.bytes_total == size_of(tmp_path / "short") <= real[0] - 1
+
+
 def test_pack_a_subset_as_jpeg(dataset: Path, tmp_path: Path):
     result = pack(dataset, tmp_path / "val", fmt="jpeg", subset=["val"], budget_mb=None, max_side=256, workers=1)
     assert result.images == {"val": 6}
