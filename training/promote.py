@@ -8,13 +8,22 @@ A refused model is promoted only with ``force`` and a reason, both recorded in t
 Forced or not, a model becomes the default only when the service's detector loads it and runs one
 warm-up detection (``force`` overrides the gate, never that). The registry write checks that the
 default did not change meanwhile (concurrent promotions are safe, also of one folder from outside).
+
+A model folder from outside is copied into a hidden incoming folder of the registry root (:func:`incoming_folder`)
+and renamed into place; the copying promotion holds a ``flock`` on a lock file in it, so that a later promotion
+removes what a killed one left (:func:`sweep_incoming`) and never the folder of one still copying.
 """
 
 from __future__ import annotations
 
+import fcntl
 import getpass
+import os
 import shutil
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +48,13 @@ from models.registry import (
 from training.compare import GATE_KEY
 
 MANIFEST_NAME = "dataset-manifest.json"
+#: hidden folders of the registry root a model is copied into: ``.NAME.incoming-XXXXXXXX``
+INCOMING = ".incoming-"
+#: the lock file in an incoming folder; its copying promotion holds an exclusive flock on it
+INCOMING_LOCK = ".incoming.lock"
+#: an incoming folder without a lock file (left by a promotion from before the lock, or one killed in the
+#: instant between making the folder and locking it) is removed only once it is this old
+UNLOCKED_GRACE_S = 3600.0
 
 
 class PromotionRefused(ModelError):
@@ -139,29 +155,80 @@ def name_taken(ref: ModelRef, root: Path) -> str | None:
     )
 
 
+@contextmanager
+def incoming_folder(root: Path, name: str) -> Iterator[Path]:
+    """A fresh hidden folder in ``root`` to copy model ``name`` into (as its subfolder), locked for as long
+    as the block runs and removed after it: an exclusive ``flock`` on its :data:`INCOMING_LOCK`, which is
+    given that name only once locked, so a lock file found there unlocked means its process is gone."""
+    folder = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}{INCOMING}"))
+    fd = -1
+    try:
+        fresh = folder / f"{INCOMING_LOCK}.new"
+        fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(fresh, folder / INCOMING_LOCK)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # still locked: no sweep can take it for a stale one
+        if fd >= 0:
+            os.close(fd)
+
+
+def sweep_incoming(root: Path) -> list[Path]:
+    """Remove the incoming folders that promotions killed mid-copy left in ``root`` (their lock file is
+    there and free), and those without a lock file older than :data:`UNLOCKED_GRACE_S`; a folder whose
+    lock a live promotion holds is left alone. Returns the folders removed."""
+    removed = []
+    for folder in sorted(root.glob(f".*{INCOMING}*")):
+        try:
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            fd = os.open(folder / INCOMING_LOCK, os.O_RDONLY)
+        except FileNotFoundError:  # no lock file: from before the lock, or being made this instant
+            try:
+                stale = time.time() - folder.stat().st_mtime > UNLOCKED_GRACE_S
+            except OSError:
+                continue
+            if stale:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: a promotion is copying into it
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(folder, ignore_errors=True)  # under its lock: a second sweep leaves it to this one
+            removed.append(folder)
+        finally:
+            os.close(fd)
+    return removed
+
+
 def register_folder(ref: ModelRef, root: Path) -> tuple[ModelRef, bool]:
     """The model as a folder of the registry root: itself, or a copy made now (refusing a different model
     of the same name already there). Every file is verified against the card first. The copy goes to a
-    unique hidden folder renamed into place, so concurrent promotions of one folder make one copy."""
+    unique hidden folder renamed into place, so concurrent promotions of one folder make one copy; what
+    killed promotions left there is removed first."""
     verify_files(ref)
     target = root / ref.card.name
     if ref.folder.resolve() == target.resolve():
         return ref, False
     if not target.exists():
+        sweep_incoming(root)
         try:
-            tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{ref.card.name}.incoming-"))
-        except OSError as exc:
-            raise ModelError(f"cannot copy {ref.folder} into {root}: {exc}") from None
-        try:
-            shutil.copytree(ref.folder, tmp, dirs_exist_ok=True)
-            tmp.rename(target)
-            return resolve(target), True
+            with incoming_folder(root, ref.card.name) as incoming:
+                copy = incoming / "model"
+                shutil.copytree(ref.folder, copy)
+                copy.rename(target)
+                return resolve(target), True
         except OSError as exc:  # shutil.Error too: a full disk, a dangling link in the folder
             if not target.exists():
                 raise ModelError(f"cannot copy {ref.folder} into {root}: {one_line(str(exc))}") from None
             # another promotion renamed its copy into place first: is it this model?
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # gone after a rename; the loser's copy otherwise
     problem = name_taken(ref, root)
     if problem:
         raise ModelError(problem)

@@ -332,6 +332,68 @@ def test_concurrent_promotions_of_one_outside_folder_copy_it_once(registry: Path
         assert [e["name"] for e in history_events(read_registry())].count(name) == 1
 
 
+PAUSED_PROMOTE = """
+import sys
+from pathlib import Path
+from training.promote import promote
+
+def pause_before_moving_the_copy_in(event, args):  # a real promotion, stopped where a kill hurts most
+    if event == "os.rename" and Path(args[1]).name == sys.argv[2]:
+        print(args[0], flush=True)
+        sys.stdin.readline()
+
+sys.addaudithook(pause_before_moving_the_copy_in)
+try:
+    promote(sys.argv[1], force=True, reason="r")
+    print("promoted")
+except Exception as exc:
+    print(type(exc).__name__)
+"""
+
+
+def test_a_later_promotion_removes_what_killed_ones_left_and_spares_live_ones(registry: Path, tmp_path: Path):
+    """The incoming copy of a promotion killed with SIGKILL, and one from before the lock an hour old, are
+    removed by the next promotion; the copy of a promotion still running, or a lockless folder just made,
+    are not."""
+    env = {**os.environ, "STREETWATCH_MODELS_DIR": str(registry)}
+
+    def paused(name: str) -> tuple[subprocess.Popen, Path]:
+        """A promotion of an outside folder, in its own process, paused with its copy made, not moved in."""
+        outside = variant(tmp_path / name, name, "p1", registry / "tiny")
+        proc = subprocess.Popen(
+            [sys.executable, "-c", PAUSED_PROMOTE, str(outside), name],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        copy = Path(proc.stdout.readline().strip())
+        assert copy.is_relative_to(registry) and (copy / "card.json").is_file()
+        return proc, registry / copy.relative_to(registry).parts[0]  # the hidden folder in the registry root
+
+    killed, killed_folder = paused("tiny-killed")
+    live, live_folder = paused("tiny-live")
+    try:
+        killed.kill()
+        assert killed.wait(30) == -9 and killed_folder.is_dir()  # left behind
+        old = registry / ".tiny-x.incoming-oldcopy1"  # killed before incoming folders had a lock
+        (old / "model").mkdir(parents=True)
+        os.utime(old, (os.path.getmtime(old) - 7200,) * 2)
+        just_made = registry / ".tiny-y.incoming-justmade"  # lockless but new: maybe being locked right now
+        just_made.mkdir()
+
+        outside = variant(tmp_path / "elsewhere", "tiny-field", "f1", registry / "tiny")
+        assert promote(str(outside), force=True, reason="r").copied
+        assert not killed_folder.exists() and not old.exists()
+        assert live_folder.is_dir() and just_made.is_dir()
+    finally:
+        out, _ = live.communicate("\n", timeout=60)  # the live promotion goes on
+    assert live.returncode == 0 and out.splitlines()[-1] == "RegistryConflict"  # the default changed meanwhile
+    assert load_card(registry / "tiny-live").version == "p1" and not live_folder.exists()
+    assert [p.name for p in registry.iterdir() if ".incoming-" in p.name] == [just_made.name]
+
+
 def test_a_default_that_cannot_be_read_is_replaced_only_by_a_forced_promotion(registry: Path):
     (registry / "tiny" / "card.json").write_text("{ cut short")  # the default in force is broken
     with pytest.raises(PromotionRefused, match="the default in force, tiny, cannot be read"):
