@@ -51,6 +51,35 @@ def _not_a_number(value: Any) -> Any:
 PlausibleTime = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(plausible_time)]
 
 
+def no_nul(value: str) -> str:
+    """``value`` unless it holds a NUL character, which PostgreSQL cannot store in text (and nobody types)."""
+    if "\x00" in value:
+        raise ValueError("text may not contain NUL (\\u0000) characters")
+    return value
+
+
+#: A string the case store can hold on every database: no NUL characters.
+Text = Annotated[str, AfterValidator(no_nul)]
+
+
+def plain_json(value: Any) -> Any:
+    """``value`` if it is JSON every reader accepts: finite numbers and text without NUL characters."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise ValueError("numbers must be finite (no NaN or Infinity)") from None
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            no_nul(item)
+        elif isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, (list, tuple)):
+            stack += item
+    return value
+
+
 class EvidenceImage(BaseModel):
     """One evidence picture: the full frame with the box drawn, a crop of the object, or the clean frame.
 
@@ -86,23 +115,25 @@ class Violation(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    key: str = Field(min_length=1, max_length=200, description="Idempotency key, stable for this object")
+    key: Text = Field(min_length=1, max_length=200, description="Idempotency key, stable for this object")
     type: str = Field(description="Violation type (models.classes.VIOLATION_TYPES)")
     state: Literal["open", "ended"] = Field("open", description="ended: the object has been gone for a while")
     source: Literal["camera", "photo"] = Field(description="Found on a camera stream or in a patrol photo")
-    source_id: str = Field(description="Camera id, or the photo's content hash")
-    source_name: str | None = Field(None, description="Camera name or photo file name, for people")
-    zone: str | None = Field(None, description="Zone name the object is in (None: whole frame / no zones)")
+    source_id: Text = Field(description="Camera id, or the photo's content hash")
+    source_name: Text | None = Field(None, description="Camera name or photo file name, for people")
+    zone: Text | None = Field(None, description="Zone name the object is in (None: whole frame / no zones)")
     first_seen: PlausibleTime = Field(description="When the object was first seen (timezone-aware)")
     last_seen: PlausibleTime = Field(description="When the object was last seen (timezone-aware)")
     detector_class: str = Field(description="Product detector class of the object")
     score: float = Field(ge=0, le=1, description="Best detector confidence seen for the object")
     box: tuple[float, float, float, float] = Field(description="xyxy box in frame pixels, on the evidence frame")
     frame_size: tuple[int, int] = Field(description="(width, height) of the evidence frame")
-    model_version: str = Field(description="Version of the model that found it")
+    model_version: Text = Field(description="Version of the model that found it")
     location: GeoPoint | None = Field(None, description="Where, when known (photo EXIF GPS, camera position)")
     evidence: list[EvidenceImage] = Field(default_factory=list, description="Evidence pictures")
-    extra: dict[str, Any] = Field(default_factory=dict, description="Producer-specific details (track id, ...)")
+    extra: Annotated[dict[str, Any], AfterValidator(plain_json)] = Field(
+        default_factory=dict, description="Producer-specific details (track id, ...): plain JSON"
+    )
 
     @field_validator("type")
     @classmethod

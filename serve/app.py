@@ -55,7 +55,7 @@ class CameraRunner(Protocol):
 
 
 class GuardMiddleware:
-    """Body-size limits before anything parses a request, and request metrics (count, latency)."""
+    """Body-size limits and NUL-free query strings before anything parses a request, and request metrics."""
 
     def __init__(self, app: Any, config: ServiceConfig, metrics: Metrics):
         self.app, self.config, self.metrics = app, config, metrics
@@ -81,6 +81,10 @@ class GuardMiddleware:
             await send(message)
 
         try:
+            query = scope.get("query_string", b"")
+            if b"%00" in query or b"\x00" in query:  # no database can keep it as text; nobody types it
+                await _reply(send_observed, 422, "the query string holds a NUL (%00) character")
+                return
             if scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
                 receive = await self._buffered(scope, receive, send_observed)
                 if receive is None:

@@ -11,6 +11,7 @@ from typing import Annotated
 from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPBearer
 
 from serve.schemas import KeyOut
 from serve.store import Actor
@@ -23,6 +24,9 @@ GRANTS: dict[str, set[str]] = {
     "admin": {"ingest", "detect", "read", "review", "admin"},
 }
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+#: Declares the Bearer key in the OpenAPI schema (the docs page's Authorize button); the key itself is read
+#: by :func:`presented_key`, which also takes the review page's cookie.
+BEARER = HTTPBearer(auto_error=False, description="An API key: `streetwatch keys create --role ROLE`")
 
 
 def presented_key(request: Request) -> tuple[str | None, bool]:
@@ -39,7 +43,7 @@ def presented_key(request: Request) -> tuple[str | None, bool]:
     return (cookie, True) if cookie else (None, False)
 
 
-def authenticate(request: Request) -> KeyOut:
+def authenticate(request: Request, _declared: Annotated[object, Depends(BEARER)] = None) -> KeyOut:
     """The key record of the request; 401 when there is none or it is not valid."""
     key, from_cookie = presented_key(request)
     if key is None:
@@ -59,7 +63,13 @@ def same_origin(request: Request) -> None:
     """Cookie-authenticated changes, and signing in and out, must come from the review page itself (no
     cross-site requests)."""
     origin = request.headers.get("origin") or request.headers.get("referer")
-    if origin and urlsplit(origin).netloc != request.headers.get("host"):
+    if not origin:
+        return
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # not a URL at all ("http://[::1"): no page of this site sent it
+        netloc = None
+    if netloc != request.headers.get("host"):
         raise HTTPException(403, "cross-site request refused")
 
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.classes import CLASS_NAMES, VIOLATION_TYPES
-from pipeline.cases import GeoPoint, PlausibleTime
+from pipeline.cases import GeoPoint, PlausibleTime, Text
 
 Role = Literal["ingest", "reviewer", "admin"]
 Status = Literal["new", "confirmed", "dismissed", "dispatched", "resolved", "closed"]
+
+
+#: A row number the database can hold (PostgreSQL ``integer``).
+EventId = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
 
 class Model(BaseModel):
@@ -133,7 +137,7 @@ class ReviewIn(Decision):
     )
     type: str | None = Field(None, description="relabel: the correct violation type")
     detector_class: str | None = Field(None, description="relabel: the correct detector class (default: by type)")
-    note: str | None = Field(None, max_length=2000, description="Reviewer's remark")
+    note: Text | None = Field(None, max_length=2000, description="Reviewer's remark")
 
     @field_validator("type")
     @classmethod
@@ -153,9 +157,9 @@ class ReviewIn(Decision):
 class DispatchIn(Decision):
     """Hand a confirmed case to a department with a deadline (责任落实 / 限期整改)."""
 
-    department: str = Field(min_length=1, max_length=200, description="Responsible department")
+    department: Text = Field(min_length=1, max_length=200, description="Responsible department")
     deadline: PlausibleTime = Field(description="Rectification deadline (timezone-aware, in the future)")
-    note: str | None = Field(None, max_length=2000, description="Instructions for the department")
+    note: Text | None = Field(None, max_length=2000, description="Instructions for the department")
 
     _aware = field_validator("deadline")(_aware)
 
@@ -163,13 +167,13 @@ class DispatchIn(Decision):
 class NoteIn(Decision):
     """A lifecycle step that takes only a remark (resolve, close)."""
 
-    note: str | None = Field(None, max_length=2000, description="Remark: what was done, why closed")
+    note: Text | None = Field(None, max_length=2000, description="Remark: what was done, why closed")
 
 
 class ReopenIn(Decision):
     """Reopen a dismissed, resolved or closed case."""
 
-    note: str = Field(min_length=1, max_length=2000, description="Why the case is reopened (required)")
+    note: Text = Field(min_length=1, max_length=2000, description="Why the case is reopened (required)")
 
 
 # -------------------------------------------------------------------------------------------- stats
@@ -233,7 +237,7 @@ class KeyCreateIn(Model):
     """A new API key."""
 
     role: Role = Field(description="ingest: stream workers and audits; reviewer: the review desk; admin: all")
-    name: str = Field(min_length=1, max_length=100, description="Who or what uses the key (shown in history)")
+    name: Text = Field(min_length=1, max_length=100, description="Who or what uses the key (shown in history)")
 
 
 class KeyOut(Model):
@@ -277,7 +281,7 @@ class OutboxEventOut(Model):
 class OutboxRetryIn(Model):
     """Which failed (and, asked, pending) events to try again now."""
 
-    ids: list[int] | None = Field(None, description="Event numbers; none: every failed event")
+    ids: list[EventId] | None = Field(None, max_length=1000, description="Event numbers; none: every failed event")
     pending: bool = Field(
         False,
         description="Also send pending events now instead of at their next backoff time (a receiver that was "
@@ -318,3 +322,8 @@ class Problem(Model):
     """An error: the reason, for people and programs."""
 
     detail: Any = Field(description="Why the request was refused")
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="422: each invalid field, as {loc, msg, type} (detail joins their messages)"
+    )
+    status: str | None = Field(None, description="409 on a lifecycle step: the case's status now")
+    action: str | None = Field(None, description="409 on a lifecycle step: the action that was refused")

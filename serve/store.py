@@ -225,6 +225,7 @@ class CaseStore:
         occ = s.scalar(select(Occurrence).where(Occurrence.key == v.key).with_for_update())
         if occ is not None:
             case = s.get(Case, occ.case_id, with_for_update=True)
+            _same_violation(v, case)
             newer = v.last_seen >= occ.last_seen
             occ.first_seen, occ.last_seen = min(occ.first_seen, v.first_seen), max(occ.last_seen, v.last_seen)
             if newer:
@@ -1022,13 +1023,23 @@ class CaseStore:
         with self.reading() as s:
             return [_key_out(r) for r in s.scalars(select(ApiKey).order_by(ApiKey.id))]
 
-    def revoke_key(self, key_id: int) -> KeyOut:
-        """Revoke a key (kept for the record)."""
+    def revoke_key(self, key_id: int, keep_admin: bool = False) -> KeyOut:
+        """Revoke a key (kept for the record). With ``keep_admin`` (the API), the last admin key in force is
+        refused (InvalidRequest): nobody could manage keys through the API after it."""
 
         def work(s: Session) -> KeyOut:
             row = s.get(ApiKey, key_id, with_for_update=True)
             if row is None:
                 raise LookupError(f"no key {key_id}")
+            if keep_admin and row.role == "admin" and row.revoked_at is None:
+                admins = s.scalar(
+                    select(func.count()).select_from(ApiKey).where(ApiKey.role == "admin", ApiKey.revoked_at.is_(None))
+                )
+                if admins == 1:
+                    raise InvalidRequest(
+                        f"key {key_id} is the last admin key in force: create another admin key before revoking "
+                        "it (or revoke it on the server with `streetwatch keys revoke`)"
+                    )
             row.revoked_at = row.revoked_at or utcnow()
             return _key_out(row)
 
@@ -1065,8 +1076,25 @@ def check_violation(v: Violation) -> None:
         raise InvalidRequest(f"box {list(v.box)} is not a finite x1 <= x2, y1 <= y2 rectangle")
     if min(v.frame_size) <= 0 or max(v.frame_size) > 100_000:
         raise InvalidRequest(f"frame_size {list(v.frame_size)} is not a plausible (width, height)")
+    (w, h), (x1, y1, x2, y2) = v.frame_size, v.box
+    if x2 < 0 or y2 < 0 or x1 > w or y1 > h or x1 < -w or y1 < -h or x2 > 2 * w or y2 > 2 * h:
+        raise InvalidRequest(f"box {list(v.box)} does not lie on the {w}x{h} frame")
     if v.last_seen < v.first_seen:
         raise InvalidRequest("last_seen is before first_seen")
+
+
+def _same_violation(v: Violation, case: Case) -> None:
+    """Refuse a repeat of a key that names another violation than the one the key filed (another type, kind
+    of source or camera): a producer reusing keys would otherwise overwrite a case with something else.
+    A case's occurrences share its type (before or after a relabel) and kind of source, and on a camera its
+    camera; patrol photos of one place may share a case, so a photo's source_id is not compared."""
+    theirs = (case.type, case.original_type)
+    if v.type not in theirs or v.source != case.source or (v.source == "camera" and v.source_id != case.source_id):
+        filed = f"a {case.original_type or case.type} violation from {case.source} {case.source_id}"
+        raise InvalidRequest(
+            f"key {v.key!r} already filed {filed} (case {case.id}), not a {v.type} violation from {v.source} "
+            f"{v.source_id}: a repeat of a key must be the same violation; give another one its own key"
+        )
 
 
 def _key_out(row: ApiKey) -> KeyOut:

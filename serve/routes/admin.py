@@ -29,6 +29,6 @@ def create_key(body: KeyCreateIn, request: Request, actor: Admin) -> KeyCreated:
 @router.delete("/{key_id}", response_model=KeyOut, responses=ERRORS, summary="Revoke an API key")
 def revoke_key(key_id: Annotated[int, Path(ge=1, le=2**31 - 1)], request: Request, actor: Admin) -> KeyOut:
     try:
-        return request.app.state.store.revoke_key(key_id)
+        return request.app.state.store.revoke_key(key_id, keep_admin=True)
     except LookupError as exc:
         raise HTTPException(404, str(exc)) from None

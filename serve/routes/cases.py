@@ -36,6 +36,9 @@ ERRORS = {
         "description": "The case's status does not allow this action, or it changed after the given version",
     },
     422: {"model": Problem, "description": "Invalid request"},
+    400: {"model": Problem, "description": "Malformed body (JSON, multipart) or headers"},
+    413: {"model": Problem, "description": "Body over the service's size limit"},
+    415: {"model": Problem, "description": "Body of a content type this endpoint does not take"},
 }
 
 #: A case number as the database can hold it (anything else is a 422, not a database error).

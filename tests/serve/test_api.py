@@ -243,6 +243,8 @@ def test_malformed_json_is_a_400(env):
         ({"box": (float("inf"), 0, 1, 1)}, "box"),
         ({"box": (50, 50, 10, 10)}, "not a finite"),
         ({"frame_size": (0, 480)}, "frame_size"),
+        ({"box": (0, 0, 1e308, 1e308)}, "does not lie on the 640x360 frame"),
+        ({"box": (700, 10, 800, 50)}, "does not lie on the 640x360 frame"),
         ({"last_seen": T0 - timedelta(hours=1)}, "before first_seen"),
         ({"first_seen": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=8)))}, "year 1 is out of range"),
     ],
@@ -429,6 +431,15 @@ def test_admin_manages_keys(env):
     assert ingest(client, {"ingest": new["key"]}).status_code == 401
     assert client.post("/v1/keys", json={"role": "root", "name": "x"}, headers=ad).status_code == 422
     assert client.delete("/v1/keys/9999", headers=ad).status_code == 404
+    # the last admin key in force cannot be revoked through the API: nobody could manage keys after it
+    mine = next(k for k in listed if k["role"] == "admin" and k["revoked_at"] is None)
+    r = client.delete(f"/v1/keys/{mine['id']}", headers=ad)
+    assert r.status_code == 422 and "last admin key" in r.json()["detail"], r.text
+    second = client.post("/v1/keys", json={"role": "admin", "name": "admin-2"}, headers=ad).json()
+    assert client.delete(f"/v1/keys/{second['id']}", headers=ad).status_code == 200  # another one is left
+    r = client.delete(f"/v1/keys/{mine['id']}", headers=ad)
+    assert r.status_code == 422 and "last admin key" in r.json()["detail"]
+    assert client.get("/v1/keys", headers=ad).status_code == 200  # still in force
 
 
 def test_metrics_expose_requests_batches_cases_and_cameras(env):
@@ -520,6 +531,11 @@ def test_review_pages_need_a_reviewer_escape_content_and_refuse_cross_site_posts
     assert f'data-case="{cid}"' in listing.text and "<script>alert(1)" not in listing.text
     r = browser.post(f"/v1/cases/{cid}/review", json={"action": "confirm"}, headers={"Origin": "https://evil.example"})
     assert r.status_code == 403 and "cross-site" in r.json()["detail"]
+    for header in ({"Origin": "http://[::1"}, {"Referer": "http://[x/ui/cases"}):  # not even a URL
+        r = browser.post(f"/v1/cases/{cid}/review", json={"action": "confirm"}, headers=header)
+        assert r.status_code == 403 and "cross-site" in r.json()["detail"], r.text
+        r = browser.post("/ui/login", data={"key": keys["reviewer"]}, headers=header, follow_redirects=False)
+        assert r.status_code == 403, r.text
     r = browser.post(f"/v1/cases/{cid}/review", json={"action": "confirm"}, headers={"Origin": "http://testserver"})
     assert r.status_code == 200 and r.json()["reviewed_by"] == "reviewer-1"
     assert browser.get("/ui/stats").status_code == 200
@@ -544,3 +560,67 @@ def test_review_pages_need_a_reviewer_escape_content_and_refuse_cross_site_posts
     missing = browser.get("/ui/cases/999999")  # a stale link: a page saying so, with the way back
     assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
     assert "no case 999999" in missing.text and 'href="/ui/cases"' in missing.text
+
+
+def test_a_repeated_key_must_name_the_same_violation(env):
+    # a producer that reuses a key for something else is refused (and its violation kept by the sink as
+    # rejected), instead of overwriting the first case with another type, camera or class
+    _, client, keys, _ = env
+    first = make_violation(key="reused-key", type="street_vending", detector_class="street_vending", source_id="cam-a")
+    r = post_violation(client, keys["ingest"], first)
+    assert r.status_code == 201
+    cid = r.json()["case_id"]
+    for change in (
+        {"type": "illegal_parking", "detector_class": "car"},
+        {"source_id": "cam-b"},
+        {"source": "photo"},
+    ):
+        other = first.model_copy(update={**change, "score": 0.99})
+        r = post_violation(client, keys["ingest"], other)
+        assert r.status_code == 422 and "already filed a street_vending violation" in r.json()["detail"], r.text
+    case = client.get(f"/v1/cases/{cid}", headers=auth(keys["reviewer"])).json()
+    assert case["score"] == 0.8 and case["type"] == "street_vending" and case["occurrences"] == 1
+    # a real repeat still updates it, also after a reviewer relabelled the case
+    rv = auth(keys["reviewer"])
+    relabel = {"action": "relabel", "type": "illegal_parking", "detector_class": "car"}
+    assert client.post(f"/v1/cases/{cid}/review", json=relabel, headers=rv).status_code == 200
+    again = first.model_copy(update={"score": 0.9, "last_seen": first.last_seen + timedelta(seconds=30)})
+    r = post_violation(client, keys["ingest"], again)
+    assert r.status_code == 200 and r.json()["case_id"] == cid and r.json()["outcome"] == "updated"
+
+
+def test_text_and_numbers_no_database_can_keep_are_refused_with_a_reason(db_url, tmp_path):
+    # PostgreSQL cannot store NUL in text, nor NaN in JSON: each is a 422 that says why, on both stores,
+    # and nothing is half-written
+    app = create_app(ServiceConfig(data_dir=tmp_path / "svc", db_url=db_url))
+    store = app.state.store
+    keys = {role: store.create_key(role, f"{role}-1")[0] for role in ("ingest", "reviewer", "admin")}
+    rv, ad = auth(keys["reviewer"]), auth(keys["admin"])
+    with TestClient(app) as client:
+        cid = ingest(client, keys, source_id="cam-ok").json()["case_id"]
+        for change in ({"source_id": "cam\x00x"}, {"key": "k\x00"}, {"zone": "a\x00"}, {"extra": {"n\x00": 1}}):
+            body = {**make_violation(source_id="cam-nul").model_dump(mode="json"), **change}  # as a client sends it
+            r = client.post("/v1/cases/ingest", json=body, headers=auth(keys["ingest"]))
+            assert r.status_code == 422 and "NUL" in r.json()["detail"], r.text
+        nan = make_violation(source_id="cam-nan").model_dump_json().replace('"extra":{}', '"extra":{"x":NaN}')
+        r = client.post(
+            "/v1/cases/ingest", content=nan, headers={**auth(keys["ingest"]), "Content-Type": "application/json"}
+        )
+        assert r.status_code == 422 and "finite" in r.json()["detail"], r.text
+        for path, body in [
+            (f"/v1/cases/{cid}/review", {"action": "confirm", "note": "ok\x00"}),
+            (f"/v1/cases/{cid}/dispatch", {"department": "城管\x00", "deadline": "2099-01-01T00:00:00+08:00"}),
+            ("/v1/keys", {"role": "ingest", "name": "w\x00"}),
+        ]:
+            r = client.post(path, json=body, headers=ad)
+            assert r.status_code == 422 and "NUL" in r.json()["detail"], (path, r.text)
+        for path in ("/v1/cases?camera=%00", "/v1/cases?department=a%00", "/ui/cases?camera=%00"):
+            r = client.get(path, headers=rv)
+            assert r.status_code == 422 and "NUL" in r.json()["detail"], (path, r.text)
+        for ids in ([2**31], [2**63], [0]):  # event numbers past the database's integer
+            r = client.post("/v1/outbox/retry", json={"ids": ids}, headers=ad)
+            assert r.status_code == 422, r.text
+        page = client.get("/v1/cases", headers=rv).json()
+        assert [c["id"] for c in page["items"]] == [cid] and page["items"][0]["status"] == "new"
+        assert [k["name"] for k in client.get("/v1/keys", headers=ad).json()] == ["ingest-1", "reviewer-1", "admin-1"]
+    store.dispose()
