@@ -283,6 +283,8 @@ def load_photo(path: Path) -> Photo:
         photo.error = f"cannot read file ({exc.strerror or exc})"
     except MemoryError:
         photo.error = "not enough memory to decode this image"
+    except Exception as exc:  # whatever a hostile file still makes a decoder raise: this photo's problem only
+        photo.error = f"cannot read image ({type(exc).__name__}: {exc})"
     return photo
 
 

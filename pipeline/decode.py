@@ -12,10 +12,11 @@ import glob
 import io
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -43,6 +44,8 @@ _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b
 MAX_PIXELS = 120_000_000
 #: Refuse files larger than this before reading them.
 MAX_FILE_BYTES = 64 * 1024 * 1024
+
+T = TypeVar("T")
 
 Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit, with a clearer message
 
@@ -175,13 +178,27 @@ def read_metadata(data: bytes) -> ImageMetadata:
             gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
     except Exception:
         return ImageMetadata()
-    taken = _exif_datetime(
-        sub.get(ExifTags.Base.DateTimeOriginal) or exif.get(ExifTags.Base.DateTime),
-        sub.get(ExifTags.Base.OffsetTimeOriginal) or sub.get(ExifTags.Base.OffsetTime),
+    taken = _field(
+        _exif_datetime,
+        _field(lambda: sub.get(ExifTags.Base.DateTimeOriginal) or exif.get(ExifTags.Base.DateTime)),
+        _field(lambda: sub.get(ExifTags.Base.OffsetTimeOriginal) or sub.get(ExifTags.Base.OffsetTime)),
     )
+    return ImageMetadata(taken, _field(_gps_time, gps), _field(_gps_position, gps), _field(_camera, exif))
+
+
+def _field(read: Callable[..., T], *args: object) -> T | None:
+    """``read(*args)``, or None when the EXIF it reads is hostile enough to make it raise anyway: one field's
+    bad value (a type, a size, an encoding no camera writes) must cost that field, never the photo."""
+    try:
+        return read(*args)
+    except Exception:
+        return None
+
+
+def _camera(exif: Image.Exif) -> str | None:
+    """'Make Model' (the model alone when it already starts with the make); None when neither is given."""
     make, model = (str(exif.get(t) or "").strip("\x00 ") for t in (ExifTags.Base.Make, ExifTags.Base.Model))
-    camera = model if model.startswith(make) else f"{make} {model}".strip()
-    return ImageMetadata(taken, _gps_time(gps), _gps_position(gps), camera or None)
+    return (model if model.startswith(make) else f"{make} {model}".strip()) or None
 
 
 def _exif_datetime(value: object, offset: object) -> datetime | None:
@@ -192,11 +209,20 @@ def _exif_datetime(value: object, offset: object) -> datetime | None:
         moment = plausible_time(datetime.strptime(value.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S"))
     except ValueError:  # malformed, or a clock that was never set (0001:01:01)
         return None
-    match = re.fullmatch(r"([+-])(\d{2}):(\d{2})", str(offset or "").strip("\x00 "))
-    if match:
-        sign = 1 if match[1] == "+" else -1
-        moment = moment.replace(tzinfo=timezone(sign * timedelta(hours=int(match[2]), minutes=int(match[3]))))
-    return moment
+    zone = _exif_offset(offset)
+    return moment.replace(tzinfo=zone) if zone is not None else moment
+
+
+def _exif_offset(value: object) -> timezone | None:
+    """EXIF '+08:00' -> a fixed zone; None when absent or malformed: minutes past 59 or 24 hours or more
+    (no zone is that far from UTC; such a value is garbage, and the time is read as if it had no offset)."""
+    if not isinstance(value, str):
+        return None
+    match = re.fullmatch(r"([+-])(\d{2}):(\d{2})", value.strip("\x00 "))
+    if not match or int(match[2]) >= 24 or int(match[3]) >= 60:
+        return None
+    sign = 1 if match[1] == "+" else -1
+    return timezone(sign * timedelta(hours=int(match[2]), minutes=int(match[3])))
 
 
 def _dms(value: object) -> float | None:

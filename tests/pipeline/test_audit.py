@@ -623,3 +623,20 @@ def test_batched_detection_finds_what_single_photo_calls_find(sample_photos, tmp
         for a, b in zip(dets, found[4][name], strict=True):
             assert a["score"] == pytest.approx(b["score"], abs=1e-3)
             assert a["box"] == pytest.approx(b["box"], abs=0.5)
+
+
+def test_a_garbage_utc_offset_in_one_photo_neither_aborts_the_audit_nor_loses_the_photo(sample_photos, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    src = next(p for p in sample_photos if p.stem == "patrol-posters-scooter")
+    exif = Image.Exif()
+    sub = exif.get_ifd(ExifTags.IFD.Exif)
+    sub[ExifTags.Base.DateTimeOriginal], sub[ExifTags.Base.OffsetTimeOriginal] = "2026:11:20 09:15:30", "+25:00"
+    Image.open(src).save(folder / "offset.jpg", "JPEG", exif=exif.tobytes(), quality=90)
+    shutil.copy(src.with_name("patrol-dumped-bags.jpg"), folder / "bags.jpg")
+    out = tmp_path / "out"
+    assert main(["audit", str(folder), "--out", str(out), "--timezone", "Asia/Shanghai"]) == 0
+    records = {r["name"]: r for r in (json.loads(p.read_text()) for p in (out / "photos").glob("*.json"))}
+    assert set(records) == {"offset.jpg", "bags.jpg"}
+    assert records["offset.jpg"]["taken_at"] == "2026-11-20T09:15:30+08:00"  # the offset dropped, the time kept
+    assert records["offset.jpg"]["time_source"] == "EXIF, no UTC offset: assumed Asia/Shanghai"

@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 from PIL import ExifTags, Image
+from PIL.TiffImagePlugin import IFDRational
 
 from pipeline.decode import HEIF_SUPPORT, ImageReadError, decode_image, probe_image, read_metadata
 
@@ -31,13 +32,16 @@ def encode(fmt: str = "JPEG", size=(120, 80), **tags) -> bytes:
         ("lat", ExifTags.GPS.GPSLatitudeRef, "N", "S"),
         ("lon", ExifTags.GPS.GPSLongitudeRef, "E", "W"),
     ):
-        if key in tags:
+        if tags.get(key) is not None:
             value = tags[key]
             d = abs(value)
             deg, minutes = int(d), int((d - int(d)) * 60)
             seconds = round(((d - deg) * 60 - minutes) * 60, 4)
             gps[ref] = pos if value >= 0 else neg
             gps[ExifTags.GPS.GPSLatitude if key == "lat" else ExifTags.GPS.GPSLongitude] = (deg, minutes, seconds)
+    if "gps_lat" in tags:  # a raw (degrees, minutes, seconds) value, as written
+        gps[ExifTags.GPS.GPSLatitudeRef], gps[ExifTags.GPS.GPSLatitude] = "N", tags["gps_lat"]
+        gps[ExifTags.GPS.GPSLongitudeRef], gps[ExifTags.GPS.GPSLongitude] = "E", (121, 28, 25)
     if "gps_date" in tags:
         gps[ExifTags.GPS.GPSDateStamp] = tags["gps_date"]
         gps[ExifTags.GPS.GPSTimeStamp] = tags["gps_time"]
@@ -120,3 +124,29 @@ def test_jpeg_orientation_and_gps_together():
     assert image.shape == (120, 80, 3)
     assert np.asarray(image[-30:]).reshape(-1, 3).mean(0)[0] > 150  # orientation 8: the blue half at the bottom
     assert read_metadata(data).location == pytest.approx((39.9042, 116.4074), abs=1e-6)
+
+
+@pytest.mark.parametrize("offset", ["+25:00", "-24:00", "+24:00", "+05:60", "+99:99"])
+def test_an_impossible_utc_offset_is_no_offset(offset):
+    meta = read_metadata(encode(taken="2026:11:20 09:15:30", offset=offset))
+    assert meta.taken_at == datetime(2026, 11, 20, 9, 15, 30)  # the time kept, the garbage offset dropped
+    when, how = meta.capture_time(SHANGHAI)
+    assert when == datetime(2026, 11, 20, 9, 15, 30, tzinfo=SHANGHAI) and how.startswith("EXIF, no UTC offset")
+    latest = read_metadata(encode(taken="2026:11:20 09:15:30", offset="-23:59")).taken_at
+    assert latest is not None and latest.utcoffset() == -timedelta(hours=23, minutes=59)  # the farthest valid
+
+
+def test_hostile_exif_values_cost_their_field_never_the_photo():
+    cases = {
+        "zero-denominator time": dict(gps_date="2026:11:20", gps_time=(IFDRational(1, 0), 0, 0)),
+        "zero-denominator latitude": dict(gps_lat=(IFDRational(0, 0), 0, 0), lat=None),
+        "a number for a date": dict(gps_date=20261120, gps_time=(1, 2, 3)),
+        "a number for an offset": dict(taken="2026:11:20 09:15:30", offset=8),
+        "a huge GPS time": dict(gps_date="2026:11:20", gps_time=(4_000_000_000, 0, 0)),
+    }
+    for name, tags in cases.items():
+        data = encode(make="Apple", model="iPhone 13", **tags)
+        meta = read_metadata(data)
+        assert meta.gps_time is None and meta.location is None, name
+        assert meta.camera == "Apple iPhone 13", name  # the other fields are still read
+        assert decode_image(data).shape == (80, 120, 3), name

@@ -3,14 +3,17 @@ ingest, lifecycle, evidence, detection with micro-batching, stats, keys, metrics
 
 from __future__ import annotations
 
+import io
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import ExifTags, Image
 from servetest import T0, make_violation
 
 from models.registry import resolve
@@ -624,3 +627,31 @@ def test_text_and_numbers_no_database_can_keep_are_refused_with_a_reason(db_url,
         assert [c["id"] for c in page["items"]] == [cid] and page["items"][0]["status"] == "new"
         assert [k["name"] for k in client.get("/v1/keys", headers=ad).json()] == ["ingest-1", "reviewer-1", "admin-1"]
     store.dispose()
+
+
+def exif_jpeg(src: Path, exif_tags: dict[int, object] | None = None, gps: dict[int, object] | None = None) -> bytes:
+    """``src`` as a JPEG carrying the given EXIF (Exif IFD) and GPS tags."""
+    exif = Image.Exif()
+    exif.get_ifd(ExifTags.IFD.Exif).update(exif_tags or {})
+    exif.get_ifd(ExifTags.IFD.GPSInfo).update(gps or {})
+    buf = io.BytesIO()
+    Image.open(src).save(buf, "JPEG", exif=exif.tobytes(), quality=90)
+    return buf.getvalue()
+
+
+def test_detect_files_a_photo_whose_utc_offset_is_garbage(env, sample_photos):
+    app, client, keys, _ = env
+    photo = next(p for p in sample_photos if "scooter" in p.name)
+    data = exif_jpeg(
+        photo, {ExifTags.Base.DateTimeOriginal: "2026:11:20 09:15:30", ExifTags.Base.OffsetTimeOriginal: "+25:00"}
+    )
+    r = client.post(
+        "/v1/detect",
+        params={"file": "true", "parking_anywhere": "true"},
+        headers={**auth(keys["ingest"]), "Content-Type": "image/jpeg"},
+        content=data,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["cases"]  # filed, taken at the EXIF time in the service's zone
+    case = app.state.store.get_case(r.json()["cases"][0]["case_id"])
+    assert case.first_seen == datetime(2026, 11, 20, 9, 15, 30, tzinfo=app.state.config.tz)
