@@ -253,14 +253,15 @@ def _gps_position(gps: dict) -> tuple[float, float] | None:
 
 
 def _gps_time(gps: dict) -> datetime | None:
-    """UTC time from the GPS date and time stamps; None when either is absent or malformed."""
+    """UTC time from the GPS date and time stamps; None when either is absent or malformed, or when the time
+    they add up to is outside the plausible years (a time stamp of 48 h on 2999-12-31 is in 3001)."""
     date, hms = gps.get(ExifTags.GPS.GPSDateStamp), gps.get(ExifTags.GPS.GPSTimeStamp)
     if not isinstance(date, str) or hms is None:
         return None
     try:
-        day = plausible_time(datetime.strptime(date.strip("\x00 ")[:10], "%Y:%m:%d"))
+        day = datetime.strptime(date.strip("\x00 ")[:10], "%Y:%m:%d").replace(tzinfo=timezone.utc)
         h, m, s = (float(v) for v in hms)
-        return day.replace(tzinfo=timezone.utc) + timedelta(hours=h, minutes=m, seconds=s)
+        return plausible_time(day + timedelta(hours=h, minutes=m, seconds=s))
     except (TypeError, ValueError, ZeroDivisionError, OverflowError):
         return None
 

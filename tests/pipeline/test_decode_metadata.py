@@ -150,3 +150,10 @@ def test_hostile_exif_values_cost_their_field_never_the_photo():
         assert meta.gps_time is None and meta.location is None, name
         assert meta.camera == "Apple iPhone 13", name  # the other fields are still read
         assert decode_image(data).shape == (80, 120, 3), name
+
+
+def test_a_gps_time_that_runs_past_the_plausible_years_is_no_time():
+    meta = read_metadata(encode(gps_date="2999:12:31", gps_time=(48, 0, 0)))  # the stamps add up to 3001-01-02
+    assert meta.gps_time is None and meta.capture_time(SHANGHAI) == (None, "")
+    last = read_metadata(encode(gps_date="2999:12:31", gps_time=(23, 59, 59))).gps_time
+    assert last == datetime(2999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)

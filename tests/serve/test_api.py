@@ -655,3 +655,20 @@ def test_detect_files_a_photo_whose_utc_offset_is_garbage(env, sample_photos):
     assert r.json()["cases"]  # filed, taken at the EXIF time in the service's zone
     case = app.state.store.get_case(r.json()["cases"][0]["case_id"])
     assert case.first_seen == datetime(2026, 11, 20, 9, 15, 30, tzinfo=app.state.config.tz)
+
+
+def test_detect_files_a_photo_whose_gps_clock_runs_past_the_plausible_years(env, sample_photos):
+    app, client, keys, _ = env
+    photo = next(p for p in sample_photos if "scooter" in p.name)
+    data = exif_jpeg(photo, gps={ExifTags.GPS.GPSDateStamp: "2999:12:31", ExifTags.GPS.GPSTimeStamp: (48, 0, 0)})
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    r = client.post(
+        "/v1/detect",
+        params={"file": "true", "parking_anywhere": "true"},  # vehicles: findings to file
+        headers={**auth(keys["ingest"]), "Content-Type": "image/jpeg"},
+        content=data,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["cases"]
+    case = app.state.store.get_case(r.json()["cases"][0]["case_id"])
+    assert case.first_seen >= before  # no usable photo time: taken at the upload
