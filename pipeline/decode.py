@@ -37,6 +37,8 @@ except ImportError:  # pragma: no cover - pillow-heif is a base dependency, but 
 SUPPORTED_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "BMP": "bmp"}
 if HEIF_SUPPORT:
     SUPPORTED_FORMATS["HEIF"] = "heic"
+#: The formats read, for people (messages, error replies).
+FORMAT_NAMES = "JPEG, PNG, WebP, BMP or HEIC/HEIF" if HEIF_SUPPORT else "JPEG, PNG, WebP or BMP"
 #: Suffixes picked up from folders and globs (HEIC always: without support it is reported, not skipped).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".heic", ".heif")
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
@@ -73,8 +75,7 @@ def probe_image(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIXE
             ) from None
         raise ImageReadError(source, "not an image (unrecognised format or corrupt header)") from None
     if fmt not in SUPPORTED_FORMATS:
-        names = "JPEG, PNG, WebP, BMP" + (" or HEIC" if HEIF_SUPPORT else "")
-        raise ImageReadError(source, f"unsupported image format {fmt}; use {names}")
+        raise ImageReadError(source, f"unsupported image format {fmt}; use {FORMAT_NAMES}")
     if width <= 0 or height <= 0:
         raise ImageReadError(source, f"invalid image size {width}x{height}")
     if width * height > max_pixels:

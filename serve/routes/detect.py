@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from pipeline.cases import GeoPoint, PlausibleTime, Violation
-from pipeline.decode import decode_image, probe_image, read_metadata
+from pipeline.decode import FORMAT_NAMES, HEIF_SUPPORT, decode_image, probe_image, read_metadata
 from pipeline.detections import Detections
 from pipeline.photos import find_violations, photo_violations
 from serve.auth import GRANTS, require
@@ -21,7 +21,12 @@ from serve.schemas import DetectionOut, DetectOut, IngestResult
 from serve.store import Actor
 
 router = APIRouter(prefix="/v1", tags=["detect"])
-IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp")
+#: Media types taken as an image upload (HEIC/HEIF, as iPhones send photos, when pillow-heif is installed).
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp") + (
+    ("image/heic", "image/heif") if HEIF_SUPPORT else ()
+)
+#: What a 415 says is accepted: the image types and raw bytes (sniffed from the content).
+ACCEPTED = f"{', '.join(IMAGE_TYPES)} or application/octet-stream"
 FIELD = "image"
 
 
@@ -38,14 +43,14 @@ async def upload_bytes(request: Request) -> tuple[bytes, str]:
             raise HTTPException(422, f"multipart body needs a file field named '{FIELD}'")
         part_type = (upload.content_type or "").lower()
         if part_type and part_type not in (*IMAGE_TYPES, "application/octet-stream"):
-            raise HTTPException(415, f"'{FIELD}' is {part_type}; send JPEG, PNG, WebP or BMP")
+            raise HTTPException(415, f"'{FIELD}' is {part_type}; send {FORMAT_NAMES} ({ACCEPTED})")
         return await upload.read(), upload.filename or FIELD
     if ctype in IMAGE_TYPES or ctype == "application/octet-stream":
         return await request.body(), "body"
     raise HTTPException(
         415,
         f"unsupported content type {ctype or '(none)'}: send multipart/form-data with "
-        f"an '{FIELD}' file, or the image bytes as {', '.join(IMAGE_TYPES)}",
+        f"an '{FIELD}' file, or the image bytes ({FORMAT_NAMES}) as {ACCEPTED}",
     )
 
 

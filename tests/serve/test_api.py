@@ -17,7 +17,7 @@ from PIL import ExifTags, Image
 from servetest import T0, make_violation
 
 from models.registry import resolve
-from pipeline.decode import read_image
+from pipeline.decode import HEIF_SUPPORT, read_image
 from pipeline.streams import CameraStatus
 from serve.app import attach_cameras, batching_wanted, create_app
 from serve.config import BatchingConfig, ServiceConfig
@@ -672,3 +672,26 @@ def test_detect_files_a_photo_whose_gps_clock_runs_past_the_plausible_years(env,
     assert r.json()["cases"]
     case = app.state.store.get_case(r.json()["cases"][0]["case_id"])
     assert case.first_seen >= before  # no usable photo time: taken at the upload
+
+
+@pytest.mark.skipif(not HEIF_SUPPORT, reason="pillow-heif is not installed")
+def test_detect_takes_heic_under_its_own_media_types(env, sample_photos):
+    _app, client, keys, _ = env
+    photo = next(p for p in sample_photos if "scooter" in p.name)
+    buf = io.BytesIO()
+    with Image.open(photo) as im:
+        im.convert("RGB").resize((im.width // 2, im.height // 2)).save(buf, "HEIF", quality=90)
+    data, h = buf.getvalue(), auth(keys["ingest"])
+    octet = client.post("/v1/detect", content=data, headers={**h, "Content-Type": "application/octet-stream"})
+    assert octet.status_code == 200, octet.text
+    for ctype in ("image/heic", "image/heif"):  # what an iPhone's upload says it is
+        raw = client.post("/v1/detect", content=data, headers={**h, "Content-Type": ctype})
+        part = client.post("/v1/detect", headers=h, files={"image": ("IMG_0001.HEIC", data, ctype)})
+        for r in (raw, part):
+            assert r.status_code == 200, (ctype, r.text)
+            assert r.json()["detections"] == octet.json()["detections"]
+    refused = client.post("/v1/detect", headers=h, files={"image": ("a.tif", data, "image/tiff")})
+    detail = refused.json()["detail"]
+    assert refused.status_code == 415 and "HEIC" in detail and "image/heic" in detail, detail
+    raw = client.post("/v1/detect", content=data, headers={**h, "Content-Type": "image/tiff"})
+    assert raw.status_code == 415 and "image/heif" in raw.json()["detail"] and "HEIC" in raw.json()["detail"]
