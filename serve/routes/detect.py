@@ -18,7 +18,7 @@ from pipeline.photos import find_violations, photo_violations
 from serve.auth import GRANTS, require
 from serve.routes.cases import ERRORS
 from serve.schemas import DetectionOut, DetectOut, IngestResult
-from serve.store import Actor
+from serve.store import TEXT_LIMITS, Actor
 
 router = APIRouter(prefix="/v1", tags=["detect"])
 #: Media types taken as an image upload (HEIC/HEIF, as iPhones send photos, when pillow-heif is installed).
@@ -60,7 +60,9 @@ async def detect(
     actor: Annotated[Actor, Depends(require("detect"))],
     file: Annotated[bool, Query(description="File the violations found as cases (needs an ingest key)")] = False,
     tile: Annotated[bool, Query(description="Sliced inference for small objects in large images")] = False,
-    source_name: Annotated[str | None, Query(max_length=300, description="Photo name for filed cases")] = None,
+    source_name: Annotated[
+        str | None, Query(max_length=TEXT_LIMITS["source_name"], description="Photo name for filed cases")
+    ] = None,
     lat: Annotated[
         float | None, Query(ge=-90, le=90, description="Where the photo was taken (default: its EXIF GPS position)")
     ] = None,
@@ -114,7 +116,7 @@ async def detect(
             version,
             state.config.tz,
             parking_anywhere,
-            source_name or (name if name not in (FIELD, "body") else None),
+            source_name or (shorten(name, TEXT_LIMITS["source_name"]) if name not in (FIELD, "body") else None),
             lat,
             lon,
             file_time,
@@ -130,6 +132,15 @@ async def detect(
         detections=[DetectionOut.model_validate(r) for r in dets.to_records()],
         cases=cases,
     )
+
+
+def shorten(name: str, limit: int) -> str:
+    """``name`` cut to ``limit`` characters in the middle, so that its start and its end (the number a
+    camera gives a photo, the suffix) are still there to recognise it by."""
+    if len(name) <= limit:
+        return name
+    tail = limit // 4
+    return f"{name[: limit - tail - 1]}…{name[-tail:]}"
 
 
 def violations_in_upload(

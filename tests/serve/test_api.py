@@ -695,3 +695,27 @@ def test_detect_takes_heic_under_its_own_media_types(env, sample_photos):
     assert refused.status_code == 415 and "HEIC" in detail and "image/heic" in detail, detail
     raw = client.post("/v1/detect", content=data, headers={**h, "Content-Type": "image/tiff"})
     assert raw.status_code == 415 and "image/heif" in raw.json()["detail"] and "HEIC" in raw.json()["detail"]
+
+
+def test_detect_files_a_photo_with_a_very_long_file_name_under_a_shortened_name(env, sample_photos):
+    app, client, keys, _ = env
+    photo = next(p for p in sample_photos if "scooter" in p.name)
+    long_name = "patrol-2026-11-20-" + "market-street-" * 30 + "IMG_0042.jpg"  # 450 characters
+    r = client.post(
+        "/v1/detect",
+        params={"file": "true", "parking_anywhere": "true"},
+        headers=auth(keys["ingest"]),
+        files={"image": (long_name, photo.read_bytes(), "image/jpeg")},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["cases"] and r.json()["detections"]
+    shown = app.state.store.get_case(r.json()["cases"][0]["case_id"]).source_name
+    assert len(shown) == 300 and shown.startswith("patrol-2026-11-20-market") and shown.endswith("IMG_0042.jpg")
+    # a name the caller chose is refused before any detection runs, as the other parameters are
+    chosen = client.post(
+        "/v1/detect",
+        params={"file": "true", "source_name": long_name},
+        headers=auth(keys["ingest"]),
+        files={"image": ("a.jpg", photo.read_bytes(), "image/jpeg")},
+    )
+    assert chosen.status_code == 422 and "300" in chosen.text
