@@ -17,7 +17,7 @@ from pipeline.detections import Detections
 from pipeline.photos import find_violations, photo_violations
 from serve.auth import GRANTS, require
 from serve.routes.cases import ERRORS
-from serve.schemas import DetectionOut, DetectOut, IngestResult
+from serve.schemas import DetectionOut, DetectOut, IngestResult, Problem
 from serve.store import TEXT_LIMITS, Actor
 
 router = APIRouter(prefix="/v1", tags=["detect"])
@@ -54,7 +54,29 @@ async def upload_bytes(request: Request) -> tuple[bytes, str]:
     )
 
 
-@router.post("/detect", response_model=DetectOut, responses=ERRORS, summary="Detect objects in an uploaded image")
+#: The upload as OpenAPI describes it (the route reads the body itself, to take both forms).
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": [FIELD],
+                "properties": {FIELD: {"type": "string", "format": "binary", "description": "The photo"}},
+            }
+        },
+        **{t: {"schema": {"type": "string", "format": "binary"}} for t in (*IMAGE_TYPES, "application/octet-stream")},
+    },
+}
+
+
+@router.post(
+    "/detect",
+    response_model=DetectOut,
+    responses={**ERRORS, 503: {"model": Problem, "description": "The service runs without a model"}},
+    summary="Detect objects in an uploaded image",
+    openapi_extra={"requestBody": UPLOAD_BODY},
+)
 async def detect(
     request: Request,
     actor: Annotated[Actor, Depends(require("detect"))],

@@ -96,7 +96,16 @@ def test_health_ready_and_docs(env):
     assert ready["status"] == "ready" and ready["checks"]["database"] is True
     assert ready["checks"]["model"].startswith(f"{resolve().card.name}@")
     assert ready["checks"]["cameras"] == {"gate-east": "live", "market": "failed"}
-    assert "/v1/cases/ingest" in client.get("/openapi.json").json()["paths"]
+    schema = client.get("/openapi.json").json()
+    assert "/v1/cases/ingest" in schema["paths"]
+    # what clients generated from the schema need: the key, the upload, and errors as they really come
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert schema["paths"]["/v1/cases"]["get"]["security"] == [{"HTTPBearer": []}]
+    upload = schema["paths"]["/v1/detect"]["post"]["requestBody"]["content"]
+    assert upload["multipart/form-data"]["schema"]["required"] == ["image"] and "image/jpeg" in upload
+    problem = schema["components"]["schemas"]["Problem"]["properties"]
+    refused = client.post("/v1/keys", json={"role": "root"}, headers=auth(_keys["admin"]))
+    assert refused.status_code == 422 and set(refused.json()) <= set(problem)
 
 
 def test_batching_is_automatic_only_on_accelerators(env):
