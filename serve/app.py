@@ -193,7 +193,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CaseChanged)
     async def _changed(request: Request, exc: CaseChanged) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
+        tz = request.app.state.config.tz  # the zone the review page shows times in
+        return JSONResponse({"detail": exc.message(tz)}, status_code=409)
 
     @app.exception_handler(CaseNotFound)
     async def _missing(request: Request, exc: CaseNotFound) -> JSONResponse:

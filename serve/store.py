@@ -13,7 +13,7 @@ import math
 import secrets
 import statistics
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -63,7 +63,33 @@ class InvalidRequest(ValueError):
 
 
 class CaseChanged(Exception):
-    """An action decided on an older version of the case: someone else acted on it meanwhile."""
+    """An action decided on an older version of the case: someone else acted on it meanwhile.
+
+    It keeps what happened since (action, actor, time) so that the caller can say it in its own time
+    zone (:meth:`message`); ``str()`` says it in UTC.
+    """
+
+    def __init__(
+        self, case_id: int, status: str, version: int, asked: int, since: Sequence[tuple[str, str, datetime]] = ()
+    ):
+        self.case_id, self.status, self.version, self.asked, self.since = case_id, status, version, asked, since
+        super().__init__(self.message(timezone.utc))
+
+    def message(self, tz: tzinfo) -> str:
+        """Why the action is refused, times in ``tz`` (2026-11-28 08:50:06 +08:00)."""
+        if self.asked > self.version:
+            return f"case {self.case_id} has no version {self.asked} (it is at version {self.version}): reload it"
+        done = "; ".join(f"{action} by {actor} at {local_time(at, tz)}" for action, actor, at in self.since)
+        return (
+            f"case {self.case_id} changed after you loaded it ({done}; now {self.status}, version {self.version}): "
+            "reload it and decide again"
+        )
+
+
+def local_time(at: datetime, tz: tzinfo) -> str:
+    """A time as people read it in ``tz``: 2026-11-28 08:50:06 +08:00."""
+    offset = at.astimezone(tz).strftime("%z")
+    return at.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S ") + f"{offset[:3]}:{offset[3:]}"
 
 
 @dataclass(frozen=True)
@@ -492,7 +518,7 @@ class CaseStore:
             if case is None:
                 raise CaseNotFound(f"no case {case_id}")
             if version is not None and version != case.version:
-                raise CaseChanged(self._changed_since(s, case, version))
+                raise self._changed_since(s, case, version)
             before = case.status
             after = lifecycle.check(case_id, before, action)
             now = utcnow()
@@ -510,22 +536,19 @@ class CaseStore:
         return self._write(run)
 
     @staticmethod
-    def _changed_since(s: Session, case: Case, version: int) -> str:
+    def _changed_since(s: Session, case: Case, version: int) -> CaseChanged:
         """Why an action decided on ``version`` is refused: who did what to the case since."""
-        if version > case.version:
-            return f"case {case.id} has no version {version} (it is at version {case.version}): reload it"
-        actions = tuple(lifecycle.TRANSITIONS)
-        later = s.scalars(
-            select(History)
-            .where(History.case_id == case.id, History.action.in_(actions))
-            .order_by(History.id.desc())
-            .limit(case.version - version)
-        ).all()
-        done = "; ".join(f"{h.action} by {h.actor} at {h.at.isoformat(timespec='seconds')}" for h in reversed(later))
-        return (
-            f"case {case.id} changed after you loaded it ({done}; now {case.status}, version {case.version}): "
-            "reload it and decide again"
-        )
+        later: Sequence[History] = ()
+        if version <= case.version:
+            actions = tuple(lifecycle.TRANSITIONS)
+            later = s.scalars(
+                select(History)
+                .where(History.case_id == case.id, History.action.in_(actions))
+                .order_by(History.id.desc())
+                .limit(case.version - version)
+            ).all()
+        since = [(h.action, h.actor, h.at) for h in reversed(later)]
+        return CaseChanged(case.id, case.status, case.version, version, since)
 
     def _history(
         self,

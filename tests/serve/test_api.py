@@ -186,7 +186,7 @@ def test_review_dispatch_resolve_close_over_http(env):
 
 
 def test_an_action_on_a_stale_version_is_a_409_naming_who_acted(env):
-    _, client, keys, _ = env
+    app, client, keys, _ = env
     cid = ingest(client, keys, source_id="cam-stale").json()["case_id"]
     rv = auth(keys["reviewer"])
     seen = client.get(f"/v1/cases/{cid}", headers=rv).json()["version"]
@@ -197,6 +197,10 @@ def test_an_action_on_a_stale_version_is_a_409_naming_who_acted(env):
     r = client.post(f"/v1/cases/{cid}/dispatch", json=body, headers=rv)
     assert r.status_code == 409, r.text
     assert "confirm by reviewer-1 (reviewer)" in r.json()["detail"] and "reload it" in r.json()["detail"]
+    # the time of that confirm as the review page shows times: in the service's zone (Asia/Shanghai), readable
+    confirmed = client.get(f"/v1/cases/{cid}/history", headers=rv).json()[-1]["at"]
+    shown = datetime.fromisoformat(confirmed).astimezone(app.state.config.tz).strftime("%Y-%m-%d %H:%M:%S +08:00")
+    assert f"confirm by reviewer-1 (reviewer) at {shown};" in r.json()["detail"], r.json()["detail"]
     assert client.get(f"/v1/cases/{cid}", headers=rv).json()["status"] == "confirmed"
     r = client.post(f"/v1/cases/{cid}/dispatch", json={**body, "version": seen + 1}, headers=rv)
     assert r.status_code == 200 and r.json()["status"] == "dispatched"
