@@ -61,6 +61,11 @@ def render(request: Request, name: str, user: KeyOut | None, **context: Any) -> 
     def local(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
         return value.astimezone(tz).strftime(fmt) if value else "—"
 
+    def shown(value: Any) -> Any:
+        """A history detail as the page shows it: a time (a deadline, ISO text in UTC) in the local zone."""
+        when = iso_time(value)
+        return value if when is None else local(when, "%Y-%m-%d %H:%M" if when.second == 0 else "%Y-%m-%d %H:%M:%S")
+
     response = templates.TemplateResponse(
         request,
         name,
@@ -72,12 +77,24 @@ def render(request: Request, name: str, user: KeyOut | None, **context: Any) -> 
             "sources_of": {name: list(v.sources) for name, v in VIOLATIONS.items()},  # the classes of each type
             "action_labels": ACTION_LABELS,
             "local": local,
+            "shown": shown,
             "tzname": config.timezone,
             **context,
         },
     )
     response.headers["Cache-Control"] = "no-store"  # Back after an action or sign-out shows no stale page
     return response
+
+
+def iso_time(value: Any) -> datetime | None:
+    """The time ``value`` is when it is ISO text of a time with a zone (2026-12-03T00:00:00+00:00), else None."""
+    if not isinstance(value, str) or len(value) < 16 or value[10] not in "T ":
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None
 
 
 def error_page(request: Request, status: int, message: str) -> HTMLResponse:

@@ -732,3 +732,24 @@ def test_detect_files_a_photo_with_a_very_long_file_name_under_a_shortened_name(
         files={"image": ("a.jpg", photo.read_bytes(), "image/jpeg")},
     )
     assert chosen.status_code == 422 and "300" in chosen.text
+
+
+def signed_in(app, key: str) -> TestClient:
+    """A browser of the review page: its own cookie jar, signed in with ``key``."""
+    browser = TestClient(app)
+    r = browser.post("/ui/login", data={"key": key, "next": "/ui/cases"}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    return browser
+
+
+def test_the_case_history_shows_a_deadline_in_local_time_as_the_details_do(env):
+    app, client, keys, _ = env
+    cid = ingest(client, keys, source_id="cam-history").json()["case_id"]
+    rv = auth(keys["reviewer"])
+    client.post(f"/v1/cases/{cid}/review", json={"action": "confirm"}, headers=rv).raise_for_status()
+    body = {"department": "环卫所", "deadline": "2030-12-03T00:00:00Z"}
+    client.post(f"/v1/cases/{cid}/dispatch", json=body, headers=rv).raise_for_status()
+    page = signed_in(app, keys["reviewer"]).get(f"/ui/cases/{cid}").text
+    assert '<dd id="deadline">2030-12-03 08:00</dd>' in page  # Asia/Shanghai
+    history = page[page.index('class="history"') :]
+    assert "deadline: 2030-12-03 08:00" in history and "2030-12-03T00:00:00" not in history, history[:1500]
