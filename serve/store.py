@@ -854,6 +854,12 @@ class CaseStore:
         ]
         return sorted(labels, key=lambda r: r[1])
 
+    def departments(self) -> list[str]:
+        """Every department a case was dispatched to, for filters."""
+        with self.reading() as s:
+            rows = s.scalars(select(Case.department).where(Case.department.is_not(None)).distinct()).all()
+        return sorted(rows)
+
     def _case_out(self, s: Session, case: Case, now: datetime) -> CaseOut:
         evidence = sorted(case.evidence, key=lambda e: (-e.score, e.kind != "frame", e.id))
         base = self.public_url

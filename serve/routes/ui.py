@@ -7,6 +7,7 @@ session cookie that the API accepts like a Bearer header. Buttons call the JSON 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -143,18 +144,29 @@ def cases_page(
     status: Annotated[str, Query()] = "",
     type: Annotated[str, Query()] = "",
     camera: Annotated[str, Query()] = "",
+    department: Annotated[str, Query()] = "",
+    overdue: Annotated[str, Query()] = "",
     page: Annotated[int, Query(ge=1, le=10**6)] = 1,
 ) -> Response:
+    """The case list, filtered as GET /v1/cases: status, type, camera, department, overdue (true)."""
     user = current_user(request)
     if user is None:
         return to_login(request)
     store = request.app.state.store
     status = status if status in STATUSES else ""
     type = type if type in VIOLATIONS else ""
-    flt = CaseFilter(status=(status,) if status else (), type=(type,) if type else (), source_id=camera or None)
+    late = "true" if overdue.strip().lower() in ("true", "1", "on", "yes") else ""  # a checkbox, a link
+    flt = CaseFilter(
+        status=(status,) if status else (),
+        type=(type,) if type else (),
+        source_id=camera or None,
+        department=department or None,
+        overdue=True if late else None,
+    )
     items, total = store.list_cases(flt, (page - 1) * PAGE_SIZE, PAGE_SIZE)
     pages = max(1, math.ceil(total / PAGE_SIZE))
-    query = {k: v for k, v in {"status": status, "type": type, "camera": camera}.items() if v}
+    chosen = {"status": status, "type": type, "camera": camera, "department": department, "overdue": late}
+    query = {k: v for k, v in chosen.items() if v}
     if page > pages:  # an old link, or cases closed meanwhile: the last page there is
         return RedirectResponse(f"/ui/cases?{urlencode({**query, 'page': pages})}", status_code=303)
     return render(
@@ -167,8 +179,10 @@ def cases_page(
         pages=pages,
         filters=query,
         query=lambda **kw: urlencode({**query, **kw}),
-        counts=store.counts_by_status(flt),  # the chips count within the type and source chosen
+        counts=store.counts_by_status(flt),  # the chips count within the type, source and department chosen
+        overdue_count=sum(store.counts_by_status(replace(flt, overdue=True)).values()),
         sources=store.sources(),
+        departments=sorted({*store.departments(), *([department] if department else [])}),
     )
 
 

@@ -15,12 +15,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import ExifTags, Image
 from servetest import T0, make_violation
+from sqlalchemy.orm import Session
 
 from models.registry import resolve
 from pipeline.decode import HEIF_SUPPORT, read_image
 from pipeline.streams import CameraStatus
 from serve.app import attach_cameras, batching_wanted, create_app
 from serve.config import BatchingConfig, ServiceConfig
+from serve.db import Case
 
 
 class RecordingCameras:
@@ -753,3 +755,36 @@ def test_the_case_history_shows_a_deadline_in_local_time_as_the_details_do(env):
     assert '<dd id="deadline">2030-12-03 08:00</dd>' in page  # Asia/Shanghai
     history = page[page.index('class="history"') :]
     assert "deadline: 2030-12-03 08:00" in history and "2030-12-03T00:00:00" not in history, history[:1500]
+
+
+def test_supervisors_list_overdue_cases_and_a_departments_cases_on_the_review_page(env):
+    app, client, keys, _ = env
+    rv = auth(keys["reviewer"])
+    ids = [
+        ingest(client, keys, source_id="cam-late", box=(i * 100, 0, i * 100 + 40, 40)).json()["case_id"]
+        for i in range(3)
+    ]
+    deadline = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat()
+    for cid, department in zip(ids, ("交警大队", "交警大队", "环卫所"), strict=True):
+        client.post(f"/v1/cases/{cid}/review", json={"action": "confirm"}, headers=rv).raise_for_status()
+        body = {"department": department, "deadline": deadline}
+        client.post(f"/v1/cases/{cid}/dispatch", json=body, headers=rv).raise_for_status()
+    with Session(app.state.store.write_engine) as session, session.begin():  # a passed deadline (the API refuses one)
+        session.get(Case, ids[0]).deadline = datetime.now(timezone.utc) - timedelta(hours=2)
+    browser = signed_in(app, keys["reviewer"])
+
+    def listed(**params: str) -> list[int]:
+        page = browser.get("/ui/cases", params={"camera": "cam-late", **params}).text
+        return sorted(int(n) for n in re.findall(r'<tr data-case="(\d+)"', page))
+
+    assert listed() == sorted(ids)
+    assert listed(overdue="true") == [ids[0]]
+    assert listed(department="交警大队") == sorted(ids[:2]) and listed(department="环卫所") == [ids[2]]
+    assert listed(department="环卫所", overdue="true") == []
+    page = browser.get("/ui/cases", params={"overdue": "true", "department": "交警大队"}).text
+    assert 'name="overdue" value="true" checked' in page and '<option value="交警大队" selected' in page
+    assert re.search(r'id="overdue-chip">已超期 Overdue <b>1</b>', page)  # a chip like the status ones
+    assert "overdue=true" in re.search(r'<a class="chip st-new[^"]*" href="([^"]+)"', page)[1]  # the chips keep it
+    stats = browser.get("/ui/stats", params={"since": T0.date().isoformat(), "until": T0.date().isoformat()}).text
+    assert 'id="kpi-overdue" href="/ui/cases?overdue=true"' in stats
+    assert 'href="/ui/cases?department=%E4%BA%A4%E8%AD%A6%E5%A4%A7%E9%98%9F"' in stats  # its row links its cases
