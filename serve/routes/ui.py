@@ -51,6 +51,7 @@ def current_user(request: Request) -> KeyOut | None:
 
 
 def to_login(request: Request) -> RedirectResponse:
+    """To the sign-in page, and back here after it (the sign-in page says when the session's key went stale)."""
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/ui/login?{urlencode({'next': target})}", status_code=303)
 
@@ -112,7 +113,10 @@ def root() -> RedirectResponse:
 
 @router.get("/ui/login", response_class=HTMLResponse)
 def login_page(request: Request, next: str = "/ui/cases", error: str | None = None) -> HTMLResponse:
-    return render(request, "login.html", None, next=_safe_next(next), error=error)
+    """The sign-in form; a session cookie whose key is no longer valid (revoked) is the reason it is shown."""
+    stale = request.cookies.get(COOKIE) is not None and current_user(request) is None
+    expired = "您的密钥已失效，请重新登录 Your key is no longer valid (revoked or expired): sign in again"
+    return render(request, "login.html", None, next=_safe_next(next), error=error or (expired if stale else None))
 
 
 @router.post("/ui/login", dependencies=[Depends(same_origin)])

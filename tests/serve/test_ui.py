@@ -147,6 +147,52 @@ def test_reviewer_confirms_and_dispatches_in_the_browser(browser, tmp_path):
     assert shutil.which("true")  # (screenshots are left for people to look at)
 
 
+def test_a_revoked_key_leads_the_reviewer_back_through_sign_in(browser, tmp_path):
+    """A key revoked while its page is open: the action says so with a sign-in link that comes back here,
+    and a page opened with the stale cookie lands on the sign-in form saying the key is no longer valid."""
+    service = ServiceProcess(tmp_path / "data", config={"load_detector": False}).start()
+    try:
+        admin = {"Authorization": f"Bearer {service.key('admin')}"}
+        made = httpx.post(f"{service.url}/v1/keys", json={"role": "reviewer", "name": "rev"}, headers=admin)
+        reviewer = made.raise_for_status().json()
+        headers = {**admin, "Content-Type": "application/json"}
+        cid = httpx.post(
+            f"{service.url}/v1/cases/ingest", content=make_violation().model_dump_json(), headers=headers, timeout=30
+        ).json()["case_id"]
+        tabs = browser.new_context()
+        page = tabs.new_page()
+        page.goto(f"{service.url}/ui/login?next=/ui/cases/{cid}")
+        page.fill("input[name=key]", reviewer["key"])
+        page.click("button[type=submit]")
+        page.wait_for_url(f"**/ui/cases/{cid}")
+        assert page.locator(".error").count() == 1 and page.is_hidden("#action-error")
+        httpx.delete(f"{service.url}/v1/keys/{reviewer['id']}", headers=admin).raise_for_status()
+
+        page.click("button[name=confirm]")
+        page.wait_for_selector("#action-error:not([hidden])")
+        assert "no longer valid" in page.inner_text("#action-error")
+        assert page.get_attribute("#signin", "href") == f"/ui/login?next=%2Fui%2Fcases%2F{cid}"
+        other = tabs.new_page()  # the same stale cookie, navigating: the sign-in form says why it is shown
+        other.goto(f"{service.url}/ui/cases")
+        assert "/ui/login" in other.url and "no longer valid" in other.inner_text(".error")
+        other.close()
+        page.click("#signin")
+        page.wait_for_url("**/ui/login?next=*")
+        assert "no longer valid" in page.inner_text(".error")
+        fresh = httpx.post(f"{service.url}/v1/keys", json={"role": "reviewer", "name": "rev2"}, headers=admin)
+        page.fill("input[name=key]", fresh.raise_for_status().json()["key"])
+        page.click("button[type=submit]")
+        page.wait_for_url(f"**/ui/cases/{cid}")  # back where the action failed, and it works now
+        page.click("button[name=confirm]")
+        page.wait_for_selector("#status[data-status=confirmed]")
+        page.click("button.link")  # signing out is not a stale key: no such message
+        page.wait_for_url("**/ui/login")
+        assert page.locator(".error").count() == 0
+        tabs.close()
+    finally:
+        service.stop()
+
+
 def test_review_pages_on_a_phone_in_summer_time_with_odd_addresses(browser, tmp_path):
     service = ServiceProcess(tmp_path / "data", config={"load_detector": False, "timezone": "Europe/Berlin"}).start()
     try:

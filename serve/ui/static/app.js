@@ -53,12 +53,22 @@ async function submit(event) {
       const body = await response.json().catch(() => ({}));
       const failure = new Error(typeof body.detail === "string" ? body.detail : `HTTP ${response.status}`);
       failure.stale = response.status === 409; // the case moved on: this page's buttons no longer apply
+      failure.signedOut = response.status === 401; // the session's key was revoked or expired
       throw failure;
     }
     window.location.reload();
   } catch (err) {
     error.textContent = `操作失败 Action failed: ${err.message} `;
-    if (err.stale) {
+    if (err.signedOut) {
+      // nothing on this page works without a valid key: sign in again, and come back here
+      error.textContent = `操作失败，密钥已失效 Action failed: your key is no longer valid (${err.message}). `;
+      document.querySelectorAll("form[data-action] button").forEach((b) => (b.disabled = true));
+      const signin = document.createElement("a");
+      signin.href = `/ui/login?${new URLSearchParams({ next: window.location.pathname + window.location.search })}`;
+      signin.id = "signin";
+      signin.textContent = "重新登录 Sign in again";
+      error.append(signin);
+    } else if (err.stale) {
       // the case moved on: no action of this page applies any more, whatever is tried next
       document.querySelectorAll("form[data-action] button").forEach((b) => (b.disabled = true));
       const reload = document.createElement("a");
