@@ -788,3 +788,14 @@ def test_supervisors_list_overdue_cases_and_a_departments_cases_on_the_review_pa
     stats = browser.get("/ui/stats", params={"since": T0.date().isoformat(), "until": T0.date().isoformat()}).text
     assert 'id="kpi-overdue" href="/ui/cases?overdue=true"' in stats
     assert 'href="/ui/cases?department=%E4%BA%A4%E8%AD%A6%E5%A4%A7%E9%98%9F"' in stats  # its row links its cases
+
+
+def test_long_source_names_on_the_statistics_page_end_in_an_ellipsis_with_the_full_name_in_a_tooltip(env):
+    app, client, keys, _ = env
+    name = "东门 East gate, northbound lane 3 (temporary pole)"  # 49 characters
+    seen = T0 + timedelta(days=900)  # a day of its own: the chart shows the top 12 sources
+    ingest(client, keys, source_id="cam-long-name", source_name=name, first_seen=seen, last_seen=seen)
+    day = seen.date().isoformat()
+    page = signed_in(app, keys["reviewer"]).get("/ui/stats", params={"since": day, "until": day}).text
+    assert f"<title>{name}: 1</title>" in page
+    assert f'class="lbl">{name[:23]}…</text>' in page and f">{name[:24]}<" not in page
