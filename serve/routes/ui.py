@@ -11,7 +11,7 @@ from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi import Path as PathParam
@@ -183,6 +183,7 @@ def cases_page(
         pages=pages,
         filters=query,
         query=lambda **kw: urlencode({**query, **kw}),
+        back=f"/ui/cases?{urlencode({**query, 'page': page})}" if query or page > 1 else None,  # a case's way back
         counts=store.counts_by_status(flt),  # the chips count within the type, source and department chosen
         overdue_count=sum(store.counts_by_status(replace(flt, overdue=True)).values()),
         sources=store.sources(),
@@ -191,7 +192,10 @@ def cases_page(
 
 
 @router.get("/ui/cases/{case_id}", response_class=HTMLResponse)
-def case_page(request: Request, case_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)]) -> Response:
+def case_page(
+    request: Request, case_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)], back: str = "/ui/cases"
+) -> Response:
+    """A case; ``back``: the filtered list it was opened from (only ever a /ui/cases address)."""
     user = current_user(request)
     if user is None:
         return to_login(request)
@@ -221,7 +225,16 @@ def case_page(request: Request, case_id: Annotated[int, PathParam(ge=1, le=2**31
         default_deadline=deadline,
         deadline_offset=f"{offset[:3]}:{offset[3:]}",
         class_names=CLASS_NAMES,
+        back=list_address(back),
     )
+
+
+def list_address(target: str) -> str:
+    """``target`` when it is the case list with its filters (/ui/cases?type=…), else the plain list: a link
+    handed to a case page cannot lead anywhere else."""
+    parts = urlsplit(target)
+    plain = not parts.scheme and not parts.netloc and not parts.fragment and parts.path == "/ui/cases"
+    return target if plain and "\\" not in target else "/ui/cases"
 
 
 def is_date(text: str) -> bool:

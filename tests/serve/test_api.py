@@ -799,3 +799,17 @@ def test_long_source_names_on_the_statistics_page_end_in_an_ellipsis_with_the_fu
     page = signed_in(app, keys["reviewer"]).get("/ui/stats", params={"since": day, "until": day}).text
     assert f"<title>{name}: 1</title>" in page
     assert f'class="lbl">{name[:23]}…</text>' in page and f">{name[:24]}<" not in page
+
+
+def test_a_case_page_leads_back_only_to_the_case_list(env):
+    app, client, keys, _ = env
+    cid = ingest(client, keys, source_id="cam-back").json()["case_id"]
+    browser = signed_in(app, keys["reviewer"])
+    listing = browser.get("/ui/cases", params={"camera": "cam-back", "status": "new"}).text
+    link = f'/ui/cases/{cid}?back=/ui/cases%3Fstatus%3Dnew%26camera%3Dcam-back%26page%3D1"'
+    assert f'class="caseno" href="{link}' in listing
+    back = browser.get(f"/ui/cases/{cid}", params={"back": "/ui/cases?status=new&camera=cam-back&page=1"}).text
+    assert 'href="/ui/cases?status=new&amp;camera=cam-back&amp;page=1" id="back"' in back
+    for elsewhere in ("https://evil.example/ui/cases", "//evil.example/ui/cases", "/ui/cases/../../v1/keys", "/\\x"):
+        page = browser.get(f"/ui/cases/{cid}", params={"back": elsewhere}).text
+        assert 'href="/ui/cases" id="back"' in page, elsewhere

@@ -94,7 +94,7 @@ def test_reviewer_confirms_and_dispatches_in_the_browser(browser, tmp_path):
         assert page.locator("tr[data-case]").count() == 2
 
         page.click(f"tr[data-case='{parking}'] a.caseno")
-        page.wait_for_url(f"**/ui/cases/{parking}")
+        page.wait_for_url(lambda url: f"/ui/cases/{parking}?back=" in url)  # the way back to this filtered list
         assert page.locator("#status").get_attribute("data-status") == "new"
         assert page.eval_on_selector("#frame", "i => i.naturalWidth") > 0
         page.click("button[name=confirm]")
@@ -123,6 +123,9 @@ def test_reviewer_confirms_and_dispatches_in_the_browser(browser, tmp_path):
 
         page.click("button[name=resolve]")  # resolve without a note is allowed; then check the error path
         page.wait_for_selector("#status[data-status=resolved]")
+        page.click("#back")  # after the actions (each reloads the page) back to the list as it was filtered
+        page.wait_for_url(lambda url: url.endswith("/ui/cases?type=illegal_parking&page=1"))
+        assert page.locator("tr[data-case]").count() == 2
         page.goto(f"{service.url}/ui/stats?since=2026-11-20&until=2026-11-30")
         assert page.inner_text("#kpi-total") == "4"
         page.screenshot(path=str(shots / "review-stats.png"), full_page=True)

@@ -72,7 +72,7 @@ async function submit(event) {
       // the case moved on: no action of this page applies any more, whatever is tried next
       document.querySelectorAll("form[data-action] button").forEach((b) => (b.disabled = true));
       const reload = document.createElement("a");
-      reload.href = window.location.pathname;
+      reload.href = window.location.pathname + window.location.search; // the way back to the list kept
       reload.id = "reload";
       reload.textContent = "重新载入 Reload";
       error.append(reload);
