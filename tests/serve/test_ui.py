@@ -103,8 +103,10 @@ def test_reviewer_confirms_and_dispatches_in_the_browser(browser, tmp_path):
         stale.goto(page.url)
         page.fill("input[name=department]", "城管执法中队")
         chosen = page.input_value("input[name=deadline]")  # proposed: 48 h from now, in the service's zone
+        page.fill("form[data-action=dispatch] input[name=note]", "请两日内劝离 Move it on within two days")
         page.click("button[name=dispatch]")
         page.wait_for_selector("#status[data-status=dispatched]")
+        assert "Move it on within two days" in page.inner_text(".facts")  # sent with the dispatch
         assert page.inner_text("#department") == "城管执法中队"
         assert page.inner_text("#deadline") == chosen.replace(
             "T", " "
@@ -126,6 +128,12 @@ def test_reviewer_confirms_and_dispatches_in_the_browser(browser, tmp_path):
         page.click("#back")  # after the actions (each reloads the page) back to the list as it was filtered
         page.wait_for_url(lambda url: url.endswith("/ui/cases?type=illegal_parking&page=1"))
         assert page.locator("tr[data-case]").count() == 2
+        other = int(page.get_attribute(f"tr[data-case]:not([data-case='{parking}'])", "data-case"))
+        page.click(f"tr[data-case='{other}'] a.caseno")
+        page.fill("form:has(button[name=dismiss]) input[name=note]", "广告牌，不是车 A billboard, not a car")
+        page.click("button[name=dismiss]")
+        page.wait_for_selector("#status[data-status=dismissed]")
+        assert "A billboard, not a car" in page.inner_text(".history")
         page.goto(f"{service.url}/ui/stats?since=2026-11-20&until=2026-11-30")
         assert page.inner_text("#kpi-total") == "4"
         page.screenshot(path=str(shots / "review-stats.png"), full_page=True)
@@ -143,6 +151,9 @@ def test_reviewer_confirms_and_dispatches_in_the_browser(browser, tmp_path):
             ("dispatch", "王审核 wang (reviewer)"),
             ("resolve", "王审核 wang (reviewer)"),
         ]
+        assert store.history(parking)[2].details["note"] == "请两日内劝离 Move it on within two days"
+        assert store.history(other)[-1].details == {"note": "广告牌，不是车 A billboard, not a car"}
+        assert store.get_case(other).status == "dismissed"
     finally:
         store.dispose()
     for name in ("review-list.png", "review-case.png", "review-stats.png"):
