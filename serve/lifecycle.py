@@ -19,6 +19,9 @@ STATUSES: dict[str, tuple[str, str]] = {  # status -> (中文, English)
 }
 #: Cases a new sighting of the same thing is merged into.
 OPEN_STATUSES = ("new", "confirmed", "dispatched")
+#: Cases whose department (and deadline) is the one handling it, or that handled it; a case reopened back to
+#: ``confirmed`` keeps its last department and deadline only as the previous assignment.
+ASSIGNED_STATUSES = ("dispatched", "resolved", "closed")
 
 
 @dataclass(frozen=True)

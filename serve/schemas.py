@@ -207,7 +207,10 @@ class StatsOut(Model):
     total: int = Field(description="Cases in the range")
     by_type: list[CountOut] = Field(description="Cases per violation type")
     by_camera: list[CountOut] = Field(description="Cases per camera or photo source")
-    by_department: list[CountOut] = Field(description="Dispatched cases per department")
+    by_department: list[CountOut] = Field(
+        description="Cases per department they were last dispatched to, of those now dispatched, resolved or "
+        "closed (a case reopened and not yet dispatched again is not counted)"
+    )
     by_status: list[CountOut] = Field(description="Cases per current status")
     by_day: list[CountOut] = Field(
         description="Cases per local day, every day of the range (empty for ranges beyond a year: see by_month)"

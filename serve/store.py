@@ -929,7 +929,8 @@ class CaseStore:
                     select(Case.source_id, func.max(Case.source_name)).where(*in_range).group_by(Case.source_id)
                 ).all()
             )
-            by_department = grouped(s, Case.department, Case.dispatched_at.is_not(None))
+            # with the department now, or resolved / closed by it; not a reopened case waiting to be dispatched again
+            by_department = grouped(s, Case.department, Case.status.in_(lifecycle.ASSIGNED_STATUSES))
             by_status = dict(grouped(s, Case.status))
             reviewed = int(
                 s.scalar(select(func.count()).select_from(Case).where(*in_range, Case.reviewed_at.is_not(None))) or 0

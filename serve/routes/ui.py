@@ -21,7 +21,7 @@ from fastapi.templating import Jinja2Templates
 from models.classes import CLASS_NAMES, DETECTOR_CLASSES, VIOLATIONS
 from pipeline.cases import plausible_time
 from serve.auth import COOKIE, GRANTS, same_origin
-from serve.lifecycle import STATUSES
+from serve.lifecycle import ASSIGNED_STATUSES, STATUSES
 from serve.routes.stats import date_range
 from serve.schemas import KeyOut
 from serve.store import CaseFilter, CaseNotFound
@@ -75,6 +75,7 @@ def render(request: Request, name: str, user: KeyOut | None, **context: Any) -> 
             "user": user,
             "violations": VIOLATIONS,
             "statuses": STATUSES,
+            "assigned": ASSIGNED_STATUSES,  # the department shown as the case's own only in these
             "classes": DETECTOR_CLASSES,
             "sources_of": {name: list(v.sources) for name, v in VIOLATIONS.items()},  # the classes of each type
             "action_labels": ACTION_LABELS,

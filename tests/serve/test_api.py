@@ -813,3 +813,24 @@ def test_a_case_page_leads_back_only_to_the_case_list(env):
     for elsewhere in ("https://evil.example/ui/cases", "//evil.example/ui/cases", "/ui/cases/../../v1/keys", "/\\x"):
         page = browser.get(f"/ui/cases/{cid}", params={"back": elsewhere}).text
         assert 'href="/ui/cases" id="back"' in page, elsewhere
+
+
+def test_a_reopened_case_shows_its_last_department_as_the_previous_assignment(env):
+    app, client, keys, _ = env
+    rv = auth(keys["reviewer"])
+    cid = ingest(client, keys, source_id="cam-reopen").json()["case_id"]
+    client.post(f"/v1/cases/{cid}/review", json={"action": "confirm"}, headers=rv).raise_for_status()
+    body = {"department": "环卫所", "deadline": "2030-12-03T00:00:00Z"}
+    client.post(f"/v1/cases/{cid}/dispatch", json=body, headers=rv).raise_for_status()
+    client.post(f"/v1/cases/{cid}/resolve", json={}, headers=rv).raise_for_status()
+    browser = signed_in(app, keys["reviewer"])
+    page = browser.get(f"/ui/cases/{cid}").text
+    assert '<dd id="department">环卫所</dd>' in page and 'id="previous"' not in page  # resolved by it
+    client.post(f"/v1/cases/{cid}/reopen", json={"note": "not cleared"}, headers=rv).raise_for_status()
+    page = browser.get(f"/ui/cases/{cid}").text
+    assert '<dd id="department">—</dd>' in page and '<dd id="deadline">—</dd>' in page
+    assert '<dd id="previous">环卫所 · 期限 due 2030-12-03 08:00</dd>' in page
+    row = browser.get("/ui/cases", params={"camera": "cam-reopen"}).text
+    row = row[row.index(f'<tr data-case="{cid}"') :]
+    row = row[: row.index("</tr>")]
+    assert "原派遣 previously 环卫所" in row and "期限 due" not in row

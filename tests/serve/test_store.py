@@ -473,3 +473,22 @@ def test_sources_sharing_a_name_are_told_apart_by_their_id(store, violation):
         ("cam-a", "人民路 Renmin Rd [cam-a]"),
         ("cam-b", "人民路 Renmin Rd [cam-b]"),
     ]
+
+
+def test_a_reopened_case_counts_under_a_department_only_once_dispatched_again(store, violation):
+    r = Actor("r", "reviewer")
+    cid = store.ingest(violation(key="reopened")).case_id
+    store.review(cid, "confirm", r)
+    store.dispatch(cid, "环卫所", future(1), r)
+    store.resolve(cid, r)
+    store.close(cid, r)
+
+    def by_department() -> dict[str, int]:
+        s = store.stats(T0 - timedelta(days=1), T0 + timedelta(days=1))
+        return {c.key: c.count for c in s.by_department}
+
+    assert by_department() == {"环卫所": 1}  # closed by it: still its case
+    store.reopen(cid, r, "rubbish is back")
+    assert store.get_case(cid).status == "confirmed" and by_department() == {}  # no department has it now
+    store.dispatch(cid, "城管执法中队", future(1), r)
+    assert by_department() == {"城管执法中队": 1}
