@@ -269,6 +269,12 @@ def test_review_pages_on_a_phone_in_summer_time_with_odd_addresses(browser, tmp_
         for address in ("/ui/cases/0", "/ui/cases/abc", "/ui/cases?page=0", "/ui/nowhere"):
             shown = page.goto(service.url + address)  # a page saying so, not the API's JSON
             assert shown.status == 404 and "Not found" in page.inner_text("h1"), address
+        # the statistics charts keep a readable text size on a phone (they scroll in their card instead)
+        page.goto(f"{service.url}/ui/stats?since=2026-11-01&until=2026-11-30")
+        shown_px = "s => s.getBoundingClientRect().width / s.viewBox.baseVal.width * 13"  # 13: the labels' size
+        sizes = page.eval_on_selector_all("section.chart svg", f"all => all.map({shown_px})")
+        assert len(sizes) >= 4 and min(sizes) >= 9, sizes
+        assert page.evaluate("document.documentElement.scrollWidth") <= 376
         page.goto(f"{service.url}/ui/stats?since=garbage&until=2026-11-20")
         assert "Unreadable date: since 'garbage'" in page.inner_text(".error")
         assert page.input_value("input[name=until]") == "2026-11-20"  # the readable date still counts
