@@ -21,7 +21,7 @@ from models.registry import resolve
 from pipeline.decode import HEIF_SUPPORT, read_image
 from pipeline.streams import CameraStatus
 from serve.app import attach_cameras, batching_wanted, create_app
-from serve.config import BatchingConfig, ServiceConfig
+from serve.config import BatchingConfig, ReloadConfig, ServiceConfig
 from serve.db import Case
 
 
@@ -66,7 +66,13 @@ class RecordingCameras:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     data = tmp_path_factory.mktemp("svc")
-    config = ServiceConfig(data_dir=data, batching=BatchingConfig(enabled=True, max_batch=8, max_wait_ms=50))
+    # not following the registry: a test that points STREETWATCH_MODELS_DIR at the tiny model's registry would
+    # have this module's service swap to the tiny model until its next poll, and the tests after it see that
+    config = ServiceConfig(
+        data_dir=data,
+        batching=BatchingConfig(enabled=True, max_batch=8, max_wait_ms=50),
+        reload=ReloadConfig(enabled=False),
+    )
     app = create_app(config)
     cameras = RecordingCameras()
     attach_cameras(app, cameras)
