@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from pipeline.cli import one_line
+
 
 def history_lines(events: list[dict]) -> list[str]:
     """The registry history, one line per event: when, what, who, the gate's verdict and the model it was
@@ -35,11 +37,6 @@ def history_lines(events: list[dict]) -> list[str]:
             line += f"; was {e['previous']}"
         lines.append(line)
     return lines
-
-
-def one_line(text: str) -> str:
-    """A message on one line (a validation error spans several)."""
-    return " ".join(text.split())
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -30,6 +30,12 @@ class CLIError(Exception):
     """A user-facing error: printed as ``streetwatch: error: ...`` with exit status 2."""
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """A message on one readable line: a validation error or shutil's list of failed files spans several."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 #: The modules ``pip install -e '.[train]'`` adds to the runtime (pyproject's ``train`` extra). A command
 #: registered with ``needs=(...)`` (or calling :func:`require`) is refused up front, before it writes
 #: anything, when one of those it names is missing; any other that reaches for one says which.
@@ -396,8 +402,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         sink = open_sink(target)
     except ImportError:
         raise CLIError(f"sink {where}: the case-queue sinks (serve.sinks) are not available in this install") from None
-    except (OSError, ValueError) as exc:
-        raise CLIError(f"cannot open sink {where}: {exc}") from None
+    except Exception as exc:  # a bad path or URL, a file that is not a database, an unreachable server
+        raise CLIError(f"cannot open sink {where}: {one_line(str(exc))}") from None
     proc = StreamProcessor(config, detector, sink)
     to_stdout = target in (None, "-")
     counts = {"open": 0, "update": 0, "ended": 0}

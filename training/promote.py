@@ -45,6 +45,7 @@ from models.registry import (
     set_default,
     write_card,
 )
+from pipeline.cli import one_line
 from training.compare import GATE_KEY
 
 MANIFEST_NAME = "dataset-manifest.json"
@@ -233,12 +234,6 @@ def register_folder(ref: ModelRef, root: Path) -> tuple[ModelRef, bool]:
     if problem:
         raise ModelError(problem)
     return resolve(target), False
-
-
-def one_line(text: str) -> str:
-    """A long message (shutil's list of failed files) cut to one readable line."""
-    text = " ".join(text.split())
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def keep_manifest(ref: ModelRef) -> str | None:

@@ -65,6 +65,7 @@ def test_an_output_path_that_cannot_be_a_folder_is_a_one_line_error(tmp_path, sa
         (["detect", str(sample_photos[0]), "--out", str(taken)], "notes.txt: exists and is not a folder"),
         (["audit", str(sample_photos[0]), "--out", str(taken / "out")], "a part of this path is a file, not a folder"),
         (["watch", str(cameras), "--sink", str(taken / "cases.jsonl")], "notes.txt: exists and is not a folder"),
+        (["watch", str(cameras), "--sink", f"sqlite:///{taken}"], "notes.txt: (sqlite3.DatabaseError) file is not a"),
         (["serve", "--db", "mysql://x", "--port", "0"], "unsupported database 'mysql'"),
         # the report is written beside and renamed: the error names the report, not its temporary file
         (["audit", str(sample_photos[0]), "--out", str(tmp_path / "aud")], "aud/report.html: Is a directory"),
