@@ -337,10 +337,23 @@ def scan_models(root: Path | None = None) -> tuple[list[ModelRef], dict[Path, st
         if folder.name.startswith("."):
             continue
         try:
-            refs.append(ModelRef(folder=folder, card=load_card(folder)))
+            card = load_card(folder)
         except (ModelError, OSError) as exc:
             unreadable[folder] = str(exc)
+            continue
+        if card.name != folder.name:  # a copied folder: two "default"s, or a name that resolves to another model
+            unreadable[folder] = misplaced(card.name, folder)
+            continue
+        refs.append(ModelRef(folder=folder, card=card))
     return refs, unreadable
+
+
+def misplaced(name: str, folder: Path) -> str:
+    """Why a registry folder whose card names another model is not that model."""
+    return (
+        f"{folder / CARD_NAME} names the model {name!r}, but its folder is {folder.name!r}: a registered model "
+        f"lives in the folder of its name (rename the folder, or export the copy under a name of its own)"
+    )
 
 
 def list_models(root: Path | None = None) -> list[ModelRef]:
@@ -380,4 +393,7 @@ def resolve(ref: str | os.PathLike[str] | None = "default", root: Path | None = 
     else:
         known = ", ".join(r.card.name for r in list_models(root)) or "none"
         raise ModelError(f"{text}: no such model (registered: {known}; or give a model folder path)")
-    return ModelRef(folder=folder, card=load_card(folder))
+    card = load_card(folder)
+    if folder.parent == root and card.name != folder.name:
+        raise ModelError(misplaced(card.name, folder))
+    return ModelRef(folder=folder, card=card)

@@ -72,6 +72,19 @@ def test_hidden_folders_such_as_a_promotion_s_temporary_copy_are_not_models(regi
     assert exited.value.code == 2 and "no such model" in capsys.readouterr().err
 
 
+def test_a_copied_model_folder_is_not_a_second_default(registry: Path, capsys):
+    # copied by hand under another name, its card still names "tiny": listed as what it is, never resolved
+    shutil.copytree(registry / "tiny", registry / "tiny-backup")
+    assert [r.folder.name for r in list_models()] == ["tiny"]
+    assert main(["models"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert [line[:1] for line in lines] == ["*", "!"]  # one default
+    assert "names the model 'tiny', but its folder is 'tiny-backup'" in lines[1]
+    with pytest.raises(SystemExit) as exited:
+        main(["models", "tiny-backup"])
+    assert exited.value.code == 2 and "rename the folder" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "index",
     [
