@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from datasets.manifest import MANIFEST, load_manifest
+from datasets.manifest import MANIFEST, load_manifest, verify_manifest
 from datasets.samples import SPLITS
 from pipeline.decode import IMAGE_SUFFIXES, read_image
 
@@ -113,6 +113,14 @@ def pack(
         raise ValueError(f"--budget-mb must be a positive number of MB (0: no budget), not {budget_mb}")
     if not (root / "data.yaml").is_file():
         raise FileNotFoundError(f"{root}: not a dataset folder (no data.yaml)")
+    if (root / MANIFEST).is_file():  # the pack names the source by its manifest: it must still be that dataset
+        problems = verify_manifest(root)
+        if problems:
+            raise ValueError(
+                f"{root}: the dataset no longer matches its {MANIFEST} ({len(problems)} file(s) differ: "
+                f"{'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''}); rebuild it with "
+                "`streetwatch data build`, or see `streetwatch data verify`"
+            )
     for split in subset:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; use {', '.join(SPLITS)}")

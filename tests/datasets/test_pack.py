@@ -1,5 +1,6 @@
 """Packing a built dataset under a byte budget."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,16 @@ def test_bad_options_are_refused_before_anything_is_written(dataset: Path, tmp_p
     with pytest.raises(ValueError, match=needle):
         pack(dataset, tmp_path / "pk", workers=1, **options)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dataset_changed_since_its_manifest_is_not_packed(dataset: Path, tmp_path: Path):
+    # the pack names its source by the manifest's fingerprint: a changed dataset would be named wrongly
+    changed = tmp_path / "changed"
+    shutil.copytree(dataset, changed)
+    label = sorted((changed / "labels" / "train").glob("*.txt"))[0]
+    label.write_text("0 0.5 0.5 0.2 0.2\n")
+    with pytest.raises(
+        ValueError, match=rf"no longer matches its manifest.json \(1 file\(s\) differ: .*{label.name}: changed"
+    ):
+        pack(changed, tmp_path / "pk", workers=1)
+    assert not (tmp_path / "pk").exists()
