@@ -65,6 +65,9 @@ DUPLICATE_IOS = 0.85
 EVIDENCE_GAIN = 0.1
 #: The longest gap in an object's detections that its stay (the dwell) bridges.
 BRIDGE_S = 10.0
+#: Tracker ids an object keeps, newest last: a bin or a wall ad watched for weeks gets a new id after every
+#: lost track; older ids, long retired by the tracker, are let go so its memory and its reports stay bounded.
+MAX_TRACK_IDS = 16
 
 
 def violation_of_class(name: str) -> str | None:
@@ -93,7 +96,7 @@ class WatchedObject:
     seen_now: bool = True
     membership: Membership = field(default_factory=Membership)
     history: deque[bool] = field(default_factory=lambda: deque(maxlen=1000))
-    track_ids: set[int] = field(default_factory=set)
+    track_ids: list[int] = field(default_factory=list)  # the last MAX_TRACK_IDS, oldest first
     state: Literal["candidate", "open"] = "candidate"
     key: str | None = None
     zone: str | None = None
@@ -264,7 +267,10 @@ class RuleEngine:
         obj.best_score = max(obj.best_score, obj.score)
         if dets.tracker_id is not None and dets.tracker_id[i] >= 0:
             tid = int(dets.tracker_id[i])
-            obj.track_ids.add(tid)
+            if tid not in obj.track_ids:
+                obj.track_ids.append(tid)
+                if len(obj.track_ids) > MAX_TRACK_IDS:
+                    self._release(obj, obj.track_ids.pop(0))
             self._by_track[tid] = obj.uid
         zones = self._zones_of[obj.class_id]
         if not new and obj.violation != "street_vending":  # a stall's box changes with the people around it
@@ -357,8 +363,12 @@ class RuleEngine:
     def _forget(self, obj: WatchedObject) -> None:
         del self.objects[obj.uid]
         for tid in obj.track_ids:
-            if self._by_track.get(tid) == obj.uid:
-                del self._by_track[tid]
+            self._release(obj, tid)
+
+    def _release(self, obj: WatchedObject, tid: int) -> None:
+        """Stop mapping tracker id ``tid`` to ``obj`` (unless the id has passed to another object meanwhile)."""
+        if self._by_track.get(tid) == obj.uid:
+            del self._by_track[tid]
 
     @staticmethod
     def _reopenable(obj: WatchedObject) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 from models.classes import CLASS_IDS
 from pipeline.cameras import NoParkingZone, NoVendingZone, WatchZone
 from pipeline.detections import Detections
-from pipeline.rules import RuleEngine
+from pipeline.rules import MAX_TRACK_IDS, RuleEngine
 from pipeline.zones import build_zones
 
 WH = (1000, 500)
@@ -93,7 +93,18 @@ def test_missed_detections_and_light_change_do_not_realert():
     events = run(engine, script, 80)
     assert [e[1] for e in events] == ["open"]
     (obj,) = engine.objects.values()
-    assert obj.track_ids == {5, 9} and obj.last_seen == T0 + 78
+    assert obj.track_ids == [5, 9] and obj.last_seen == T0 + 78
+
+
+def test_an_object_watched_for_long_keeps_a_bounded_list_of_track_ids():
+    # a parked car whose track is lost and found again with a new id every few samples (weeks on a camera)
+    engine = parking_engine()
+    script = {t: dets(("car", PARKED, 0.8, 100 + t // 3)) for t in range(150)}  # 50 track ids
+    events = run(engine, script, 150)
+    assert [e[1] for e in events] == ["open"]  # still one car, one violation
+    (obj,) = engine.objects.values()
+    assert obj.track_ids == list(range(100 + 50 - MAX_TRACK_IDS, 150))  # the newest, oldest first
+    assert set(engine._by_track) == set(obj.track_ids)  # retired ids no longer map to it
 
 
 def test_id_switch_between_two_parked_cars_keeps_two_violations():
