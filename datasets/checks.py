@@ -34,6 +34,7 @@ from datasets.samples import Issue, Sample, class_counts
 from models.classes import CLASS_NAMES
 from models.registry import file_sha256
 from pipeline.decode import ImageReadError, read_image
+from pipeline.files import write_image
 
 #: A box narrower or lower than this many pixels is degenerate (dropped).
 MIN_BOX_PIXELS = 2.0
@@ -524,5 +525,5 @@ def save_sheet(tiles: Sequence[np.ndarray], path: Path, cols: int = 4, gap: int 
         y, x = gap + (k // cols) * (h + gap), gap + (k % cols) * (w + gap)
         sheet[y : y + t.shape[0], x : x + t.shape[1]] = t
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), sheet)
+    write_image(path, sheet)
     return path

@@ -514,8 +514,9 @@ def export_sheet(items: Sequence[ExportItem], root: Path, out: Path, n: int = 24
 
     tiles = []
     for item in list(items)[:n]:
-        image = cv2.imread(str(root / item.image), cv2.IMREAD_COLOR)
-        if image is None:
+        try:
+            image = read_image(root / item.image)
+        except ImageReadError:
             continue
         confirmed = [lb for lb in item.labels if lb.verdict == "confirmed"]
         dets = Detections(
@@ -827,6 +828,9 @@ def read_export_labels(folder: Path, stem: str) -> tuple[np.ndarray, np.ndarray]
     image = next((p for p in (folder / "images").glob(f"{stem}.*") if p.suffix.lower() in IMAGE_SUFFIXES), None)
     if image is None:
         raise ExportError(f"{folder}: no image {stem}")
-    h, w = cv2.imread(str(image)).shape[:2]
+    try:
+        h, w = read_image(image).shape[:2]
+    except ImageReadError as exc:
+        raise ExportError(str(exc)) from None
     rows, _ = parse_label_lines((folder / "labels" / f"{stem}.txt").read_text(), len(CLASS_NAMES))
     return rows[:, 0].astype(int), xywhn_to_xyxy(rows, w, h)

@@ -39,6 +39,7 @@ from datasets.yolo import write_label_file
 from models.classes import CLASS_IDS
 from pipeline.decode import ImageReadError, read_image
 from pipeline.detections import box_ios
+from pipeline.files import safe_stem, write_image
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 FONTS_DIR = ASSETS / "fonts"
@@ -777,9 +778,9 @@ def generate(
         except ImageReadError:
             return None
         result = synthesize(bg, image, rng, avoid=(avoid or {}).get(bg.key))
-        stem = f"{split}-{i:05d}-{bg.source}-{bg.image.stem}"
+        stem = f"{split}-{i:05d}-{bg.source}-{safe_stem(bg.image)}"
         path = out_dir / "images" / f"{stem}.jpg"
-        cv2.imwrite(str(path), result.image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(*quality))])
+        write_image(path, result.image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(*quality))])
         write_label_file(out_dir / "labels" / f"{stem}.txt", result.boxes)
         s = Sample(
             source,

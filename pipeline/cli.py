@@ -22,6 +22,8 @@ from pathlib import Path
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from pipeline.files import atomic_write, display_path, safe_stem, write_image
+
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 COMMAND_MODULES = ("pipeline.cli", "models.cli", "datasets.cli", "training.cli", "serve.cli")
 
@@ -138,7 +140,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         for path, (image, error) in bar:
-            record: dict = {"file": str(path)}
+            record: dict = {"file": display_path(path)}
             if image is None:
                 failures += 1
                 record["error"] = error
@@ -147,18 +149,16 @@ def cmd_detect(args: argparse.Namespace) -> int:
                 record.update(width=image.shape[1], height=image.shape[0], detections=dets.to_records())
                 if out_dir:
                     stem = unique_stem(path, used)
-                    cv2.imwrite(
-                        str(out_dir / f"{stem}.jpg"), draw_detections(image, dets), [cv2.IMWRITE_JPEG_QUALITY, 90]
-                    )
-                    (out_dir / f"{stem}.json").write_text(json.dumps(record, ensure_ascii=False, indent=1))
+                    write_image(out_dir / f"{stem}.jpg", draw_detections(image, dets), [cv2.IMWRITE_JPEG_QUALITY, 90])
+                    atomic_write(out_dir / f"{stem}.json", json.dumps(record, ensure_ascii=False, indent=1))
             if args.json:
                 bar.clear()
                 print(json.dumps(record, ensure_ascii=False), flush=True)
             elif "error" in record:
-                tqdm.write(f"{path}: error: {error}", file=sys.stderr)
+                tqdm.write(f"{record['file']}: error: {error}", file=sys.stderr)
             else:
                 summary = ", ".join(f"{n}×{c}" for n, c in count_classes(record["detections"]).items()) or "nothing"
-                tqdm.write(f"{path}: {summary}")
+                tqdm.write(f"{record['file']}: {summary}")
     if out_dir and not args.json:
         print(
             f"annotated images and JSON written to {out_dir}/ ({len(files) - failures} images, "
@@ -177,10 +177,11 @@ def count_classes(records: list[dict]) -> dict[str, int]:
 
 def unique_stem(path: Path, used: set[str]) -> str:
     """An output file stem for ``path`` that no earlier input took."""
-    stem, n = path.stem, 1
+    stem = first = safe_stem(path)
+    n = 1
     while stem in used:
         n += 1
-        stem = f"{path.stem}-{n}"
+        stem = f"{first}-{n}"
     used.add(stem)
     return stem
 

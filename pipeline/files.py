@@ -1,10 +1,15 @@
-"""File writes that a crash cannot leave half done."""
+"""File writes that a crash cannot leave half done, and file names made safe to write anywhere."""
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
@@ -22,3 +27,27 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def display_path(path: str | os.PathLike[str], errors: str = "backslashreplace") -> str:
+    """``path`` as text that any file, report or terminal can hold: bytes of a file name that are not
+    valid UTF-8 (which Python keeps as lone surrogates) become ``\\xff`` escapes (or, with
+    ``errors="replace"``, U+FFFD). The same name always gives the same text, so reruns find it again."""
+    return os.fspath(path).encode("utf-8", "surrogateescape").decode("utf-8", errors)
+
+
+def safe_stem(path: str | os.PathLike[str]) -> str:
+    """The file stem of ``path`` usable in output file names, URLs and JSON (bad bytes as U+FFFD)."""
+    return display_path(Path(path).stem, "replace")
+
+
+def write_image(path: str | os.PathLike[str], image: np.ndarray, params: Sequence[int] = ()) -> None:
+    """Encode ``image`` in the format its suffix names and write it atomically. Unlike ``cv2.imwrite``
+    this takes any path Python can open (``cv2.imwrite`` crashes the process on a file name that is not
+    valid UTF-8) and raises ``ValueError`` instead of returning False when the image cannot be encoded."""
+    import cv2
+
+    ok, buf = cv2.imencode(Path(path).suffix or ".png", image, list(params))
+    if not ok:
+        raise ValueError(f"cannot encode an image as {Path(path).suffix or '.png'} for {display_path(path)}")
+    atomic_write(path, buf.tobytes())

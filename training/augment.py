@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.classes import CLASS_IDS
 from pipeline.annotate import draw_detections
 from pipeline.detections import Detections
+from pipeline.files import write_image
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
 import albumentations as A
@@ -184,5 +185,5 @@ def preview_grid(dataset: Any, out: Path, n: int = 16, seed: int = 0, cols: int 
         tiles.append(np.full_like(tiles[0], 114))
     rows = [np.concatenate(tiles[r : r + cols], axis=1) for r in range(0, len(tiles), cols)]
     out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), np.concatenate(rows, axis=0))
+    write_image(out, np.concatenate(rows, axis=0))
     return out

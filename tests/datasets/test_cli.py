@@ -1,5 +1,9 @@
 """`streetwatch data ...` as a user runs it."""
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -170,3 +174,22 @@ def test_shared_sources_import_with_their_mappings():
 
 if __name__ == "__main__":
     pytest.main([__file__])
+
+
+def test_synth_ads_on_a_photo_whose_name_is_not_utf8(tmp_path: Path):
+    """cv2.imwrite crashed the process (SIGSEGV) writing an image named after such a photo."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    bad = os.fsdecode(os.fsencode(photos) + b"/bad\xffname.jpg")
+    shutil.copy(REPO / "pipeline" / "samples" / "photos" / "facade-shop-signs.jpg", bad)
+    out = tmp_path / "s"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "data", "synth-ads", str(photos), "--n", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "1 synthetic images" in proc.stdout
+    images = list((out / "images" / "train").iterdir())
+    assert len(images) == 1 and "bad\ufffdname" in images[0].name and images[0].stat().st_size > 1000

@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,23 @@ def test_detect_writes_annotated_images_and_json(tmp_path, sample_photos):
     assert image is not None and image.shape == cv2.imread(str(photo)).shape
     record = json.loads((out_dir / f"{photo.stem}.json").read_text())
     assert any(d["class"] == "person" for d in record["detections"])
+
+
+def test_detect_writes_results_for_a_photo_whose_name_is_not_utf8(tmp_path, sample_photos):
+    """cv2.imwrite crashed the process (SIGSEGV) on such a name; the JSON could not be encoded either."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(sample_photos[0], os.fsdecode(os.fsencode(folder) + b"/bad\xffname.jpg"))
+    shutil.copy(sample_photos[1], folder / "good.jpg")
+    out_dir = tmp_path / "out"
+    out = run_cli("detect", str(folder), "--out", str(out_dir))
+    assert out.returncode == 0, out.stderr
+    assert "bad\\xffname.jpg: " in out.stdout and "good.jpg: " in out.stdout
+    written = sorted(p.name for p in out_dir.iterdir())
+    assert written == ["bad\ufffdname.jpg", "bad\ufffdname.json", "good.jpg", "good.json"]
+    record = json.loads((out_dir / "bad\ufffdname.json").read_text())
+    assert record["file"].endswith("bad\\xffname.jpg") and record["detections"]
+    assert cv2.imread(str(out_dir / "bad\ufffdname.jpg")).shape == cv2.imread(str(sample_photos[0])).shape
 
 
 def test_missing_input_is_a_clear_cli_error(tmp_path):
