@@ -41,7 +41,7 @@ from pipeline.decode import ImageMetadata, ImageReadError, decode_image, probe_i
 from pipeline.detect import Detector, rect_shape
 from pipeline.detections import Detections
 from pipeline.evidence import bystanders, crop_box, encode_jpeg, fit
-from pipeline.files import atomic_write
+from pipeline.files import atomic_write, display_path, safe_stem
 from pipeline.photos import Finding, find_violations, photo_violations
 from pipeline.report import detections_csv, render_html, violations_geojson
 
@@ -226,7 +226,7 @@ class Manifest:
     def is_current(self, path: Path, stat: os.stat_result) -> bool:
         """Whether ``path`` was processed, with exactly this size and modification time. Files that could
         not be read are tried again (the cause may be gone: a HEIC reader installed, a disk remounted)."""
-        event = self.by_path.get(str(path))
+        event = self.by_path.get(display_path(path))
         return bool(
             event
             and event.get("status") == "ok"
@@ -261,7 +261,12 @@ class Photo:
     @property
     def name(self) -> str:
         """Stem for this photo's output files: the file stem plus 8 hex digits of its hash."""
-        return f"{self.path.stem}-{self.sha256[:8]}"
+        return f"{safe_stem(self.path)}-{self.sha256[:8]}"
+
+    @property
+    def shown(self) -> str:
+        """The path as recorded and shown (bytes of the name that are not UTF-8 escaped)."""
+        return display_path(self.path)
 
 
 def load_photo(path: Path) -> Photo:
@@ -571,7 +576,7 @@ class Audit:
                 self._bar.set_postfix(violations=r.violations, unreadable=r.unreadable, refresh=False)
 
     def _stat_fields(self, photo: Photo) -> dict[str, Any]:
-        return {"path": str(photo.path), "bytes": photo.bytes, "mtime_ns": photo.mtime_ns, "sha256": photo.sha256}
+        return {"path": photo.shown, "bytes": photo.bytes, "mtime_ns": photo.mtime_ns, "sha256": photo.sha256}
 
     def _record_photo(self, event: dict[str, Any]) -> None:
         """Record what became of a path; the results of the photo it held before (replaced since, or now
@@ -594,11 +599,11 @@ class Audit:
 
     def _record_error(self, photo: Photo) -> None:
         event = {"event": "photo", **self._stat_fields(photo), "status": "error", "error": photo.error}
-        last = self.manifest.by_path.get(str(photo.path))
+        last = self.manifest.by_path.get(photo.shown)
         if last is None or any(last.get(k) != v for k, v in event.items()):  # the same failure again: no news
             self._record_photo(event)
         (self._bar.write if self._bar is not None else print)(
-            f"{photo.path}: unreadable: {photo.error}", file=sys.stderr
+            f"{photo.shown}: unreadable: {photo.error}", file=sys.stderr
         )
         self._tick(unreadable=1)
 
@@ -641,8 +646,8 @@ class Audit:
         big = blur_boxes(big, hidden * big_scale)
         name = photo.name
         record: dict[str, Any] = {
-            "file": str(photo.path),
-            "name": photo.path.name,
+            "file": photo.shown,
+            "name": display_path(photo.path.name),
             "sha256": photo.sha256,
             "bytes": photo.bytes,
             "format": photo.format,
@@ -760,6 +765,7 @@ class Audit:
     def _file_pending(self, paths: list[Path]) -> None:
         """File violations of photos processed earlier that this target has not accepted yet."""
         done = self.manifest.filed.get(self.target, set())
+        real = {display_path(p): p for p in paths}  # the recorded (escaped) name -> the file's actual path
         pending = []
         current = {e["sha256"]: e for e in self.manifest.current() if e.get("status") == "ok"}
         for event in current.values():  # photos in the folder now: not what a replaced file once held
@@ -777,7 +783,7 @@ class Audit:
         bar = tqdm(pending, unit="photo", desc="file cases", file=sys.stderr, disable=None)
         for record in bar:
             try:
-                data = read_file(record["file"])
+                data = read_file(real.get(record["file"], record["file"]))
                 if hashlib.sha256(data).hexdigest() != record["sha256"]:
                     raise ImageReadError(record["file"], "the photo has changed since it was audited")
                 image = decode_image(data, record["file"])

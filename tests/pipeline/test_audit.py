@@ -640,3 +640,29 @@ def test_a_garbage_utc_offset_in_one_photo_neither_aborts_the_audit_nor_loses_th
     assert set(records) == {"offset.jpg", "bags.jpg"}
     assert records["offset.jpg"]["taken_at"] == "2026-11-20T09:15:30+08:00"  # the offset dropped, the time kept
     assert records["offset.jpg"]["time_source"] == "EXIF, no UTC offset: assumed Asia/Shanghai"
+
+
+def test_photos_whose_names_are_not_utf8_are_audited_and_reruns_find_them(sample_photos, tmp_path, capsys):
+    """Such a name (kept by Python as lone surrogates) stopped every run when its results were written."""
+    by_name = {p.stem: p for p in sample_photos}
+    folder, out, cases = tmp_path / "photos", tmp_path / "out", tmp_path / "cases.jsonl"
+    folder.mkdir()
+    raw = os.fsencode(folder)
+    shutil.copy(by_name["garbage-bins-roadside"], os.fsdecode(raw + b"/bins\xff.jpg"))
+    Path(os.fsdecode(raw + b"/notes\xfe.jpg")).write_text("not a photo")
+    shutil.copy(by_name["patrol-posters-scooter"], folder / "good.jpg")
+    assert main(["audit", str(folder), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "notes\\xfe.jpg: unreadable: not an image" in err
+    records = {r["name"]: r for r in (json.loads(p.read_text()) for p in (out / "photos").glob("*.json"))}
+    assert set(records) == {"bins\\xff.jpg", "good.jpg"}
+    assert records["bins\\xff.jpg"]["file"] == str(folder / "bins\\xff.jpg") and records["bins\\xff.jpg"]["violations"]
+    assert (out / records["bins\\xff.jpg"]["thumbnail"]).is_file()
+    assert "bins\\xff.jpg" in (out / "detections.csv").read_text()
+    page = parse_report(out / "report.html")
+    assert page.text_of("kpi-photos") == "2" and page.text_of("kpi-unreadable") == "1"
+    # a rerun finds all three, and files the cases of the photo from its real file
+    assert main(["audit", str(folder), "--out", str(out), "--file-cases", str(cases)]) == 0
+    assert "0 new photos audited, 2 already done" in capsys.readouterr().out
+    assert "bins\\xff.jpg" in {c["source_name"] for c in jsonl(cases)}
+    assert len([e for e in manifest_events(out) if e.get("event") == "photo"]) == 3
