@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.cli import CLIError, invalid_settings
+from pipeline.files import display_path
 
 
 def service_config(args: argparse.Namespace):  # -> ServiceConfig
@@ -178,9 +179,14 @@ def _serve(args: argparse.Namespace, config, sock: socket.socket) -> int:
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     """Create an API key and print it once."""
+    name = args.name or f"{args.role}-{getpass.getuser()}"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the shell passed that are not UTF-8 (Python keeps them as surrogates)
+        raise CLIError(f"--name '{display_path(name)}' is not valid UTF-8 text; give the key's name in UTF-8") from None
     store = open_store(args)
     try:
-        key, record = store.create_key(args.role, args.name or f"{args.role}-{getpass.getuser()}")
+        key, record = store.create_key(args.role, name)
     finally:
         store.dispose()
     print(key)

@@ -42,6 +42,15 @@ def test_keys_create_prints_the_key_once_and_stores_only_its_hash(tmp_path, caps
     assert "revoked" in capsys.readouterr().out
 
 
+def test_a_key_name_that_is_not_utf8_is_a_cli_error_naming_the_option(tmp_path):
+    """Bytes that are not UTF-8 in --name reached the database and raised UnicodeEncodeError (a traceback)."""
+    cmd = [sys.executable, "-m", "pipeline.cli", "keys", "create", "--role", "ingest", "--name", b"x\xff"]
+    out = subprocess.run([*cmd, "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "streetwatch: error: --name 'x\\xff' is not valid UTF-8 text" in out.stderr
+    assert not (tmp_path / "streetwatch.db").exists()  # refused before a store is made
+
+
 def test_cli_errors_name_the_problem(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["keys", "create", "--role", "ingest", "--db", "mysql://x/y", "--data-dir", str(tmp_path)])
