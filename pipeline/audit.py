@@ -376,7 +376,15 @@ class Audit:
     def _check_settings(self) -> None:
         path = self.out / SETTINGS
         if path.is_file():
-            saved = json.loads(path.read_text()).get("settings", {})
+            try:
+                saved = json.loads(path.read_bytes())["settings"]
+                if not isinstance(saved, dict):
+                    raise TypeError("settings is not a mapping")
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise AuditError(
+                    f"{path} is unreadable ({type(exc).__name__}: {exc}); it records the settings this audit was "
+                    f"made with. Restore it, or delete it to go on with this run's settings, or use another --out"
+                ) from None
             diff = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in self.settings.items() if saved.get(k) != v]
             if diff:
                 raise AuditError(

@@ -666,3 +666,24 @@ def test_photos_whose_names_are_not_utf8_are_audited_and_reruns_find_them(sample
     assert "0 new photos audited, 2 already done" in capsys.readouterr().out
     assert "bins\\xff.jpg" in {c["source_name"] for c in jsonl(cases)}
     assert len([e for e in manifest_events(out) if e.get("event") == "photo"]) == 3
+
+
+def test_an_unreadable_settings_file_is_a_clear_error_naming_it(sample_photos, tmp_path, capsys):
+    """A truncated audit.json raised JSONDecodeError (a traceback) on every rerun."""
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    folder.mkdir()
+    shutil.copy(sample_photos[0], folder / "a.jpg")
+    assert main(["audit", str(folder), "--out", str(out)]) == 0
+    settings = out / "audit.json"
+    settings.write_bytes(settings.read_bytes()[:50])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["audit", str(folder), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert f"streetwatch: error: {settings} is unreadable (JSONDecodeError" in err
+    assert "delete it to go on with this run's settings" in err
+    settings.unlink()  # as the message says: the audit goes on, nothing redone
+    assert main(["audit", str(folder), "--out", str(out)]) == 0
+    assert "0 new photos audited, 1 already done" in capsys.readouterr().out
+    assert json.loads(settings.read_text())["settings"]["model_version"]
