@@ -156,6 +156,7 @@ class Manifest:
         self.failed: dict[str, dict[str, str]] = {}
         self.last_target: str | None = None  # where cases were last filed to
         self.skipped_lines = 0
+        self.redo: set[str] = set()  # result files found unreadable: their photos are not done
         self._lock = threading.Lock()
         self._fh = open(path, "a+b")  # noqa: SIM115 - held for the audit's life
         try:  # one audit at a time per folder; the lock goes with the process, however it ends
@@ -230,9 +231,18 @@ class Manifest:
         return bool(
             event
             and event.get("status") == "ok"
+            and event.get("result") not in self.redo
             and event.get("bytes") == stat.st_size
             and event.get("mtime_ns") == stat.st_mtime_ns
         )
+
+    def forget_results(self, results: set[str]) -> None:
+        """Take photos whose result files (``photos/*.json``) are unreadable as not done: their paths are
+        processed again, and their pictures are not copies of a photo already audited."""
+        self.redo |= results
+        for sha, event in list(self.by_hash.items()):
+            if event.get("result") in results:
+                del self.by_hash[sha]
 
     def current(self) -> list[dict[str, Any]]:
         """The latest ``photo`` event of each path, in the order paths were first seen."""
@@ -415,6 +425,7 @@ class Audit:
         self._handed: dict[str, str] = {}  # violation key -> photo hash, of what the sink took in this run
         self._unrecorded: dict[str, str] = {}  # of those, the ones not recorded as filed in the manifest yet
         self._recorded_at = 0.0  # when a sink that delivers later was last asked what it delivered
+        self.manifest.forget_results(self._unreadable_results())
         todo = []
         for path in paths:
             try:
@@ -443,6 +454,20 @@ class Audit:
                     res.by_type[v["type"]] += 1
             res.seconds = time.perf_counter() - start
         return res
+
+    def _unreadable_results(self) -> set[str]:
+        """Result files of processed photos that are missing or cannot be read (a crash of the disk, an edit)."""
+        broken: set[str] = set()
+        for event in self.manifest.current():
+            result = event.get("result")
+            if event.get("status") != "ok" or not result or result in broken:
+                continue
+            try:
+                if not isinstance(json.loads((self.out / result).read_bytes()), dict):
+                    broken.add(result)
+            except (OSError, ValueError):
+                broken.add(result)
+        return broken
 
     def collect(self) -> AuditData:
         """Fold the manifest into the audit folder's current state, reading each photo's result file."""
@@ -781,7 +806,10 @@ class Audit:
                 continue
             if event["sha256"] in self._attempted:  # tried (and retried) in this run already
                 continue
-            record = json.loads((self.out / event["result"]).read_text())
+            try:
+                record = json.loads((self.out / event["result"]).read_bytes())
+            except (OSError, ValueError):  # listed as unreadable in the report; redone when its photo is given
+                continue
             # the file that holds the picture now: a copy stands in for an original that holds another one
             record["file"], record["name"] = event["path"], Path(event["path"]).name
             if any(v["key"] not in done for v in record["violations"]):

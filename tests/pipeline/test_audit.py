@@ -687,3 +687,26 @@ def test_an_unreadable_settings_file_is_a_clear_error_naming_it(sample_photos, t
     assert main(["audit", str(folder), "--out", str(out)]) == 0
     assert "0 new photos audited, 1 already done" in capsys.readouterr().out
     assert json.loads(settings.read_text())["settings"]["model_version"]
+
+
+def test_a_corrupt_result_file_is_redone_by_the_next_run(sample_photos, tmp_path, capsys):
+    """A photos/*.json cut short was listed as unreadable, but reruns counted its photo as done forever."""
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    folder.mkdir()
+    by_name = {p.stem: p for p in sample_photos}
+    shutil.copy(by_name["garbage-bins-roadside"], folder / "a.jpg")
+    shutil.copy(by_name["garbage-bins-roadside"], folder / "copy.jpg")
+    shutil.copy(by_name["patrol-posters-scooter"], folder / "b.jpg")
+    assert main(["audit", str(folder), "--out", str(out)]) == 0
+    results = {json.loads(p.read_text())["name"]: p for p in (out / "photos").glob("*.json")}
+    assert set(results) == {"a.jpg", "b.jpg"}
+    good = results["a.jpg"].read_text()
+    results["a.jpg"].write_text("{")
+    capsys.readouterr()
+    assert main(["audit", str(folder), "--out", str(out)]) == 0
+    assert "1 new photos audited, 1 already done, 1 copies of audited photos" in capsys.readouterr().out
+    assert json.loads(results["a.jpg"].read_text())["detections"] == json.loads(good)["detections"]
+    page = parse_report(out / "report.html")
+    assert page.text_of("kpi-photos") == "2" and page.text_of("kpi-unreadable") == "0"
+    assert main(["audit", str(folder), "--out", str(out)]) == 0
+    assert "0 new photos audited, 3 already done" in capsys.readouterr().out
