@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 
 from models.classes import CLASS_NAMES
+from pipeline.files import display_path, safe_stem
 
 Severity = Literal["error", "warning", "info"]
 SPLITS = ("train", "val")
@@ -62,13 +63,14 @@ class Sample:
 
     @property
     def key(self) -> str:
-        """``source/stem``: unique inside a build, used in reports and output file names."""
-        return f"{self.source}/{self.image.stem}"
+        """``source/stem``: unique inside a build, used in reports and output file names (bytes of the
+        stem that are not UTF-8 escaped as ``\\xff``)."""
+        return f"{self.source}/{display_path(self.image.stem)}"
 
     @property
     def out_stem(self) -> str:
         """Output file stem in a merged dataset: the source name keeps files of different sources apart."""
-        return f"{self.source}__{self.image.stem}"
+        return f"{self.source}__{safe_stem(self.image, unique=True)}"
 
     def all_boxes(self) -> np.ndarray:
         """Own labels followed by pseudo-labels."""

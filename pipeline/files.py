@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Sequence
@@ -36,9 +37,16 @@ def display_path(path: str | os.PathLike[str], errors: str = "backslashreplace")
     return os.fspath(path).encode("utf-8", "surrogateescape").decode("utf-8", errors)
 
 
-def safe_stem(path: str | os.PathLike[str]) -> str:
-    """The file stem of ``path`` usable in output file names, URLs and JSON (bad bytes as U+FFFD)."""
-    return display_path(Path(path).stem, "replace")
+def safe_stem(path: str | os.PathLike[str], unique: bool = False) -> str:
+    """The file stem of ``path`` usable in output file names, URLs and JSON (bad bytes as U+FFFD). With
+    ``unique``, a stem that had bad bytes gets 6 hex digits of a hash of them, so that two names differing
+    only there still give two stems."""
+    stem = Path(path).stem
+    safe = display_path(stem, "replace")
+    if unique and safe != stem:
+        raw = stem.encode("utf-8", "surrogateescape")
+        safe = f"{safe}-{hashlib.sha256(raw).hexdigest()[:6]}"
+    return safe
 
 
 def write_image(path: str | os.PathLike[str], image: np.ndarray, params: Sequence[int] = ()) -> None:

@@ -193,3 +193,34 @@ def test_synth_ads_on_a_photo_whose_name_is_not_utf8(tmp_path: Path):
     assert "1 synthetic images" in proc.stdout
     images = list((out / "images" / "train").iterdir())
     assert len(images) == 1 and "bad\ufffdname" in images[0].name and images[0].stat().st_size > 1000
+
+
+def test_build_of_a_source_with_image_names_that_are_not_utf8(garbage_like: Path, tmp_path: Path, capsys):
+    """Such names stopped the build when the image lists were written ("surrogates not allowed")."""
+    for split, stem, bad in (("train", "train001", b"x\xff"), ("train", "train002", b"x\xfe")):
+        for sub, ext in (("images", ".jpg"), ("labels", ".txt")):
+            src = garbage_like / split / sub / f"{stem}{ext}"
+            src.rename(os.fsdecode(os.fsencode(src.parent) + b"/" + bad + ext.encode()))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "name": "bn",
+                "sources": [{"name": "g", "kind": "yolo", "path": str(garbage_like), "mapping": "garbage"}],
+                "pseudo": {"enabled": False},
+            }
+        )
+    )
+    out = tmp_path / "out"
+    argv = ["data", "build", str(recipe), "--out", str(out), "--shared", str(tmp_path), "--no-sheets"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    train = sorted(p.name for p in (out / "images" / "train").iterdir())
+    bad = [n for n in train if n.startswith("g__x\ufffd-")]
+    assert len(bad) == 2 and len(train) == len(set(train))  # two names that differ only in bad bytes stay two
+    listed = (out / "train-g.txt").read_text().split()
+    assert all(f"./images/train/{n}" in listed for n in bad)
+    for n in bad:
+        assert (out / "labels" / "train" / f"{Path(n).stem}.txt").read_text().strip()
+    code, out_text, _ = run(["data", "verify", str(out)], capsys)
+    assert code == 0 and "intact" in out_text
