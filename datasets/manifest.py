@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from models.registry import file_sha256
+from pipeline.files import read_text
 
 MANIFEST = "manifest.json"
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
     if p.is_dir():
         p = p / MANIFEST
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
+        return json.loads(read_text(p))
     except FileNotFoundError:
         raise FileNotFoundError(f"{p}: no dataset manifest (build the dataset with `streetwatch data build`)") from None
     except json.JSONDecodeError as exc:

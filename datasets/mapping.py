@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from models.classes import CLASS_IDS, CLASS_NAMES
+from pipeline.files import read_text
 
 MAPPINGS_DIR = Path(__file__).resolve().parent / "mappings"
 
@@ -75,6 +76,6 @@ def load_mapping(ref: str | Path) -> ClassMapping:
                 f"{text}: no such mapping file or shipped mapping (shipped: {', '.join(shipped_mappings())})"
             )
     try:
-        return ClassMapping.model_validate(yaml.safe_load(path.read_text()))
+        return ClassMapping.model_validate(yaml.safe_load(read_text(path)))
     except (ValidationError, yaml.YAMLError) as exc:
         raise ValueError(f"{path}: invalid class mapping: {exc}") from None

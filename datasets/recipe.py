@@ -37,6 +37,7 @@ from datasets.split import assign_splits
 from models.classes import CLASS_IDS, CLASS_NAMES
 from models.registry import file_sha256
 from pipeline.decode import read_image
+from pipeline.files import read_text
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -157,7 +158,7 @@ def load_recipe(ref: str | Path, _seen: tuple[Path, ...] = ()) -> Recipe:
         raise ValueError(f"{path}: recipes extend each other in a circle ({' -> '.join(str(p) for p in _seen)})")
     inherited = 0  # sources of the recipe it extends, which come first
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(read_text(path))
         if isinstance(raw, dict) and raw.get("extends"):
             base_ref = str(raw["extends"])
             relative = path.parent / base_ref

@@ -14,6 +14,7 @@ import yaml
 
 from datasets.samples import Issue, Severity, empty_boxes
 from pipeline.decode import IMAGE_SUFFIXES, iter_image_paths
+from pipeline.files import TextFileError, read_text
 
 #: Coordinates this little outside [0, 1] are rounding (labels written with 6 decimals): clipped silently.
 ROUNDING = 1e-5
@@ -212,8 +213,10 @@ def load_data_yaml(path: Path) -> DataYaml:
     """Read a data.yaml (or the one in a dataset folder); errors name the file."""
     file = find_data_yaml(Path(path))
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        data = yaml.safe_load(read_text(file))
+    except TextFileError:
+        raise
+    except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"{file}: cannot read data yaml: {exc}") from None
     if not isinstance(data, dict) or "names" not in data:
         raise ValueError(f"{file}: not a YOLO data yaml (needs 'names' and split entries)")

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from models.classes import VEHICLE_CLASSES, VIOLATIONS
 from pipeline.cases import GeoPoint
+from pipeline.files import TextFileError, read_text
 from pipeline.retry import backoff_delay
 from pipeline.track import TrackerConfig
 
@@ -342,10 +343,12 @@ def load_cameras(path: str | Path) -> CamerasConfig:
     path = Path(path)
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except FileNotFoundError:
         raise CameraConfigError(source, [f"{source}: no such file"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except TextFileError as exc:
+        raise CameraConfigError(source, [str(exc)]) from None
+    except OSError as exc:
         raise CameraConfigError(source, [f"{source}: cannot read ({exc})"]) from None
     return parse_cameras(text, source, base_dir=path.parent)
 

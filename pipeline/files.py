@@ -59,3 +59,21 @@ def write_image(path: str | os.PathLike[str], image: np.ndarray, params: Sequenc
     if not ok:
         raise ValueError(f"cannot encode an image as {Path(path).suffix or '.png'} for {display_path(path)}")
     atomic_write(path, buf.tobytes())
+
+
+class TextFileError(ValueError):
+    """A text file (a config, recipe, mapping, manifest) that is not UTF-8; the message names the file."""
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """The content of a UTF-8 text file (a leading byte-order mark dropped). A file that is not UTF-8 (a
+    binary file given by mistake, a legacy encoding) raises :class:`TextFileError` naming the file, the
+    byte and what to do; ``OSError`` (no such file, a folder) passes through unchanged."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise TextFileError(
+            f"{display_path(path)}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "is it the right file? Save a text file as UTF-8"
+        ) from None

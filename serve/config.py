@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.cameras import check_timezone
 from pipeline.detect import DetectorConfig
+from pipeline.files import read_text
 
 #: Lifecycle events a webhook can be told about.
 WEBHOOK_EVENTS = ("confirmed", "dispatched", "resolved", "closed", "reopened")
@@ -181,7 +182,7 @@ class ServiceConfig(BaseModel):
         data: dict = {}
         if path is not None:
             try:
-                data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+                data = yaml.safe_load(read_text(path)) or {}
             except FileNotFoundError:
                 raise ValueError(f"{path}: no such configuration file") from None
             except yaml.YAMLError as exc:

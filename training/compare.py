@@ -38,6 +38,7 @@ from models.registry import ModelError, ModelRef, file_sha256, now_iso, resolve,
 from pipeline.annotate import draw_detections
 from pipeline.decode import ImageReadError, read_image
 from pipeline.detections import Detections, box_iou
+from pipeline.files import read_text
 from training.evaluate import EvalResult, ModelInfo, Split, evaluate
 
 #: Where the gate's verdict is kept in the candidate's card (``card.metrics``).
@@ -66,7 +67,7 @@ def load_gate(path: str | Path | None, **overrides: float | None) -> GateConfig:
     raw: dict[str, Any] = {}
     if path is not None:
         try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
+            raw = yaml.safe_load(read_text(path)) or {}
         except FileNotFoundError:
             raise ValueError(f"{path}: no such gate config file") from None
         except yaml.YAMLError as exc:

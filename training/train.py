@@ -27,6 +27,7 @@ from datasets.manifest import MANIFEST
 from datasets.pack import PACK_INFO, SOURCE_MANIFEST
 from models.classes import CLASS_NAMES
 from models.registry import ModelError, file_sha256, now_iso, resolve
+from pipeline.files import TextFileError, read_text
 from training.augment import AugmentConfig, build_augmentations, preview_grid, transform_names
 
 CONFIG_NAME = "streetwatch-train.yaml"
@@ -87,9 +88,11 @@ def load_config(path: Path | str, overrides: list[str] | None = None) -> TrainCo
     """Read a config file and apply ``key=value`` overrides (dotted keys for nested fields, YAML values)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(read_text(path)) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except TextFileError as exc:
+        raise ConfigError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

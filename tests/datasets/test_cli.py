@@ -195,6 +195,20 @@ def test_synth_ads_on_a_photo_whose_name_is_not_utf8(tmp_path: Path):
     assert len(images) == 1 and "bad\ufffdname" in images[0].name and images[0].stat().st_size > 1000
 
 
+def test_a_file_that_is_not_utf8_is_named_in_the_error(garbage_like: Path, tmp_path: Path, capsys):
+    """A binary file given as a recipe, mapping or manifest printed only "'utf-8' codec can't decode ..."."""
+    binary = tmp_path / "garbage.yaml"
+    binary.write_bytes(bytes(range(0xA5, 0x100)) * 4)
+    for argv in (
+        ["data", "build", str(binary), "--out", str(tmp_path / "b")],
+        ["data", "check", str(garbage_like), "--map", str(binary), "--no-scene", "--report", str(tmp_path / "r")],
+        ["data", "verify", str(binary)],
+    ):
+        code, _, err = run(argv, capsys)
+        assert code == 2, argv
+        assert f"streetwatch: error: {binary}: not UTF-8 text (byte 0xa5 at offset 0)" in err, argv
+
+
 def test_build_of_a_source_with_image_names_that_are_not_utf8(garbage_like: Path, tmp_path: Path, capsys):
     """Such names stopped the build when the image lists were written ("surrogates not allowed")."""
     for split, stem, bad in (("train", "train001", b"x\xff"), ("train", "train002", b"x\xfe")):

@@ -51,6 +51,16 @@ def test_a_key_name_that_is_not_utf8_is_a_cli_error_naming_the_option(tmp_path):
     assert not (tmp_path / "streetwatch.db").exists()  # refused before a store is made
 
 
+def test_a_config_file_that_is_not_utf8_is_named_in_the_error(tmp_path, capsys):
+    binary = tmp_path / "garbage.yaml"
+    binary.write_bytes(b"\xa5\x00\xff" * 50)
+    for command in (["keys", "list"], ["serve"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*command, "--data-dir", str(tmp_path), "--config", str(binary)])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and f"{binary}: not UTF-8 text (byte 0xa5 at offset 0)" in err, command
+
+
 def test_cli_errors_name_the_problem(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["keys", "create", "--role", "ingest", "--db", "mysql://x/y", "--data-dir", str(tmp_path)])

@@ -65,6 +65,9 @@ def test_gate_config_from_yaml_with_overrides_and_errors(tmp_path: Path):
         load_gate(path)
     with pytest.raises(ValueError, match="no such gate config"):
         load_gate(tmp_path / "none.yaml")
+    path.write_bytes(b"\xa5\x00\xff" * 50)
+    with pytest.raises(ValueError, match=r"gate\.yaml: not UTF-8 text \(byte 0xa5 at offset 0\)"):
+        load_gate(path)
     for name, info in GateConfig.model_fields.items():
         assert info.description, name
 

@@ -184,6 +184,11 @@ def test_train_cli_errors_name_the_problem(tmp_path: Path, shapes_data: Path, ca
     with pytest.raises(SystemExit):
         main(["train", "--config", str(SMOKE), "--set", f"data={shapes_data}", "--set", "base=/nowhere/w.pt"])
     assert "base weights /nowhere/w.pt: no such file" in capsys.readouterr().err
+    binary = tmp_path / "garbage.yaml"  # not UTF-8: raised UnicodeDecodeError (a traceback)
+    binary.write_bytes(b"\xa5\x00\xff" * 50)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--config", str(binary)])
+    assert exc.value.code == 2 and f"{binary}: not UTF-8 text (byte 0xa5 at offset 0)" in capsys.readouterr().err
 
 
 def test_a_run_of_one_batch_per_epoch_still_records_its_speed():
