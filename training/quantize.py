@@ -6,6 +6,7 @@ stays in float: quantising it costs accuracy and saves no time.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,8 @@ class _Calibration:
         self.images = list(images)
         self.imgsz = imgsz
         self.pos = 0
+        self.read = 0  # images given to the calibrator
+        self.unreadable: dict[str, str] = {}  # file -> why it was skipped
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         while self.pos < len(self.images):
@@ -33,8 +36,10 @@ class _Calibration:
             self.pos += 1
             try:
                 image = read_image(path)
-            except ImageReadError:
+            except ImageReadError as exc:
+                self.unreadable[exc.source] = exc.reason
                 continue
+            self.read += 1
             boxed, _, _ = letterbox(image, (self.imgsz, self.imgsz))
             return {self.input_name: cv2.dnn.blobFromImage(boxed, 1 / 255.0, swapRB=True)}
         return None
@@ -112,22 +117,36 @@ def quantize_int8(
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         model = onnx.load(str(prepared))
         reader = _Calibration(model.graph.input[0].name, images, imgsz)
-        quantize_static(
-            str(prepared),
-            str(out),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            calibrate_method={
-                "minmax": CalibrationMethod.MinMax,
-                "percentile": CalibrationMethod.Percentile,
-                "entropy": CalibrationMethod.Entropy,
-            }[method],
-            nodes_to_exclude=head_decode_nodes(model)
-            + (head_output_convs(model) if float_output_convs else [])
-            + stem_nodes(model, float_stem),
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-        )
+        try:
+            quantize_static(
+                str(prepared),
+                str(out),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                calibrate_method={
+                    "minmax": CalibrationMethod.MinMax,
+                    "percentile": CalibrationMethod.Percentile,
+                    "entropy": CalibrationMethod.Entropy,
+                }[method],
+                nodes_to_exclude=head_decode_nodes(model)
+                + (head_output_convs(model) if float_output_convs else [])
+                + stem_nodes(model, float_stem),
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
+        except Exception:
+            if reader.read:
+                raise
+            raise ValueError(unreadable_calibration(reader.unreadable)) from None  # "No data is collected."
+        for path, reason in reader.unreadable.items():
+            print(f"warning: calibration image {path} skipped: {reason}", file=sys.stderr)
     return out
+
+
+def unreadable_calibration(unreadable: dict[str, str]) -> str:
+    """The error when none of the calibration images could be read: each file (the first 5) and why."""
+    shown = "; ".join(f"{path}: {reason}" for path, reason in list(unreadable.items())[:5])
+    more = f" (and {len(unreadable) - 5} more)" if len(unreadable) > 5 else ""
+    return f"int8 quantisation: none of the {len(unreadable)} calibration images could be read: {shown}{more}"

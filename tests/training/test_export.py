@@ -73,6 +73,20 @@ def test_export_never_replaces_a_registered_model_and_names_a_wrong_file(
     assert "left out, mapped to no product class: car (1 of 2" in capsys.readouterr().out  # the class the model loses
 
 
+def test_export_names_calibration_images_that_cannot_be_read(
+    tiny_pt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    """No readable calibration image printed only onnxruntime's "No data is collected."."""
+    monkeypatch.setenv("STREETWATCH_MODELS_DIR", str(tmp_path / "registry"))
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"\xa5\x00\xff" * 50)
+    with pytest.raises(SystemExit) as exc:
+        _export([str(tiny_pt), "--name", "q", "--imgsz", "160", "--calib", str(garbage)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "No data is collected" not in err
+    assert f"none of the 1 calibration images could be read: {garbage}: not an image" in err
+
+
 def test_export_refuses_an_int8_model_that_loses_accuracy(
     tiny_pt: Path, shapes_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ):
