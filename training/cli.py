@@ -59,6 +59,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         split = load_split(args.data, args.split, _load_mapping(args.map))
+        if not any(len(item.classes) for item in split.images):  # AP would read 0, which says nothing
+            raise DatasetError(
+                f"{args.data} [{split.name}]: none of its {len(split.images)} images has a labelled box (label "
+                "files missing or empty, or every class mapped away by --map): without ground truth there is "
+                "nothing to measure AP against"
+            )
         model = make_predictor(
             args.model,
             variant=args.variant,

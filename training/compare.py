@@ -177,6 +177,14 @@ def apply_gate(baseline: EvalResult, candidate: EvalResult, config: GateConfig |
         for c in classes
         if c.gated and -c.delta > config.max_class_drop + 1e-9
     ]
+    if not any(c.gated for c in classes):  # AP 0 against AP 0 is no evidence that the candidate is as good
+        boxes = sum(c.n_gt for c in classes)
+        failures.append(
+            "the evaluation set has no ground truth (no labelled boxes): nothing to judge the candidate on"
+            if boxes == 0
+            else f"no class reaches min_instances ({config.min_instances} ground-truth boxes; the evaluation set "
+            f"has {boxes} in all): nothing to judge the candidate on"
+        )
     key = "map50" if config.metric == "ap50" else "map50_95"
     base_mean = round(float(getattr(baseline, key)) * 100, 2)
     cand_mean = round(float(getattr(candidate, key)) * 100, 2)

@@ -130,3 +130,55 @@ def test_compare_command_records_the_verdict_in_the_candidates_card(
     with pytest.raises(SystemExit):
         main(["compare", "--candidate", "no-such-model", "--data", str(shapes_data)])
     assert "no-such-model: no such model" in capsys.readouterr().err
+
+
+def test_gate_refuses_when_the_evaluation_has_no_ground_truth_for_any_gated_class():
+    empty = EvalResult("m", "d", "val", 12, 0.0, 0.0, {}, np.zeros((1, 1)), [], 0.3)
+    gate = apply_gate(empty, empty)  # AP 0 against AP 0: no drop, and no evidence either
+    assert not gate.passed and "no ground truth" in gate.failures[0]
+    assert "REFUSED" in gate.table() and gate.to_json()["passed"] is False
+    few = result({"litter": 0.5, "car": 0.5}, {"litter": 2, "car": 1})
+    gate = apply_gate(few, few, GateConfig(min_instances=5))
+    assert not gate.passed and gate.failures == [
+        "no class reaches min_instances (5 ground-truth boxes; the evaluation set has 3 in all): "
+        "nothing to judge the candidate on"
+    ]
+
+
+def unlabelled_copy(data: Path, dest: Path, empty_files: bool) -> Path:
+    """A copy of a YOLO dataset whose val images have no label files (or empty ones)."""
+    shutil.copytree(data.parent, dest)
+    labels = dest / "val" / "labels"
+    shutil.rmtree(labels)
+    if empty_files:
+        labels.mkdir()
+        for image in (dest / "val" / "images").glob("*.jpg"):
+            (labels / f"{image.stem}.txt").write_text("")
+    yaml_text = (dest / "data.yaml").read_text().replace(f"path: {data.parent}", f"path: {dest}")
+    (dest / "data.yaml").write_text(yaml_text)
+    return dest / "data.yaml"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("empty_files", [False, True], ids=["no-label-files", "empty-label-files"])
+def test_compare_and_promote_refuse_an_evaluation_set_without_labels(
+    tiny_registry: Path, shapes_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, empty_files
+):
+    root = tmp_path / "registry"
+    shutil.copytree(tiny_registry, root)
+    monkeypatch.setenv("STREETWATCH_MODELS_DIR", str(root))
+    twin = root / "tiny-b"
+    shutil.copytree(root / "tiny", twin)
+    write_card(twin, load_card(twin).model_copy(update={"name": "tiny-b", "version": "t1b"}))
+    data = unlabelled_copy(shapes_data, tmp_path / "nolabels", empty_files)
+    assert main(["compare", "--candidate", "tiny-b", "--data", str(data)]) == EXIT_GATE_REFUSED
+    printed = capsys.readouterr().out
+    assert "PASSED" not in printed and "REFUSED: the evaluation set has no ground truth" in printed
+    assert load_card(twin).metrics[GATE_KEY]["passed"] is False
+    assert main(["promote", "tiny-b"]) == EXIT_GATE_REFUSED
+    assert "no ground truth" in capsys.readouterr().err
+    # evaluate says so up front instead of reporting AP 0
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--data", str(data), "--model", "tiny"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"{data} [val]: none of its 8 images has a labelled box" in err
