@@ -24,7 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from models.classes import CLASS_NAMES
 
@@ -58,8 +59,8 @@ class ModelCard(BaseModel):
     interim: bool = Field(False, description="True for a stand-in model that is not trained on product data")
     description: str = Field("", description="One paragraph: what the model is and what it is for")
     architecture: str = Field(description="Network architecture, e.g. yolo11n")
-    imgsz: int = Field(description="Square input size the model was trained at, in pixels")
-    stride: int = Field(32, description="Largest stride of the network; input sides are multiples of it")
+    imgsz: int = Field(gt=0, description="Square input size the model was trained at, in pixels")
+    stride: int = Field(32, gt=0, description="Largest stride of the network; input sides are multiples of it")
     names: list[str] = Field(description="The model's own output class names, in output order")
     class_map: list[str | None] = Field(
         description="Product class for each model output (same order as names); null drops that output"
@@ -69,9 +70,24 @@ class ModelCard(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict, description="Validation metrics by dataset")
     notes: str = Field("", description="Limitations and anything a user of the model should know")
 
+    @model_validator(mode="after")
+    def _input_size_fits_the_stride(self) -> ModelCard:
+        """The detector letterboxes to ``imgsz``: a size the network cannot take fails at the first image."""
+        problem = imgsz_problem(self.imgsz, self.stride)
+        if problem:
+            raise PydanticCustomError("card", "imgsz: {problem}", {"problem": problem})
+        return self
+
     def product_classes(self) -> list[str]:
         """Product classes this model can report."""
         return [c for c in CLASS_NAMES if c in self.class_map]
+
+
+def imgsz_problem(imgsz: int, stride: int = 32) -> str | None:
+    """Why ``imgsz`` cannot be a model's input size (a positive multiple of ``stride``), or None."""
+    if imgsz < stride or imgsz % stride:
+        return f"{imgsz} is not a multiple of the model stride {stride} (e.g. {stride * 10}, {stride * 20})"
+    return None
 
 
 def file_sha256(path: Path) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from datasets.mapping import ClassMapping, identity_mapping
-from models.registry import ModelCard, ModelRef, describe_file, now_iso, write_card
+from models.registry import ModelCard, ModelRef, describe_file, imgsz_problem, now_iso, write_card
 from training import ultra
 
 if TYPE_CHECKING:
@@ -60,6 +60,9 @@ def build_model_folder(
     and write the card. The class map comes from ``mapping`` (identity: names are product classes)."""
     from ultralytics.utils.torch_utils import strip_optimizer
 
+    problem = imgsz_problem(imgsz)
+    if problem:
+        raise ValueError(f"imgsz {problem}")
     names = checkpoint_names(pt_path)  # before anything is written: a wrong file leaves no folder behind
     class_map = (mapping or identity_mapping()).class_map(names)
     if not any(class_map):

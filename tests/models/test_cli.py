@@ -113,3 +113,23 @@ def test_a_default_without_its_folder_is_listed_as_missing(registry: Path, capsy
     assert main(["models", "--json"]) == 1
     listed = json.loads(capsys.readouterr().out)
     assert [(m["name"], m["default"]) for m in listed] == [("tiny", False), ("ghost", True)]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [("imgsz", 13, "invalid model card: imgsz: 13 is not a multiple of the model stride 32")],
+)
+def test_a_card_the_detector_cannot_run_is_refused_when_read_by_every_command(
+    registry: Path, sample_photos: list[Path], capsys, field: str, value: object, said: str
+):
+    shutil.copytree(registry / "tiny", registry / "odd")
+    card = json.loads((registry / "odd" / "card.json").read_text())
+    card.update({"name": "odd", field: value})
+    (registry / "odd" / "card.json").write_text(json.dumps(card))
+    where = f"{registry / 'odd' / 'card.json'}: invalid model card: "
+    assert main(["models"]) == 1
+    assert re.search(rf"! odd +unreadable: {re.escape(where + said.split(': ', 1)[1])}", capsys.readouterr().out)
+    with pytest.raises(SystemExit) as exc:  # not an onnxruntime traceback at the first image
+        main(["detect", str(sample_photos[0]), "--model", "odd", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and where in err and said in err and "Traceback" not in err

@@ -135,3 +135,13 @@ def test_export_accepts_a_well_calibrated_int8_model(
     # the card's numbers are what `streetwatch evaluate` reports for the same model and data
     fp32 = evaluate(make_predictor("tq"), load_split(shapes_data), progress=False)
     assert measured["fp32"] == fp32.to_json() | {"model": measured["fp32"]["model"]}
+
+
+def test_export_refuses_an_input_size_the_network_cannot_take(
+    tiny_pt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    monkeypatch.setenv("STREETWATCH_MODELS_DIR", str(tmp_path / "registry"))
+    with pytest.raises(SystemExit) as exc:  # was: exit 0, a card saying 13 and a detector failing on every image
+        _export([str(tiny_pt), "--name", "odd", "--out", str(tmp_path / "odd"), "--imgsz", "13"])
+    assert exc.value.code == 2 and "--imgsz 13 is not a multiple of the model stride 32" in capsys.readouterr().err
+    assert not (tmp_path / "odd").exists()

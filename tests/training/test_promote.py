@@ -278,14 +278,15 @@ def test_a_model_the_detector_cannot_run_never_becomes_the_default_even_forced(
     # a card naming an input size the network does not take, from outside the registry: not even copied in
     outside = variant(tmp_path / "elsewhere", "tiny-odd", "t5", registry / "tiny")
     write_card(outside, load_card(outside).model_copy(update={"imgsz": 100}))
-    with pytest.raises(ModelError, match=r"tiny-odd: cannot become the default model: .*imgsz 100"):
+    odd = r"tiny-odd/card.json: invalid model card: imgsz: 100 is not a multiple of the model stride 32"
+    with pytest.raises(ModelError, match=odd):  # the card itself is refused when read
         promote(str(outside), force=True, reason="forced")
-    with pytest.raises(ModelError, match=r"tiny-odd: cannot become the default model"):  # refused before comparing
+    with pytest.raises(ModelError, match=odd):  # refused before comparing
         promote(str(outside), data=str(shapes_data))
     with pytest.raises(SystemExit) as exited:  # the command: a one-line error, not the gate's "--force" advice
         main(["promote", str(outside), "--force", "--reason", "forced"])
     err = capsys.readouterr().err
-    assert exited.value.code == 2 and err.count("\n") == 1 and "cannot become the default model" in err
+    assert exited.value.code == 2 and err.count("\n") == 1 and "imgsz: 100 is not a multiple" in err
     assert not (registry / "tiny-odd").exists() and (registry / "registry.json").read_bytes() == before
 
 
