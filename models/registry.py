@@ -71,11 +71,19 @@ class ModelCard(BaseModel):
     notes: str = Field("", description="Limitations and anything a user of the model should know")
 
     @model_validator(mode="after")
-    def _input_size_fits_the_stride(self) -> ModelCard:
-        """The detector letterboxes to ``imgsz``: a size the network cannot take fails at the first image."""
+    def _runnable(self) -> ModelCard:
+        """What the detector relies on: it letterboxes to ``imgsz`` (a size the network cannot take fails at
+        the first image) and maps each output through ``class_map`` onto product classes."""
         problem = imgsz_problem(self.imgsz, self.stride)
         if problem:
             raise PydanticCustomError("card", "imgsz: {problem}", {"problem": problem})
+        unknown = [c for c in dict.fromkeys(self.class_map) if c is not None and c not in CLASS_NAMES]
+        if unknown:  # the detector maps every output onto a product class: an unknown one fails at each image
+            problem = f"{', '.join(map(repr, unknown))} not a product class (known: {', '.join(CLASS_NAMES)})"
+            raise PydanticCustomError("card", "class_map: {problem}", {"problem": problem})
+        if len(self.class_map) != len(self.names):
+            problem = f"{len(self.class_map)} entries for {len(self.names)} names (one per model output)"
+            raise PydanticCustomError("card", "class_map: {problem}", {"problem": problem})
         return self
 
     def product_classes(self) -> list[str]:

@@ -117,7 +117,12 @@ def test_a_default_without_its_folder_is_listed_as_missing(registry: Path, capsy
 
 @pytest.mark.parametrize(
     ("field", "value", "said"),
-    [("imgsz", 13, "invalid model card: imgsz: 13 is not a multiple of the model stride 32")],
+    [
+        ("imgsz", 13, "invalid model card: imgsz: 13 is not a multiple of the model stride 32"),
+        ("class_map", ["litter", "dragon"], "invalid model card: class_map: 'dragon' not a product class (known: "),
+        ("class_map", ["litter"], "invalid model card: class_map: 1 entries for 2 names"),
+    ],
+    ids=["imgsz", "unknown-class", "short-class-map"],
 )
 def test_a_card_the_detector_cannot_run_is_refused_when_read_by_every_command(
     registry: Path, sample_photos: list[Path], capsys, field: str, value: object, said: str
@@ -133,3 +138,7 @@ def test_a_card_the_detector_cannot_run_is_refused_when_read_by_every_command(
         main(["detect", str(sample_photos[0]), "--model", "odd", "--threads", "1"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and where in err and said in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exc:  # promote says which card and why (was: just 'dragon')
+        main(["promote", "odd", "--force", "--reason", "test"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and where in err and said in err
