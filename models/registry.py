@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -32,6 +33,17 @@ from models.classes import CLASS_NAMES
 CARD_NAME = "card.json"
 REGISTRY_FILE = "registry.json"
 LOCK_FILE = "registry.lock"
+
+
+#: A model or run name: it becomes a folder name, so one path component (no ``/``, not ``.`` or ``..``).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a model or run folder (see :data:`NAME_PATTERN`), or None."""
+    if re.fullmatch(NAME_PATTERN, name):
+        return None
+    return f"{name!r} is not a name: 1-64 letters, digits, _ . + - starting with a letter or digit (it names a folder)"
 
 
 class ModelError(ValueError):
@@ -53,7 +65,7 @@ class ModelCard(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="Registry name of the model (its folder name)")
+    name: str = Field(pattern=NAME_PATTERN, description="Registry name of the model (its folder name)")
     version: str = Field(description="Version string recorded on every case this model finds")
     created: str = Field(description="ISO-8601 creation time")
     interim: bool = Field(False, description="True for a stand-in model that is not trained on product data")

@@ -134,7 +134,7 @@ def record_metrics(model: str, variant: str, data: str, split: str, result) -> N
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint into a registry model folder (ONNX fp32, int8 when calibrated) with its card;
     with --data, evaluate both and refuse an int8 model that loses more than the allowed mAP50."""
-    from models.registry import imgsz_problem, models_root, resolve, set_default
+    from models.registry import imgsz_problem, models_root, name_problem, resolve, set_default
     from pipeline.cli import CLIError, resolve_inputs
     from training.export import build_model_folder, gate_int8
     from training.train import run_record
@@ -145,6 +145,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     problem = imgsz_problem(args.imgsz)
     if problem:
         raise CLIError(f"--imgsz {problem}")
+    problem = name_problem(args.name)
+    if problem:  # it becomes the registry folder, and the name every case records
+        raise CLIError(f"--name {problem}")
     folder = Path(args.out) if args.out else models_root() / args.name
     if (folder / "card.json").is_file():  # promote and rollback rely on a registered version staying as it is
         raise CLIError(f"{folder} already holds a model; export under a new --name (or another --out)")

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from datasets.manifest import MANIFEST
 from datasets.pack import PACK_INFO, SOURCE_MANIFEST
 from models.classes import CLASS_NAMES
-from models.registry import ModelError, file_sha256, now_iso, resolve
+from models.registry import NAME_PATTERN, ModelError, file_sha256, now_iso, resolve
 from pipeline.files import TextFileError, read_text
 from training.augment import AugmentConfig, build_augmentations, preview_grid, transform_names
 
@@ -40,7 +40,11 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("product", description="Run name: the run folder is OUT/NAME (NAME2, NAME3... if taken)")
+    name: str = Field(
+        "product",
+        pattern=NAME_PATTERN,
+        description="Run name: the run folder is OUT/NAME (NAME2, NAME3... if taken); one folder name, no /",
+    )
     data: str = Field(description="Dataset data.yaml (ultralytics layout); relative paths are from the working dir")
     base: str = Field(
         "default",

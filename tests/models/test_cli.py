@@ -121,8 +121,9 @@ def test_a_default_without_its_folder_is_listed_as_missing(registry: Path, capsy
         ("imgsz", 13, "invalid model card: imgsz: 13 is not a multiple of the model stride 32"),
         ("class_map", ["litter", "dragon"], "invalid model card: class_map: 'dragon' not a product class (known: "),
         ("class_map", ["litter"], "invalid model card: class_map: 1 entries for 2 names"),
+        ("name", "../odd", "invalid model card: name: String should match pattern"),
     ],
-    ids=["imgsz", "unknown-class", "short-class-map"],
+    ids=["imgsz", "unknown-class", "short-class-map", "name-with-a-path"],
 )
 def test_a_card_the_detector_cannot_run_is_refused_when_read_by_every_command(
     registry: Path, sample_photos: list[Path], capsys, field: str, value: object, said: str

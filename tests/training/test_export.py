@@ -145,3 +145,15 @@ def test_export_refuses_an_input_size_the_network_cannot_take(
         _export([str(tiny_pt), "--name", "odd", "--out", str(tmp_path / "odd"), "--imgsz", "13"])
     assert exc.value.code == 2 and "--imgsz 13 is not a multiple of the model stride 32" in capsys.readouterr().err
     assert not (tmp_path / "odd").exists()
+
+
+@pytest.mark.parametrize("name", ["../../e3", "a/b", ".."])
+def test_export_refuses_a_name_that_is_not_one_folder_name(
+    tiny_pt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, name: str
+):
+    registry = tmp_path / "deep" / "registry"
+    monkeypatch.setenv("STREETWATCH_MODELS_DIR", str(registry))
+    with pytest.raises(SystemExit) as exc:  # was: a model folder outside the registry, the name in its card
+        _export([str(tiny_pt), "--name", name, "--imgsz", "160"])
+    assert exc.value.code == 2 and f"--name {name!r} is not a name" in capsys.readouterr().err
+    assert not (tmp_path / "e3").exists() and not registry.exists()

@@ -208,3 +208,14 @@ def test_a_run_of_one_batch_per_epoch_still_records_its_speed():
     speed = record["throughput"]
     assert speed["batches_timed"] == 2 and speed["includes_warmup"] and speed["seconds_per_batch"] >= 0.05
     assert speed["seconds_per_image"] == pytest.approx(speed["seconds_per_batch"] / 3, abs=1e-3)
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", "..", ".hidden", ""])
+def test_a_run_name_is_one_folder_name_inside_out(tmp_path: Path, shapes_data: Path, capsys, name: str):
+    out = tmp_path / "deep" / "runs"
+    sets = [f"out={out}", f"data={shapes_data}", f"name={name}", "epochs=1"]
+    with pytest.raises(SystemExit) as exc:  # was: the run written to OUT/../../escaped
+        main(["train", "--config", str(SMOKE), *(x for s in sets for x in ("--set", s))])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "smoke.yaml: invalid training config" in err and "name" in err
+    assert not (tmp_path / "escaped").exists() and not out.exists()
