@@ -7,6 +7,7 @@ Each package contributes its subcommands through a ``register(subparsers)`` func
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import importlib.util
 import json
@@ -529,15 +530,36 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def path_problem(exc: OSError) -> str:
     """A file-system error as one line naming the path (the target of a rename, not its temporary file):
     what is wrong with it, for a person. A camera URL's password stays hidden (PyAV errors name the URL)."""
-    from pipeline.cameras import hide_passwords
-
     why = {
         FileExistsError: "exists and is not a folder (give a folder for the output)",
         NotADirectoryError: "a part of this path is a file, not a folder",
         PermissionError: "permission denied",
         FileNotFoundError: "no such file or folder",
     }.get(type(exc), exc.strerror or str(exc))
-    return f"{hide_passwords(str(exc.filename2 or exc.filename))}: {why}"
+    return f"{error_path(exc)}: {why}"
+
+
+def error_path(exc: OSError) -> str:
+    """The path an OSError names (the target of a rename, not its temporary file), passwords hidden."""
+    from pipeline.cameras import hide_passwords
+
+    return hide_passwords(str(exc.filename2 or exc.filename))
+
+
+#: Errors of the machine rather than of the input: a full disk or quota, a failing device, a file over the size limit.
+SYSTEM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
+
+
+def system_problem(exc: OSError, args: argparse.Namespace) -> str:
+    """An OSError that is no fault of the command's input (a full disk mid-write names no file) as one line:
+    what failed, and the file, or else the command's output folder, when known."""
+    why = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        why += " (free some space, or write the output elsewhere)"
+    if exc.filename is not None:
+        return f"{error_path(exc)}: {why}"
+    out = next((getattr(args, k) for k in ("out", "data_dir", "report") if getattr(args, k, None)), None)
+    return f"{why} (writing to {out})" if out else why
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -579,9 +601,10 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
             return 141
         raise  # another pipe or socket: a real error
-    except OSError as exc:  # a path the command was given (an output folder that is a file, no permission)
-        if exc.filename is None:
-            raise
+    except OSError as exc:
+        if exc.errno in SYSTEM_ERRNOS or exc.filename is None:  # the machine failed, not the input: exit 1
+            parser.exit(1, f"streetwatch: error: {system_problem(exc, args)}\n")
+        # a path the command was given (an output folder that is a file, no permission)
         parser.exit(2, f"streetwatch: error: {path_problem(exc)}\n")
 
 
