@@ -132,12 +132,25 @@ def resolve_base(base: str) -> Path:
 
 
 def resolve_device(device: str) -> str:
-    """'auto' becomes '0' when CUDA is available, else 'cpu'."""
-    if device != "auto":
-        return device
+    """'auto' becomes '0' when CUDA is available, else 'cpu'; CUDA indices ('0', '0,1', 'cuda:1') must name
+    devices this machine has (a :class:`ConfigError` naming ``device`` otherwise, not ultralytics' traceback)."""
     import torch
 
-    return "0" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "0" if torch.cuda.is_available() else "cpu"
+    if device in ("cpu", "mps"):
+        return device
+    indices = device.removeprefix("cuda:").split(",")
+    if not all(i.strip().isdigit() for i in indices):
+        raise ConfigError(
+            f"device {device!r}: expected 'auto', 'cpu', 'mps' or CUDA device indices such as '0', '0,1' or 'cuda:0'"
+        )
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing = [int(i) for i in indices if int(i) >= count]
+    if missing:
+        have = f"{count} CUDA device(s), 0 to {count - 1}" if count else "no CUDA device"
+        raise ConfigError(f"device {device!r}: this machine has {have}; use device=auto or device=cpu")
+    return ",".join(str(int(i)) for i in indices)
 
 
 def dataset_names(data: Path) -> list[str]:

@@ -219,3 +219,18 @@ def test_a_run_name_is_one_folder_name_inside_out(tmp_path: Path, shapes_data: P
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "smoke.yaml: invalid training config" in err and "name" in err
     assert not (tmp_path / "escaped").exists() and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("device", "said"),
+    [("cuda:99", "device 'cuda:99': this machine has "), ("gpu", "device 'gpu': expected 'auto', 'cpu'")],
+)
+def test_a_device_the_machine_does_not_have_is_a_config_error(
+    tmp_path: Path, shapes_data: Path, capsys, device: str, said: str
+):
+    sets = [f"out={tmp_path / 'runs'}", f"data={shapes_data}", f"device={device}", "epochs=1"]
+    with pytest.raises(SystemExit) as exc:  # was: ultralytics' ValueError traceback
+        main(["train", "--config", str(SMOKE), *(x for s in sets for x in ("--set", s))])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.splitlines()[-1].startswith(f"streetwatch: error: {said}")
+    assert "Traceback" not in err and not (tmp_path / "runs").exists()
