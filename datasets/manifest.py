@@ -87,11 +87,17 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
     if p.is_dir():
         p = p / MANIFEST
     try:
-        return json.loads(read_text(p))
+        manifest = json.loads(read_text(p))
     except FileNotFoundError:
         raise FileNotFoundError(f"{p}: no dataset manifest (build the dataset with `streetwatch data build`)") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{p}: invalid manifest JSON: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{p}: not a dataset manifest: a JSON object is expected, not {type(manifest).__name__}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ValueError(f"{p}: not a dataset manifest: 'files' must map each file to its SHA-256")
+    return manifest
 
 
 def verify_manifest(root: Path) -> list[str]:

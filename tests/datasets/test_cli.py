@@ -238,3 +238,23 @@ def test_build_of_a_source_with_image_names_that_are_not_utf8(garbage_like: Path
         assert (out / "labels" / "train" / f"{Path(n).stem}.txt").read_text().strip()
     code, out_text, _ = run(["data", "verify", str(out)], capsys)
     assert code == 0 and "intact" in out_text
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("[1, 2]", "not a dataset manifest: a JSON object is expected, not list"),
+        ('{"files": 5}', "not a dataset manifest: 'files' must map each file to its SHA-256"),
+        ('{"name": "g"}', "not a dataset manifest: 'files' must map each file to its SHA-256"),
+    ],
+)
+def test_a_manifest_of_the_wrong_shape_is_an_error_naming_it(
+    garbage_like: Path, tmp_path: Path, capsys, content: str, needle: str
+):
+    out = tmp_path / "ds"
+    run(["data", "import", str(garbage_like), "--map", "garbage", "--out", str(out), "--no-sheets"], capsys)
+    (out / "manifest.json").write_text(content)  # valid JSON, but no manifest (was: TypeError traceback)
+    for argv in (["data", "verify", str(out)], ["data", "pack", str(out), "--out", str(tmp_path / "p")]):
+        code, _, err = run(argv, capsys)
+        assert code == 2 and f"{out / 'manifest.json'}: {needle}" in err, (argv, err)
+    assert not (tmp_path / "p").exists()
