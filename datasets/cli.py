@@ -240,6 +240,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     from datasets.preview import label_sheet
 
+    out = Path(args.out)
+    if out.is_dir() or out.suffix.lower() not in (".jpg", ".jpeg", ".png"):  # cv2 picks the format by suffix
+        what = "is a folder" if out.is_dir() else "does not end in .jpg or .png"
+        raise _error(ValueError(f"--out {out}: {what}; give the image file to write, e.g. sheet.jpg"))
+    if args.n < 1:
+        raise _error(ValueError(f"--n must be at least 1 image, not {args.n}"))
     path = label_sheet(
         Path(args.dataset), args.split, Path(args.out), args.n, np.random.default_rng(args.seed), args.source
     )

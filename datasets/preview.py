@@ -31,6 +31,8 @@ def label_sheet(
 ) -> Path | None:
     """Draw ``n`` random images of ``split`` (optionally of one ``source``) with their labels; own labels are
     named by class, pseudo-labels (listed in ``pseudo.json``) get a ``*``. Returns the sheet path."""
+    if n < 1:
+        raise ValueError(f"a contact sheet needs at least 1 image, not {n}")
     rng = rng or np.random.default_rng(0)
     images = sorted(p for p in (root / "images" / split).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if source:

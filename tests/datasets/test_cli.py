@@ -258,3 +258,20 @@ def test_a_manifest_of_the_wrong_shape_is_an_error_naming_it(
         code, _, err = run(argv, capsys)
         assert code == 2 and f"{out / 'manifest.json'}: {needle}" in err, (argv, err)
     assert not (tmp_path / "p").exists()
+
+
+def test_show_options_are_checked_before_drawing(garbage_like: Path, tmp_path: Path, capsys):
+    out = tmp_path / "ds"
+    run(["data", "import", str(garbage_like), "--map", "garbage", "--out", str(out), "--no-sheets"], capsys)
+    (tmp_path / "folder").mkdir()
+    for sheet, n, needle in (
+        ("sheet", "24", f"--out {tmp_path / 'sheet'}: does not end in .jpg or .png"),  # was: cv2.error
+        ("folder", "24", f"--out {tmp_path / 'folder'}: is a folder"),
+        ("s.jpg", "-4", "--n must be at least 1 image, not -4"),  # was: ValueError traceback
+        ("s.jpg", "0", "--n must be at least 1 image, not 0"),  # was: "no train images"
+    ):
+        code, _, err = run(["data", "show", str(out), "--out", str(tmp_path / sheet), "--n", n], capsys)
+        assert code == 2 and needle in err and "Traceback" not in err, err
+    assert not (tmp_path / "sheet").exists() and not (tmp_path / "s.jpg").exists()
+    code, text, _ = run(["data", "show", str(out), "--out", str(tmp_path / "s.PNG"), "--n", "2"], capsys)
+    assert code == 0 and "contact sheet" in text and (tmp_path / "s.PNG").stat().st_size > 1000
