@@ -405,8 +405,13 @@ def _repeated_ids(root: yaml.Node, data: dict, source: str) -> list[str]:
     return problems
 
 
-def _duplicate_keys(node: yaml.Node, source: str) -> list[str]:
-    """Keys given twice in one mapping (YAML would silently keep the last)."""
+def _duplicate_keys(node: yaml.Node, source: str, ancestors: frozenset[int] = frozenset()) -> list[str]:
+    """Keys given twice in one mapping (YAML would silently keep the last), and aliases that refer to a node
+    containing them (``a: &a [*a]``: a structure without end, which no field can hold)."""
+    if id(node) in ancestors:
+        line = node.start_mark.line + 1
+        return [f"{source}:{line}: an alias refers to the node that contains it (recursive YAML is not a config)"]
+    inner = ancestors | {id(node)}
     problems = []
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
@@ -414,10 +419,10 @@ def _duplicate_keys(node: yaml.Node, source: str) -> list[str]:
             if key.value in seen:
                 problems.append(f"{source}:{key.start_mark.line + 1}: key {key.value!r} is given twice")
             seen.add(key.value)
-            problems += _duplicate_keys(value, source)
+            problems += _duplicate_keys(value, source, inner)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            problems += _duplicate_keys(item, source)
+            problems += _duplicate_keys(item, source, inner)
     return problems
 
 

@@ -192,3 +192,16 @@ def test_a_camera_retries_up_to_max_s_even_after_days_of_failures():
     backoff = BackoffConfig(initial_s=1, max_s=60)
     assert 0.9 <= backoff.delay(0) <= 1 and 28.8 <= backoff.delay(5) <= 32
     assert 54 <= backoff.delay(5000) <= 60  # ~17 hours down at 60 s a retry
+
+
+@pytest.mark.parametrize("text", ["a: &a [*a]\n", "cameras: &c\n  - id: a\n    url: x.mp4\n    more: *c\n"])
+def test_a_self_referencing_alias_is_a_config_error_naming_the_file(tmp_path: Path, capsys, text: str):
+    from pipeline.cli import main
+
+    path = tmp_path / "recursive.yaml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as exc:  # was: RecursionError traceback
+        main(["watch", str(path), "--duration", "3"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert f"{path}:" in err and "an alias refers to the node that contains it" in err
