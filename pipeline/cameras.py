@@ -253,9 +253,19 @@ class CameraConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        scheme = urlparse(value).scheme.lower()
+        parts = urlparse(value)
+        scheme = parts.scheme.lower()
         if "://" in value and scheme not in (*STREAM_SCHEMES, "file"):
             raise ValueError(f"unsupported URL scheme {scheme!r}; use {', '.join(STREAM_SCHEMES)} or a file path")
+        if scheme in STREAM_SCHEMES:
+            try:
+                port = parts.port  # ValueError for a port that is not a number 0-65535
+            except ValueError:
+                port = -1
+            if port is not None and not 1 <= port <= 65535:
+                raise ValueError(f"the port in {hide_passwords(value, value)} is not a number 1-65535")
+            if not parts.hostname:
+                raise ValueError(f"{hide_passwords(value, value)} names no host")
         return value
 
     @field_validator("timezone")

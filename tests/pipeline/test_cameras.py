@@ -205,3 +205,15 @@ def test_a_self_referencing_alias_is_a_config_error_naming_the_file(tmp_path: Pa
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "Traceback" not in err
     assert f"{path}:" in err and "an alias refers to the node that contains it" in err
+
+
+def test_a_stream_url_needs_a_host_and_a_port_that_exists():
+    def url_problems(url: str) -> list[str]:
+        return problems(f"cameras:\n  - id: a\n    url: {url}\n")
+
+    assert url_problems("rtsp://10.0.0.1:99999/x") == [
+        "cams.yaml:3: camera 'a': url: the port in rtsp://10.0.0.1:99999/x is not a number 1-65535"
+    ]  # was: accepted, and the camera failed to connect forever
+    assert "the port in rtsp://admin:***@cam:0/x is not" in url_problems("rtsp://admin:pw@cam:0/x")[0]
+    assert "the port in" in url_problems("http://cam:http/x")[0]
+    assert url_problems("rtsp:///x") == ["cams.yaml:3: camera 'a': url: rtsp:///x names no host"]
