@@ -39,6 +39,39 @@ def one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def positive_number(text: str) -> float:
+    """argparse type: a number above 0 (a duration, a speed); the error names the option."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number from 0 to 1 (a confidence)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, not {text}")
+    return value
+
+
+def count(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
 #: The modules ``pip install -e '.[train]'`` adds to the runtime (pyproject's ``train`` extra). A command
 #: registered with ``needs=(...)`` (or calling :func:`require`) is refused up front, before it writes
 #: anything, when one of those it names is missing; any other that reaches for one says which.
@@ -297,7 +330,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("config", nargs="?", help="camera config file (YAML)")
     p.add_argument("--demo", action="store_true", help="run the bundled demo cameras (pipeline/samples)")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run on)")
+    p.add_argument(
+        "--duration", type=positive_number, default=None, help="stop after this many seconds (default: run on)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per violation on stdout, no status")
     p.add_argument(
         "--sink",

@@ -57,6 +57,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.cli import CLIError
     from training.evaluate import DatasetError, evaluate, load_split, make_predictor, plot_confusion, write_report
 
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():  # found out now, not after the run
+        raise CLIError(f"--out {args.out}: exists and is not a folder (give a folder for the report)")
     try:
         split = load_split(args.data, args.split, _load_mapping(args.map))
         if not any(len(item.classes) for item in split.images):  # AP would read 0, which says nothing
@@ -228,6 +230,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from training.compare import changes_sheet, compare, gate_record, load_gate, model_ref, record_gate
     from training.evaluate import DatasetError, load_split, make_predictor
 
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():  # found out now, not after the run
+        raise CLIError(f"--out {args.out}: exists and is not a folder (give a folder for the report)")
     try:
         gate = load_gate(args.gate, max_class_drop=args.max_class_drop, max_mean_drop=args.max_mean_drop)
         split = load_split(args.data, args.split, _load_mapping(args.map))
@@ -359,6 +363,8 @@ def cmd_average(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Training-side subcommands."""
+    from pipeline.cli import count, fraction
+
     p = sub.add_parser(
         "train",
         help="train a detector from a config file (ultralytics, CPU or GPU)",
@@ -402,7 +408,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--imgsz", type=int, default=None, help="inference size (default: the model's)")
     p.add_argument("--tile", action="store_true", help="sliced inference (tiles plus a full pass)")
-    p.add_argument("--conf", type=float, default=0.25, help="confidence for the confusion matrix (default: 0.25)")
+    p.add_argument("--conf", type=fraction, default=0.25, help="confidence for the confusion matrix (default: 0.25)")
     p.add_argument(
         "--image-level",
         metavar="CLASSES",
@@ -410,7 +416,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "an image showing one must get at least one detection of them at --operating-conf",
     )
     p.add_argument(
-        "--operating-conf", type=float, default=0.25, help="confidence of the image-level view (default: 0.25)"
+        "--operating-conf", type=fraction, default=0.25, help="confidence of the image-level view (default: 0.25)"
     )
     p.add_argument(
         "--record", action="store_true", help="store the result in the model card's metrics (registry models)"
@@ -433,7 +439,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--calib", nargs="+", help="calibration images/folders for static int8 (omit: fp32 only)")
     p.add_argument(
-        "--calib-max", type=int, default=200, help="at most this many calibration images, spread evenly over the list"
+        "--calib-max", type=count, default=200, help="at most this many calibration images, spread evenly over the list"
     )
     p.add_argument(
         "--calib-method",
@@ -483,7 +489,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-class-drop", type=float, default=None, help="AP points one class may lose (default: 2)")
     p.add_argument("--max-mean-drop", type=float, default=None, help="AP points the mean may lose (default: 0)")
     p.add_argument("--field", nargs="+", help="field images, folders or an export-reviews folder: detections diffed")
-    p.add_argument("--conf", type=float, default=0.25, help="operating confidence for the field diff (default: 0.25)")
+    p.add_argument(
+        "--conf", type=fraction, default=0.25, help="operating confidence for the field diff (default: 0.25)"
+    )
     p.add_argument("--show", type=int, default=20, help="changed detections listed (default: %(default)s)")
     p.add_argument("--out", help="folder for compare.json and field-changes.jpg")
     p.add_argument("--json", action="store_true", help="print only the JSON report")

@@ -156,3 +156,22 @@ def test_a_full_disk_is_a_one_line_error_naming_the_output_folder(full_disk: Pat
         assert out.returncode == 1 and "Traceback" not in out.stderr, (args, out.stderr)
         assert out.stderr.count("\n") == 1 and "No space left on device" in out.stderr, (args, out.stderr)
         assert str(full_disk) in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["watch", "--demo", "--duration", "-5"], "argument --duration: must be a number above 0, not -5"),
+        (["watch", "--demo", "--duration", "0"], "argument --duration: must be a number above 0, not 0"),
+        (["watch", "--demo", "--duration", "nan"], "argument --duration: must be a number above 0, not nan"),
+        (["evaluate", "--data", "d.yaml", "--operating-conf", "5"], "argument --operating-conf: must be from 0 to 1"),
+        (["evaluate", "--data", "d.yaml", "--conf", "-0.1"], "argument --conf: must be from 0 to 1, not -0.1"),
+        (["compare", "--candidate", "m", "--data", "d.yaml", "--conf", "2"], "argument --conf: must be from 0 to 1"),
+        (["export", "m.pt", "--name", "m", "--calib-max", "-3"], "argument --calib-max: must be at least 1, not -3"),
+    ],
+)
+def test_out_of_range_options_are_refused_naming_the_option(args: list[str], said: str, capsys):
+    with pytest.raises(SystemExit) as exc:  # was: accepted, then wrong (no stop, nothing flagged, a bad slice)
+        main(args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and said in err and "Traceback" not in err

@@ -473,3 +473,16 @@ def test_evaluate_record_stores_the_result_in_the_model_card(
     assert entry["int8"] == printed and "fp32" not in entry
     with pytest.raises(SystemExit):
         main(["evaluate", "--data", str(shapes_data), "--model", str(tmp_path / "x.pt"), "--record"])
+
+
+def test_an_out_that_is_a_file_is_refused_before_evaluating(
+    use_tiny_registry, shapes_data: Path, tmp_path: Path, capsys
+):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("a file")
+    for command in (["evaluate"], ["compare", "--candidate", "tiny"]):
+        with pytest.raises(SystemExit) as exc:  # was: found out after the whole evaluation
+            main([*command, "--data", str(shapes_data), "--out", str(taken), "--json"])
+        captured = capsys.readouterr()
+        assert exc.value.code == 2 and f"--out {taken}: exists and is not a folder" in captured.err
+        assert captured.out == "" and taken.read_text() == "a file"
