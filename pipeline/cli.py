@@ -15,10 +15,11 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from tqdm import tqdm
@@ -39,37 +40,28 @@ def one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def positive_number(text: str) -> float:
-    """argparse type: a number above 0 (a duration, a speed); the error names the option."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text}")
-    return value
+def checked(convert: Callable[[str], float], what: str, ok: Callable[[float], bool], want: str) -> Callable[[str], Any]:
+    """An argparse type: ``convert`` the text (else "not {what}"), then refuse values ``ok`` rejects ("must be
+    {want}"); argparse puts the option's name before the message."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {want}, not {text}")
+        return value
+
+    return parse
 
 
-def fraction(text: str) -> float:
-    """argparse type: a number from 0 to 1 (a confidence)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 1, not {text}")
-    return value
-
-
-def count(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
-    return value
+#: A number above 0 (a duration, a speed).
+positive_number = checked(float, "a number", lambda v: 0 < v < float("inf"), "a number above 0")
+#: A number from 0 to 1 (a confidence).
+fraction = checked(float, "a number", lambda v: 0 <= v <= 1, "from 0 to 1")
+#: A whole number of at least 1.
+count = checked(int, "a whole number", lambda v: v >= 1, "at least 1")
 
 
 #: The modules ``pip install -e '.[train]'`` adds to the runtime (pyproject's ``train`` extra). A command
