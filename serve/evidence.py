@@ -1,7 +1,9 @@
 """Evidence files stored content-addressed on disk: ``<root>/ab/abcdef....jpg`` named by SHA-256.
 
 Only :meth:`EvidenceStore.path` turns an id into a path, and it accepts nothing but 64 lowercase hex
-digits, so no request can reach a file outside the store.
+digits, so no request can reach a file outside the store. One file may belong to several cases (the same
+bytes filed twice, a photo's clean frame shared by every case found on it): the case store decides when
+nothing references a file any more, and only then removes it (:meth:`EvidenceStore.remove`).
 """
 
 from __future__ import annotations
@@ -35,14 +37,35 @@ class EvidenceStore:
     def _path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / f"{sha256}.jpg"
 
-    def put(self, data: bytes) -> str:
-        """Store bytes (atomically, fsynced; a no-op when already there); returns their SHA-256."""
+    def put(self, data: bytes) -> tuple[str, bool]:
+        """Store bytes (atomically, fsynced); returns their SHA-256 and whether the file was written now. A
+        file already there is kept, its time refreshed: a prune leaves files filed lately alone."""
         sha = hashlib.sha256(data).hexdigest()
         target = self._path(sha)
-        if target.exists():
-            return sha
-        atomic_write(target, data)
-        return sha
+        try:
+            os.utime(target)
+        except FileNotFoundError:
+            atomic_write(target, data)
+            return sha, True
+        except OSError:  # there, but another user's (a sink run by hand): kept as it is
+            pass
+        return sha, False
+
+    def keep(self, sha256: str, data: bytes) -> None:
+        """Write ``data`` (whose SHA-256 is ``sha256``) again if its file was removed since :meth:`put`."""
+        target = self._path(sha256)
+        if not target.is_file():
+            atomic_write(target, data)
+
+    def remove(self, sha256: str) -> int:
+        """Delete the file of an evidence id; the bytes freed (0 when it was not there)."""
+        target = self._path(sha256)
+        try:
+            size = target.stat().st_size
+            target.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
 
     def path(self, sha256: str) -> Path:
         """The file of an evidence id; :class:`EvidenceNotFound` for a malformed or unknown id."""

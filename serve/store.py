@@ -238,11 +238,23 @@ class CaseStore:
         """File a violation: a repeat of its key updates its case; the same thing again within the dedup
         window merges into the open case; anything else opens a new case."""
         check_violation(violation)
-        shas = [(image.kind, self.evidence.put(image.jpeg), len(image.jpeg)) for image in violation.evidence]
-        return self._write(lambda s: self._ingest(s, violation, shas, actor))
+        shas, written = [], []
+        for image in violation.evidence:
+            sha, new = self.evidence.put(image.jpeg)  # before the transaction: no lock held while writing
+            shas.append((image.kind, sha, len(image.jpeg)))
+            if new:
+                written.append(sha)
+        try:
+            return self._write(lambda s: self._ingest(s, violation, shas, actor))
+        except Exception:  # refused (a key reused for another violation) or failed: the files it wrote go again
+            self._discard(written)
+            raise
 
     def _ingest(self, s: Session, v: Violation, shas: list[tuple[str, str, int]], actor: Actor) -> Ingested:
         now = utcnow()
+        self._lock_evidence(s, [sha for _, sha, _ in shas], exclusive=False)
+        for (_, sha, _), image in zip(shas, v.evidence, strict=True):
+            self.evidence.keep(sha, image.jpeg)  # removed meanwhile (a refused ingest of the same bytes): again
         if self.dialect == "postgresql":
             place = "photo-gps" if _by_gps(v) else v.source_id  # the scope _find_open_case searches
             lock = int.from_bytes(hashlib.sha256(f"{v.type}|{place}".encode()).digest()[:8], "big", signed=True)
@@ -353,6 +365,40 @@ class CaseStore:
                 )
             )
         return better and bool(shas)
+
+    def _lock_evidence(self, s: Session, shas: Collection[str], exclusive: bool) -> None:
+        """Order the transactions that reference evidence files (shared: an ingestion) and those that delete
+        them (exclusive: they delete only files nothing references, checked under the lock), until commit: on
+        PostgreSQL an advisory lock per file, taken in order; on SQLite the write lock (BEGIN IMMEDIATE).
+        An ingestion checks its files under the lock and writes again any that went since it wrote them."""
+        if self.dialect != "postgresql":
+            s.connection()  # begins the transaction: the write lock is held from here to the commit
+            return
+        lock = func.pg_advisory_xact_lock if exclusive else func.pg_advisory_xact_lock_shared
+        for sha in sorted(set(shas)):
+            s.execute(select(lock(_evidence_lock_id(sha))))
+
+    def _remove_unreferenced(self, shas: Collection[str]) -> dict[str, int]:
+        """Delete the files of those evidence ids that no case references; returns the bytes freed per file."""
+        freed: dict[str, int] = {}
+        for part in _chunks(sorted(set(shas))):
+
+            def work(s: Session, part: list[str] = part) -> dict[str, int]:
+                self._lock_evidence(s, part, exclusive=True)
+                used = set(s.scalars(select(Evidence.sha256).where(Evidence.sha256.in_(part)).distinct()))
+                return {sha: self.evidence.remove(sha) for sha in part if sha not in used}
+
+            freed.update(self._write(work))
+        return freed
+
+    def _discard(self, shas: list[str]) -> None:
+        """Remove the files a refused or failed ingestion wrote, unless a case references them meanwhile."""
+        if not shas:
+            return
+        try:
+            self._remove_unreferenced(shas)
+        except Exception as exc:  # the database is down too: the original error is what the caller needs
+            log.warning("could not remove %d evidence files of a refused ingestion: %s", len(shas), exc)
 
     def _find_open_case(self, s: Session, v: Violation) -> Case | None:
         """The open case this violation is another occurrence of, if any."""
@@ -1085,6 +1131,11 @@ def _chunks(items: list[T], size: int = 500) -> Iterator[list[T]]:
     """``items`` in slices short enough for any database's bound-parameter limit."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _evidence_lock_id(sha256: str) -> int:
+    """The PostgreSQL advisory lock of an evidence file (the first 64 bits of its SHA-256)."""
+    return int.from_bytes(bytes.fromhex(sha256[:16]), "big", signed=True)
 
 
 def _by_gps(v: Violation) -> bool:
