@@ -145,6 +145,8 @@ class Evidence(Base):
     frame_w: Mapped[int] = mapped_column(Integer)
     frame_h: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: When the retention policy deleted the file (``streetwatch evidence prune``); the row stays with the case.
+    pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     case: Mapped[Case] = relationship(back_populates="evidence")
 

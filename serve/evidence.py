@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.files import atomic_write
@@ -20,6 +23,15 @@ SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 class EvidenceNotFound(LookupError):
     """No evidence file with that id (or the id is not a SHA-256)."""
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """An evidence file on disk."""
+
+    sha256: str
+    size: int
+    modified: datetime  # written, or filed again (:meth:`EvidenceStore.put` refreshes it), UTC
 
 
 class EvidenceStore:
@@ -66,6 +78,23 @@ class EvidenceStore:
         except FileNotFoundError:
             return 0
         return size
+
+    def stored(self, sha256: str) -> StoredFile | None:
+        """Size and time of an evidence file; None when it is not there."""
+        try:
+            st = self._path(sha256).stat()
+        except FileNotFoundError:
+            return None
+        return StoredFile(sha256, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc))
+
+    def files(self) -> Iterator[StoredFile]:
+        """Every evidence file on disk (temporary files of writes in progress aside)."""
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and len(p.name) == 2):
+            for path in sorted(folder.glob("*.jpg")):
+                if self.valid_id(path.stem) and path.stem[:2] == folder.name:
+                    found = self.stored(path.stem)
+                    if found is not None:  # not removed meanwhile
+                        yield found
 
     def path(self, sha256: str) -> Path:
         """The file of an evidence id; :class:`EvidenceNotFound` for a malformed or unknown id."""

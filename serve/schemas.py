@@ -55,6 +55,11 @@ class EvidenceOut(Model):
     score: float = Field(description="Detector confidence of the sighting this picture shows")
     box: list[float] = Field(description="xyxy box on the frame, pixels (for a frame picture)")
     frame_size: tuple[int, int] = Field(description="(width, height) of the frame the box refers to")
+    pruned_at: datetime | None = Field(
+        None,
+        description="When the retention policy removed the picture (`streetwatch evidence prune`): url then "
+        "answers 410 Gone; the rest of the record stays",
+    )
 
 
 class CaseOut(Model):

@@ -43,7 +43,7 @@ from serve.db import (
     migrate,
     utcnow,
 )
-from serve.evidence import EvidenceStore
+from serve.evidence import EvidenceStore, StoredFile
 from serve.schemas import CaseOut, CountOut, DeadlinesOut, EvidenceOut, HistoryOut, KeyOut, OutboxEventOut, StatsOut
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,37 @@ class ReviewedCase:
     def corrected(self) -> bool:
         """Whether the reviewer changed the class."""
         return self.model_class != self.case.detector_class
+
+
+#: Who removes evidence by the retention policy, as the case history names it.
+RETENTION = Actor("retention")
+
+
+@dataclass(frozen=True)
+class PrunedCase:
+    """The evidence of one case that a prune removed (or, in a dry run, would remove)."""
+
+    case_id: int
+    status: str  # closed | dismissed
+    since: datetime  # when it was closed or dismissed
+    files: int
+    bytes: int  # a file the case shares with another expired case counted in each
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What a prune of evidence removed (or, in a dry run, would remove)."""
+
+    cases: list[PrunedCase]
+    case_files: int  # the files of those cases, one several of them share counted once
+    orphans: list[StoredFile]  # files no case holds, written before the grace period
+    freed: int  # bytes, each file counted once
+    dry_run: bool
+
+    @property
+    def files(self) -> int:
+        """Files removed (or to be): the cases' and the orphans."""
+        return self.case_files + len(self.orphans)
 
 
 #: Two boxes of one photo overlapping more are one object (the detector's NMS never keeps both).
@@ -345,25 +376,24 @@ class CaseStore:
         if better:
             case.score, case.box, case.frame_w, case.frame_h = v.score, list(v.box), v.frame_size[0], v.frame_size[1]
             case.model_version = v.model_version
-        known = set(s.scalars(select(Evidence.sha256).where(Evidence.case_id == case.id)))
+        known = {e.sha256: e for e in s.scalars(select(Evidence).where(Evidence.case_id == case.id))}
         for kind, sha, size in shas:
             if sha in known:
+                known[sha].pruned_at = None  # filed again after a prune: the file is there again (_ingest)
                 continue
-            known.add(sha)
-            s.add(
-                Evidence(
-                    case_id=case.id,
-                    occurrence_id=occ.id,
-                    sha256=sha,
-                    kind=kind,
-                    size=size,
-                    score=v.score,
-                    box=list(v.box),
-                    frame_w=v.frame_size[0],
-                    frame_h=v.frame_size[1],
-                    created_at=now,
-                )
+            known[sha] = Evidence(
+                case_id=case.id,
+                occurrence_id=occ.id,
+                sha256=sha,
+                kind=kind,
+                size=size,
+                score=v.score,
+                box=list(v.box),
+                frame_w=v.frame_size[0],
+                frame_h=v.frame_size[1],
+                created_at=now,
             )
+            s.add(known[sha])
         return better and bool(shas)
 
     def _lock_evidence(self, s: Session, shas: Collection[str], exclusive: bool) -> None:
@@ -378,15 +408,23 @@ class CaseStore:
         for sha in sorted(set(shas)):
             s.execute(select(lock(_evidence_lock_id(sha))))
 
-    def _remove_unreferenced(self, shas: Collection[str]) -> dict[str, int]:
-        """Delete the files of those evidence ids that no case references; returns the bytes freed per file."""
+    def _remove_unreferenced(self, shas: Collection[str], written_before: datetime | None = None) -> dict[str, int]:
+        """Delete the files of those evidence ids that no case holds (no row, or only pruned ones) and, with
+        ``written_before``, that were not written or filed again since; returns the bytes freed per file."""
         freed: dict[str, int] = {}
         for part in _chunks(sorted(set(shas))):
 
             def work(s: Session, part: list[str] = part) -> dict[str, int]:
                 self._lock_evidence(s, part, exclusive=True)
-                used = set(s.scalars(select(Evidence.sha256).where(Evidence.sha256.in_(part)).distinct()))
-                return {sha: self.evidence.remove(sha) for sha in part if sha not in used}
+                held = select(Evidence.sha256).where(Evidence.sha256.in_(part), Evidence.pruned_at.is_(None))
+                used = set(s.scalars(held.distinct()))
+                gone = {}
+                for sha in part:
+                    stored = self.evidence.stored(sha)
+                    if sha in used or stored is None or (written_before and stored.modified >= written_before):
+                        continue
+                    gone[sha] = self.evidence.remove(sha)
+                return gone
 
             freed.update(self._write(work))
         return freed
@@ -756,6 +794,98 @@ class CaseStore:
             found = dict(s.execute(select(OutboxEvent.status, func.count()).group_by(OutboxEvent.status)).all())
         return {status: int(found.get(status, 0)) for status in OUTBOX_STATUSES}
 
+    # ----------------------------------------------------------------------------------- retention
+    def prune_evidence(
+        self, closed_before: datetime, written_before: datetime, dry_run: bool = False, actor: Actor = RETENTION
+    ) -> PruneResult:
+        """Delete the evidence files of cases closed or dismissed before ``closed_before`` that no other case
+        still holds, and the files no case holds at all that were written (or filed again) before
+        ``written_before``: an ingestion writes its files before its transaction commits. The cases stay; each
+        picture removed is marked (``pruned_at``) and noted in its case's history. Safe while the service
+        ingests (:meth:`_lock_evidence`). ``dry_run``: say what would go, change nothing."""
+        with self.reading() as s:
+            expired = (
+                select(Evidence.case_id)
+                .join(Case, Case.id == Evidence.case_id)
+                .where(Evidence.pruned_at.is_(None), _expired(closed_before))
+                .distinct()
+            )
+            ids = sorted(s.scalars(expired))
+        cases: dict[int, PrunedCase] = {}
+        freed: dict[str, int] = {}  # a dry run marks nothing: the files a part counted are left out of the next
+        for part in _chunks(ids, 50):
+            if dry_run:
+                with self.reading() as s:
+                    found, files = self._prune_cases(s, part, closed_before, None, actor, set(freed))
+            else:
+                found, files = self._write(
+                    lambda s, part=part: self._prune_cases(s, part, closed_before, utcnow(), actor, set())
+                )
+            for c in found:  # a case sharing a file with one of an earlier part came up there too
+                had = cases.get(c.case_id)
+                cases[c.case_id] = replace(c, files=had.files + c.files, bytes=had.bytes + c.bytes) if had else c
+            freed.update(files)
+        old = {f.sha256: f for f in self.evidence.files() if f.modified < written_before}
+        with self.reading() as s:
+            for part in _chunks(sorted(old)):
+                held = select(Evidence.sha256).where(Evidence.sha256.in_(part), Evidence.pruned_at.is_(None))
+                for sha in s.scalars(held.distinct()):
+                    del old[sha]
+        if not dry_run:
+            gone = self._remove_unreferenced(list(old), written_before)
+            old = {sha: replace(f, size=gone[sha]) for sha, f in old.items() if sha in gone}
+        orphans = list(old.values())
+        total = sum(freed.values()) + sum(f.size for f in orphans)
+        return PruneResult(sorted(cases.values(), key=lambda c: c.case_id), len(freed), orphans, total, dry_run)
+
+    def _prune_cases(
+        self,
+        s: Session,
+        ids: list[int],
+        closed_before: datetime,
+        now: datetime | None,
+        actor: Actor,
+        done: set[str],
+    ) -> tuple[list[PrunedCase], dict[str, int]]:
+        """Prune the evidence of these cases that only expired cases hold (but the files in ``done``); ``now``
+        None: a dry run (nothing locked, marked or deleted). Returns the cases and the bytes of each file
+        (freed, or to be)."""
+        held_by = select(Evidence.sha256).where(Evidence.case_id.in_(ids), Evidence.pruned_at.is_(None))
+        shas = sorted(set(s.scalars(held_by)) - done)
+        if now is not None:
+            self._lock_evidence(s, shas, exclusive=True)  # no ingestion references them meanwhile
+        rows: list[Evidence] = []
+        for part in _chunks(shas):
+            rows += s.scalars(select(Evidence).where(Evidence.sha256.in_(part), Evidence.pruned_at.is_(None)))
+        cases: dict[int, Case] = {}
+        for part in _chunks(sorted({r.case_id for r in rows})):
+            query = select(Case).where(Case.id.in_(part)).order_by(Case.id)
+            # locked: a reopen in progress is waited for and seen
+            cases.update((c.id, c) for c in s.scalars(query.with_for_update() if now else query))
+        by_sha: dict[str, list[Evidence]] = {}
+        for row in rows:
+            by_sha.setdefault(row.sha256, []).append(row)
+        gone = {
+            sha: rs for sha, rs in by_sha.items() if all(_retention_since(cases[r.case_id], closed_before) for r in rs)
+        }
+        freed = {sha: self.evidence.remove(sha) if now else _size(self.evidence.stored(sha)) for sha in gone}
+        per_case: dict[int, list[Evidence]] = {}
+        for rs in gone.values():
+            for row in rs:
+                per_case.setdefault(row.case_id, []).append(row)
+                if now is not None:
+                    row.pruned_at = now
+        out = []
+        for case_id, rs in sorted(per_case.items()):
+            case = cases[case_id]
+            since = _retention_since(case, closed_before)
+            size = sum(freed[r.sha256] for r in rs)
+            out.append(PrunedCase(case_id, case.status, since, len(rs), size))
+            if now is not None:
+                details = {"files": len(rs), "bytes": size, "closed_before": closed_before.isoformat()}
+                self._history(s, case, actor, "evidence pruned", None, None, details, now)
+        return out, freed
+
     # ------------------------------------------------------------------------------------- queries
     def get_case(self, case_id: int) -> CaseOut:
         """One case."""
@@ -805,10 +935,14 @@ class CaseStore:
         with self.reading() as s:
             return set(s.scalars(select(Evidence.sha256).where(Evidence.case_id == case_id)))
 
-    def evidence_known(self, sha256: str) -> bool:
-        """Whether any case references this evidence id (only those are served)."""
+    def evidence_status(self, sha256: str) -> tuple[bool, datetime | None]:
+        """Whether any case references this evidence id (only those are served), and when the retention
+        policy removed its file (None while a case still holds it)."""
         with self.reading() as s:
-            return s.scalar(select(Evidence.id).where(Evidence.sha256 == sha256).limit(1)) is not None
+            pruned = list(s.scalars(select(Evidence.pruned_at).where(Evidence.sha256 == sha256)))
+        if not pruned or None in pruned:
+            return bool(pruned), None
+        return True, max(pruned)
 
     def occurrence_keys(self, case_id: int) -> list[str]:
         """Idempotency keys of the violations filed in a case."""
@@ -940,6 +1074,7 @@ class CaseStore:
                     score=round(e.score, 4),
                     box=e.box,
                     frame_size=(e.frame_w, e.frame_h),
+                    pruned_at=e.pruned_at,
                 )
                 for e in evidence
             ],
@@ -1136,6 +1271,24 @@ def _chunks(items: list[T], size: int = 500) -> Iterator[list[T]]:
 def _evidence_lock_id(sha256: str) -> int:
     """The PostgreSQL advisory lock of an evidence file (the first 64 bits of its SHA-256)."""
     return int.from_bytes(bytes.fromhex(sha256[:16]), "big", signed=True)
+
+
+def _expired(before: datetime) -> ColumnElement[bool]:
+    """Cases whose evidence the retention policy removes: closed, or dismissed, before ``before``."""
+    return ((Case.status == "closed") & (Case.closed_at < before)) | (
+        (Case.status == "dismissed") & (Case.reviewed_at < before)
+    )
+
+
+def _retention_since(case: Case, before: datetime) -> datetime | None:
+    """When ``case`` was closed or dismissed, if before ``before`` (as :func:`_expired`); else None."""
+    since = {"closed": case.closed_at, "dismissed": case.reviewed_at}.get(case.status)
+    return since if since is not None and since < before else None
+
+
+def _size(stored: StoredFile | None) -> int:
+    """Bytes of an evidence file (0: not there)."""
+    return stored.size if stored is not None else 0
 
 
 def _by_gps(v: Violation) -> bool:

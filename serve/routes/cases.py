@@ -24,7 +24,7 @@ from serve.schemas import (
     ReviewIn,
     Status,
 )
-from serve.store import Actor, CaseFilter, CaseStore
+from serve.store import Actor, CaseFilter, CaseStore, local_time
 
 router = APIRouter(prefix="/v1", tags=["cases"])
 ERRORS = {
@@ -199,11 +199,18 @@ def reopen(case_id: CaseId, body: ReopenIn, request: Request, actor: Reviewer) -
 
 
 @router.get(
-    "/evidence/{evidence_id}", response_class=FileResponse, responses=ERRORS, summary="An evidence JPEG by its SHA-256"
+    "/evidence/{evidence_id}",
+    response_class=FileResponse,
+    responses={**ERRORS, 410: {"model": Problem, "description": "The picture was removed by the retention policy"}},
+    summary="An evidence JPEG by its SHA-256",
 )
 def evidence(evidence_id: str, request: Request, actor: Reader) -> FileResponse:
     store = store_of(request)
+    known, pruned = store.evidence_status(evidence_id) if store.evidence.valid_id(evidence_id) else (False, None)
+    if pruned is not None:
+        when = local_time(pruned, request.app.state.config.tz)
+        raise HTTPException(410, f"evidence {evidence_id} was removed by the retention policy on {when}")
     path = store.evidence.path(evidence_id)  # only 64 hex digits reach the file system
-    if not store.evidence_known(evidence_id):
+    if not known:
         raise HTTPException(404, f"no evidence {evidence_id}")
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})

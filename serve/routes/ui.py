@@ -212,8 +212,9 @@ def case_page(
         proposed = case.deadline.astimezone(tz)
     deadline = proposed.strftime("%Y-%m-%dT%H:%M")
     offset = proposed.strftime("%z")  # the deadline is entered in the service's zone, whatever the browser's
-    frame = next((e for e in case.evidence if e.kind == "frame"), None)
-    frame = frame or next((e for e in case.evidence if e.kind == "crop"), None)  # filed with a crop only
+    kept = [e for e in case.evidence if e.pruned_at is None] or case.evidence  # all pruned: the page says so
+    frame = next((e for e in kept if e.kind == "frame"), None)
+    frame = frame or next((e for e in kept if e.kind == "crop"), None)  # filed with a crop only
     return render(
         request,
         "case.html",

@@ -1,15 +1,25 @@
-"""Evidence files on SQLite and PostgreSQL: a refused ingestion leaves none behind, and never removes one
-that a case references or that a concurrent ingestion is filing."""
+"""Evidence files on SQLite and PostgreSQL: a refused ingestion leaves none behind; the retention policy
+(``streetwatch evidence prune``) removes the pictures of long-closed cases and files of no case, never one
+that an open case or a concurrent ingestion needs; a removed picture is a clear state in the API and pages."""
 
 from __future__ import annotations
 
+import os
 import threading
+from datetime import datetime, timedelta, timezone
 
 import pytest
+from fastapi.testclient import TestClient
 from servetest import jpeg
 
 from pipeline.cases import EvidenceImage
-from serve.store import InvalidRequest
+from serve.app import create_app
+from serve.auth import COOKIE
+from serve.config import ServiceConfig
+from serve.db import utcnow
+from serve.store import Actor, InvalidRequest
+
+ALICE = Actor("alice", "reviewer")
 
 
 def on_disk(store) -> set[str]:
@@ -69,3 +79,136 @@ def test_a_refused_ingest_keeps_a_file_a_concurrent_ingest_is_filing(store, viol
     cases = store.evidence_cases([shared.sha256])[shared.sha256]
     assert len(cases) == 1
     assert store.evidence.read(shared.sha256) == shared.jpeg
+
+
+def closed(store, case_id: int) -> None:
+    """Take a new case through its lifecycle to closed."""
+    store.review(case_id, "confirm", ALICE)
+    store.dispatch(case_id, "环卫所", datetime.now(timezone.utc) + timedelta(days=1), ALICE)
+    store.resolve(case_id, ALICE)
+    store.close(case_id, ALICE)
+
+
+def aged(store, sha: str, hours: float) -> None:
+    """Date an evidence file back by ``hours``."""
+    then = (datetime.now(timezone.utc) - timedelta(hours=hours)).timestamp()
+    os.utime(store.evidence.root / sha[:2] / f"{sha}.jpg", (then, then))
+
+
+def test_prune_removes_the_pictures_of_long_closed_and_dismissed_cases_and_old_files_of_no_case(store, violation):
+    shared = EvidenceImage(kind="clean", jpeg=jpeg(1))  # a photo's clean frame: in both of its cases
+    old_closed = violation(key="a", source_id="cam-a", evidence=[EvidenceImage(kind="frame", jpeg=jpeg(2)), shared])
+    still_open = violation(key="b", source_id="cam-b", evidence=[EvidenceImage(kind="frame", jpeg=jpeg(3)), shared])
+    dismissed, recent = violation(key="c", source_id="cam-c"), violation(key="d", source_id="cam-d")
+    a, b, c, d = (store.ingest(v).case_id for v in (old_closed, still_open, dismissed, recent))
+    closed(store, a)
+    store.review(c, "dismiss", ALICE)
+    cutoff = utcnow()
+    closed(store, d)  # closed after the cutoff: kept
+    orphan, _ = store.evidence.put(jpeg(4))  # written by an ingestion that failed long ago
+    aged(store, orphan, 48)
+    in_flight, _ = store.evidence.put(jpeg(5))  # an ingestion writing it now: not committed yet
+    before = on_disk(store)
+
+    plan = store.prune_evidence(cutoff, utcnow() - timedelta(hours=24), dry_run=True)
+    assert [(p.case_id, p.status, p.files) for p in plan.cases] == [(a, "closed", 1), (c, "dismissed", 1)]
+    assert [f.sha256 for f in plan.orphans] == [orphan] and plan.files == 3
+    gone = {old_closed.evidence[0].sha256, dismissed.evidence[0].sha256, orphan}
+    assert plan.freed == sum(len(store.evidence.read(sha)) for sha in gone) and plan.freed > 0
+    assert on_disk(store) == before and "evidence pruned" not in [h.action for h in store.history(a)]
+
+    done = store.prune_evidence(cutoff, utcnow() - timedelta(hours=24))
+    assert (done.cases, done.orphans, done.freed, done.dry_run) == (plan.cases, plan.orphans, plan.freed, False)
+    assert on_disk(store) == before - gone and in_flight in on_disk(store) and shared.sha256 in on_disk(store)
+    case = store.get_case(a)  # the case stays, its pictures marked
+    pruned = {e.sha256: e.pruned_at for e in case.evidence}
+    assert pruned[shared.sha256] is None and pruned[old_closed.evidence[0].sha256] >= cutoff
+    assert all(e.pruned_at is None for e in store.get_case(b).evidence + store.get_case(d).evidence)
+    entry = store.history(a)[-1]
+    assert (entry.action, entry.actor, entry.details["files"]) == ("evidence pruned", "retention", 1)
+    assert store.history(c)[-1].action == "evidence pruned"
+    again = store.prune_evidence(cutoff, utcnow() - timedelta(hours=24))
+    assert (again.cases, again.orphans, again.freed) == ([], [], 0)  # nothing left to do
+
+    store.review(b, "dismiss", ALICE)  # the last case holding the shared frame expires too (and d, by now)
+    later = store.prune_evidence(utcnow(), utcnow() - timedelta(hours=24))
+    assert [(p.case_id, p.files) for p in later.cases] == [(a, 1), (b, 2), (d, 1)] and later.case_files == 3
+    assert on_disk(store) == {in_flight}
+    assert later.freed == sum(len(e.jpeg) for e in (shared, still_open.evidence[0], recent.evidence[0]))
+
+
+def test_a_reopened_case_keeps_its_pictures_and_a_picture_filed_again_comes_back(store, violation):
+    v = violation(key="k")
+    cid = store.ingest(v).case_id
+    closed(store, cid)
+    store.reopen(cid, ALICE, note="parked again")
+    assert store.prune_evidence(utcnow(), utcnow()).cases == []
+    assert v.evidence[0].sha256 in on_disk(store)
+    store.dispatch(cid, "环卫所", datetime.now(timezone.utc) + timedelta(days=1), ALICE)
+    store.resolve(cid, ALICE)
+    store.close(cid, ALICE)
+    assert [p.case_id for p in store.prune_evidence(utcnow(), utcnow()).cases] == [cid]
+    assert on_disk(store) == set()
+    store.ingest(v)  # the producer sends the violation again: its picture is there again, and shown
+    assert store.evidence.read(v.evidence[0].sha256) == v.evidence[0].jpeg
+    assert [e.pruned_at for e in store.get_case(cid).evidence] == [None]
+
+
+def test_prune_keeps_a_picture_a_concurrent_ingestion_is_filing(store, violation, monkeypatch):
+    """A new case with the same bytes as a long-closed one wrote (found) its picture and has not committed
+    when the prune removes the closed case's picture: the new case must still have it."""
+    picture = EvidenceImage(kind="frame", jpeg=jpeg(9))
+    old = store.ingest(violation(key="old", source_id="cam-a", evidence=[picture])).case_id
+    closed(store, old)
+    put = store.evidence.put
+    found, pruned = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def paused_put(data: bytes) -> tuple[str, bool]:
+        result = put(data)
+        found.set()
+        assert pruned.wait(30)
+        return result
+
+    def ingest() -> None:
+        try:
+            store.ingest(violation(key="new", source_id="cam-b", evidence=[picture]))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    monkeypatch.setattr(store.evidence, "put", paused_put)
+    worker = threading.Thread(target=ingest)
+    worker.start()
+    assert found.wait(30)
+    result = store.prune_evidence(utcnow(), utcnow() + timedelta(hours=1))  # no grace either
+    pruned.set()
+    worker.join(60)
+    assert not errors and not worker.is_alive() and [p.case_id for p in result.cases] == [old]
+    assert store.evidence.read(picture.sha256) == picture.jpeg
+    users = store.evidence_cases([picture.sha256])[picture.sha256]
+    assert [status for _, status in users] == ["closed", "new"]
+
+
+def test_a_pruned_picture_is_gone_with_a_date_in_the_api_and_on_the_review_pages(db_url, tmp_path, violation):
+    app = create_app(ServiceConfig(data_dir=tmp_path / "svc", db_url=db_url, load_detector=False))
+    store = app.state.store
+    key = store.create_key("reviewer", "desk")[0]
+    v = violation(key="k")
+    cid = store.ingest(v).case_id
+    closed(store, cid)
+    sha = v.evidence[0].sha256
+    store.prune_evidence(utcnow(), utcnow())
+    with TestClient(app) as client:
+        client.cookies.set(COOKIE, key)
+        rv = {"Authorization": f"Bearer {key}"}
+        r = client.get(f"/v1/evidence/{sha}", headers=rv)
+        assert r.status_code == 410 and "removed by the retention policy on 20" in r.json()["detail"], r.text
+        (listed,) = client.get(f"/v1/cases/{cid}/evidence", headers=rv).json()
+        assert listed["sha256"] == sha and listed["pruned_at"] is not None
+        assert client.get(f"/v1/evidence/{'0' * 64}", headers=rv).status_code == 404  # never filed: unknown
+        page = client.get(f"/ui/cases/{cid}")
+        assert page.status_code == 200 and "Evidence removed by the retention policy on" in page.text
+        assert f"/v1/evidence/{sha}" not in page.text and "evidence pruned" in page.text
+        listing = client.get("/ui/cases")
+        assert listing.status_code == 200 and "已删除 removed" in listing.text and sha not in listing.text
+    store.dispose()

@@ -76,7 +76,7 @@ def test_a_store_from_the_first_release_upgrades_and_keeps_its_cases(tmp_path):
     engine.dispose()
     store = CaseStore(url, tmp_path / "data")  # migrates to head on start
     try:
-        assert schema_revision(store.write_engine) == "0004"
+        assert schema_revision(store.write_engine) == "0005"
         assert "lease_token" in {c["name"] for c in inspect(store.write_engine).get_columns("outbox")}
         assert "ix_cases_reviewed_at" in {i["name"] for i in inspect(store.write_engine).get_indexes("cases")}
         (reviewed,) = store.reviewed_cases()

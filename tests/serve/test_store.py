@@ -33,7 +33,7 @@ def test_migrations_create_the_schema_and_match_the_models(store):
 
     from serve.db import Base
 
-    assert schema_revision(store.write_engine) == "0004"
+    assert schema_revision(store.write_engine) == "0005"
     assert {"cases", "occurrences", "evidence", "history", "api_keys", "outbox"} <= set(
         inspect(store.write_engine).get_table_names()
     )
