@@ -1,4 +1,5 @@
-"""``streetwatch serve`` (the case queue, API and review page) and ``streetwatch keys`` (API keys)."""
+"""``streetwatch serve`` (the case queue, API and review page), ``streetwatch keys`` (API keys) and
+``streetwatch evidence prune`` (the retention of evidence pictures)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import getpass
 import logging
 import socket
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from pipeline.cli import CLIError, invalid_settings
+from pipeline.cli import CLIError, checked, invalid_settings, positive_number
 from pipeline.files import display_path
 
 
@@ -223,6 +224,46 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The grace period an operator may choose: at least an hour (longer than any ingestion takes).
+grace_hours = checked(float, "a number", lambda v: 1 <= v < float("inf"), "at least 1 (hour)")
+
+
+def cmd_evidence_prune(args: argparse.Namespace) -> int:
+    """Delete the evidence pictures of cases closed or dismissed long ago, and files no case references."""
+    from serve.store import local_time
+
+    config = service_config(args)
+    tz, closed_for = config.tz, args.closed_for or config.retention.closed_for_days
+    if closed_for is None:
+        raise CLIError("give --closed-for DAYS (or retention.closed_for_days in the --config file)")
+    grace = args.grace or config.retention.grace_hours
+    store = open_store(args, create=False)
+    now = datetime.now(timezone.utc)
+    closed_before = now - timedelta(days=closed_for)
+    try:
+        result = store.prune_evidence(closed_before, now - timedelta(hours=grace), dry_run=args.dry_run)
+    finally:
+        store.dispose()
+    for c in result.cases:
+        since = local_time(c.since, tz)[:10]
+        print(f"case #{c.case_id:<6} {c.status:<9} since {since}  {_count(c.files, 'file')}  {c.bytes:,} bytes")
+    for f in result.orphans:
+        print(f"no case      {f.sha256}  written {local_time(f.modified, tz)[:16]}  {f.size:,} bytes")
+    verb = "would remove" if args.dry_run else "removed"
+    print(
+        f"{verb} {_count(result.files, 'evidence file')}, {result.freed:,} bytes ({result.freed / 1e6:.1f} MB): "
+        f"{_count(result.case_files, 'file')} of {_count(len(result.cases), 'case')} closed or dismissed before "
+        f"{local_time(closed_before, tz)[:16]}, {_count(len(result.orphans), 'file')} that no case references"
+        + ("" if args.dry_run or not result.cases else "; the cases and their history stay")
+    )
+    return 0
+
+
+def _count(n: int, thing: str) -> str:
+    """``n`` things, in the singular for one."""
+    return f"{n} {thing}" if n == 1 else f"{n} {thing}s"
+
+
 def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, default=None, help="data folder (default: ./data)")
     p.add_argument("--db", default=None, help="database URL (sqlite:///FILE or postgresql://...)")
@@ -263,3 +304,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("id", type=int, help="key number (from `keys list`)")
     _store_args(r)
     r.set_defaults(func=cmd_keys_revoke)
+
+    e = sub.add_parser(
+        "evidence",
+        help="evidence pictures of cases: retention",
+        description="Keep evidence pictures only as long as the retention policy says.",
+    )
+    esub = e.add_subparsers(dest="evidence_command", metavar="ACTION", required=True)
+    p = esub.add_parser(
+        "prune",
+        help="delete the pictures of cases closed or dismissed long ago",
+        description="Delete the evidence pictures of cases closed or dismissed more than DAYS days ago (a picture "
+        "another case still needs stays), and picture files that no case references, written more than "
+        "--grace hours ago. The cases and their history stay; each case's history and the review page say when "
+        "its pictures were removed. Safe while the service runs.",
+    )
+    p.add_argument(
+        "--closed-for",
+        type=positive_number,
+        default=None,
+        metavar="DAYS",
+        help="remove the pictures of cases closed or dismissed at least this many days ago "
+        "(default: retention.closed_for_days of --config)",
+    )
+    p.add_argument(
+        "--grace",
+        type=grace_hours,
+        default=None,
+        metavar="HOURS",
+        help="files no case references are removed once this old, at least 1 (default: retention.grace_hours "
+        "of --config, else 24)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="list what would be removed and the bytes freed; change nothing"
+    )
+    _store_args(p)
+    p.set_defaults(func=cmd_evidence_prune)

@@ -131,6 +131,29 @@ class DedupConfig(BaseModel):
     radius_m: float = Field(25.0, ge=0, description="Cases with GPS: distance that counts as the same place, metres")
 
 
+class RetentionConfig(BaseModel):
+    """How long evidence pictures are kept: pruned by the service itself when ``closed_for_days`` is set, or by
+    ``streetwatch evidence prune`` (by hand, or from cron), which takes these as its defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    closed_for_days: float | None = Field(
+        None,
+        gt=0,
+        description="Remove the pictures of cases closed or dismissed at least this many days ago (the cases and "
+        "their history stay); None: the service keeps every picture",
+    )
+    grace_hours: float = Field(
+        24.0,
+        ge=1,
+        description="Picture files no case references are removed once this old, hours (an ingestion writes its "
+        "pictures before it commits)",
+    )
+    every_hours: float = Field(
+        24.0, gt=0, description="How often the service prunes, hours (the first time a minute after it starts)"
+    )
+
+
 class ServiceConfig(BaseModel):
     """Everything ``streetwatch serve`` runs with."""
 
@@ -149,6 +172,9 @@ class ServiceConfig(BaseModel):
     reload: ReloadConfig = Field(default_factory=ReloadConfig, description="Following a newly promoted model")
     webhook: WebhookConfig = Field(default_factory=WebhookConfig, description="Outbound case events")
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="Merging repeated violations")
+    retention: RetentionConfig = Field(
+        default_factory=RetentionConfig, description="How long evidence pictures are kept"
+    )
     departments: list[str] = Field(
         default_factory=lambda: ["城管执法中队", "环卫所", "交警大队", "市场监管所", "街道办事处"],
         description="Departments offered when dispatching (any other name may be typed)",

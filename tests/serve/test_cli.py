@@ -1,8 +1,10 @@
-"""``streetwatch keys`` and ``streetwatch serve`` (the `make run` command) as a user runs them."""
+"""``streetwatch keys``, ``streetwatch evidence prune`` and ``streetwatch serve`` (the `make run` command) as a
+user runs them."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import socket
@@ -10,16 +12,19 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
-from servetest import REPO, free_port
-from sqlalchemy import create_engine, text
+from servetest import REPO, free_port, jpeg, make_violation
+from sqlalchemy import create_engine, text, update
+from sqlalchemy.orm import Session
 
 from models.registry import resolve
 from pipeline.cli import main
 from serve.cli import demo_key
-from serve.store import CaseFilter, CaseStore
+from serve.db import Case
+from serve.store import Actor, CaseFilter, CaseStore
 
 DEFAULT_MODEL = resolve().card.name
 
@@ -110,6 +115,55 @@ def test_each_demo_start_replaces_the_last_demo_key(tmp_path):
         assert store.verify_key(desk).name == "demo-room 3"  # a key someone made stays
     finally:
         store.dispose()
+
+
+def test_evidence_prune_lists_then_removes_the_pictures_of_long_closed_cases(tmp_path, capsys):
+    store = CaseStore(f"sqlite:///{tmp_path / 'streetwatch.db'}", tmp_path)
+    try:
+        reviewer = Actor("alice", "reviewer")
+        old, kept = (make_violation(key=k, source_id=k) for k in ("cam-old", "cam-new"))
+        old_id, kept_id = store.ingest(old).case_id, store.ingest(kept).case_id
+        for cid in (old_id, kept_id):
+            store.review(cid, "confirm", reviewer)
+            store.dispatch(cid, "环卫所", datetime.now(timezone.utc) + timedelta(days=1), reviewer)
+            store.resolve(cid, reviewer)
+            store.close(cid, reviewer)
+        with Session(store.write_engine) as s, s.begin():  # closed 40 days ago
+            s.execute(
+                update(Case).where(Case.id == old_id).values(closed_at=datetime.now(timezone.utc) - timedelta(40))
+            )
+        orphan, _ = store.evidence.put(jpeg(31))
+        then = time.time() - 2 * 86400
+        os.utime(store.evidence.root / orphan[:2] / f"{orphan}.jpg", (then, then))
+    finally:
+        store.dispose()
+    files = {p.stem for p in (tmp_path / "evidence").rglob("*.jpg")}
+    size = len(old.evidence[0].jpeg) + len(jpeg(31))
+    prune = ["evidence", "prune", "--closed-for", "30", "--data-dir", str(tmp_path)]
+    assert main([*prune, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"case #{old_id:<6} closed" in out and f"#{kept_id} " not in out and f"no case      {orphan}" in out
+    assert f"would remove 2 evidence files, {size:,} bytes ({size / 1e6:.1f} MB): 1 file of 1 case closed" in out
+    assert "1 file that no case references" in out
+    assert {p.stem for p in (tmp_path / "evidence").rglob("*.jpg")} == files  # a dry run changes nothing
+    assert main(prune) == 0
+    assert f"removed 2 evidence files, {size:,} bytes" in capsys.readouterr().out
+    assert {p.stem for p in (tmp_path / "evidence").rglob("*.jpg")} == {kept.evidence[0].sha256}
+    assert main(prune) == 0
+    assert "removed 0 evidence files, 0 bytes" in capsys.readouterr().out
+    for option, value, reason in (("--grace", "0.5", "at least 1 (hour)"), ("--closed-for", "-1", "above 0")):
+        with pytest.raises(SystemExit):
+            main([*prune, option, value])
+        assert f"argument {option}" in (err := capsys.readouterr().err) and reason in err, err
+    (tmp_path / "service.yaml").write_text("retention:\n  closed_for_days: 30\n")  # the service's period
+    assert main(["evidence", "prune", "--data-dir", str(tmp_path), "--config", str(tmp_path / "service.yaml")]) == 0
+    assert (
+        "removed 0 evidence files, 0 bytes (0.0 MB): 0 files of 0 cases closed or dismissed before"
+        in capsys.readouterr().out
+    )
+    with pytest.raises(SystemExit):
+        main(["evidence", "prune", "--data-dir", str(tmp_path)])
+    assert "give --closed-for DAYS (or retention.closed_for_days in the --config file)" in capsys.readouterr().err
 
 
 @pytest.mark.slow
