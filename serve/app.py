@@ -26,6 +26,7 @@ from serve.evidence import EvidenceNotFound
 from serve.lifecycle import IllegalTransition
 from serve.metrics import Metrics
 from serve.outbox import WebhookDispatcher
+from serve.retention import RetentionWorker
 from serve.routes.ui import error_page as ui_error_page
 from serve.store import CaseChanged, CaseNotFound, CaseStore, InvalidRequest
 
@@ -279,6 +280,10 @@ def create_app(
         app.state.dispatcher = dispatcher
         if dispatcher:
             dispatcher.start()
+        pruner = RetentionWorker(store, config.retention) if config.retention.closed_for_days else None
+        app.state.retention = pruner
+        if pruner:
+            pruner.start()
         runner = app.state.cameras
         if runner is not None:
             runner.start()
@@ -295,6 +300,8 @@ def create_app(
                 await batcher.stop()
             if dispatcher:
                 dispatcher.stop()
+            if pruner:
+                pruner.stop()
             if own_store:  # SQLite folds its write-ahead log into the database file as the last connection closes
                 store.dispose()
 
@@ -314,6 +321,7 @@ def create_app(
     app.state.batcher = None
     app.state.follower = None
     app.state.dispatcher = None
+    app.state.retention = None
     app.state.ready = False
     install_error_handlers(app)
     for module in (health, cases, detect, stats, admin, outbox, ui):

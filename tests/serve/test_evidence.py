@@ -11,12 +11,15 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from fastapi.testclient import TestClient
 from servetest import jpeg
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+from waiting import wait_for
 
 from pipeline.cases import EvidenceImage
 from serve.app import create_app
 from serve.auth import COOKIE
-from serve.config import ServiceConfig
-from serve.db import utcnow
+from serve.config import RetentionConfig, ServiceConfig
+from serve.db import Case, utcnow
 from serve.store import Actor, InvalidRequest
 
 ALICE = Actor("alice", "reviewer")
@@ -211,4 +214,25 @@ def test_a_pruned_picture_is_gone_with_a_date_in_the_api_and_on_the_review_pages
         assert f"/v1/evidence/{sha}" not in page.text and "evidence pruned" in page.text
         listing = client.get("/ui/cases")
         assert listing.status_code == 200 and "已删除 removed" in listing.text and sha not in listing.text
+    store.dispose()
+
+
+def test_the_service_prunes_by_itself_when_a_retention_period_is_configured(db_url, tmp_path, violation):
+    retention = RetentionConfig(closed_for_days=30, every_hours=0.0003)  # a run a second, in the test
+    app = create_app(ServiceConfig(data_dir=tmp_path / "svc", db_url=db_url, load_detector=False, retention=retention))
+    store = app.state.store
+    old, recent = violation(key="old", source_id="cam-a"), violation(key="recent", source_id="cam-b")
+    old_id, recent_id = store.ingest(old).case_id, store.ingest(recent).case_id
+    for cid in (old_id, recent_id):
+        closed(store, cid)
+    with Session(store.write_engine) as s, s.begin():  # closed 40 days ago
+        s.execute(update(Case).where(Case.id == old_id).values(closed_at=utcnow() - timedelta(days=40)))
+    with TestClient(app):
+        wait_for(lambda: store.get_case(old_id).evidence[0].pruned_at, 30, "the service's retention run")
+        assert app.state.retention.last is not None
+    assert on_disk(store) == {recent.evidence[0].sha256}
+    assert (
+        store.history(old_id)[-1].action == "evidence pruned"
+        and store.get_case(recent_id).evidence[0].pruned_at is None
+    )
     store.dispose()

@@ -1,0 +1,65 @@
+"""The retention policy run by the service itself (``retention.closed_for_days``): a background thread that
+prunes evidence pictures every ``retention.every_hours``, as ``streetwatch evidence prune`` does."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from serve.config import RetentionConfig
+from serve.db import utcnow
+from serve.store import CaseStore, PruneResult
+
+log = logging.getLogger(__name__)
+
+
+class RetentionWorker:
+    """Prunes evidence pictures now and then; a failed run is logged and tried again at the next one."""
+
+    def __init__(self, store: CaseStore, config: RetentionConfig):
+        if config.closed_for_days is None:
+            raise ValueError("retention.closed_for_days is not configured")
+        self.store = store
+        self.config = config
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last: PruneResult | None = None
+
+    def start(self) -> None:
+        """Start pruning (the first time after a minute, or after ``every_hours`` when that is shorter)."""
+        self._thread = threading.Thread(target=self._run, name="evidence-retention", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the run in progress."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run_once(self) -> PruneResult:
+        """One prune with the configured periods."""
+        now = utcnow()
+        result = self.store.prune_evidence(
+            now - timedelta(days=self.config.closed_for_days), now - timedelta(hours=self.config.grace_hours)
+        )
+        if result.files:
+            log.info(
+                "retention: removed %d evidence files (%d bytes) of %d cases, %d that no case references",
+                result.files,
+                result.freed,
+                len(result.cases),
+                len(result.orphans),
+            )
+        self.last = result
+        return result
+
+    def _run(self) -> None:
+        every = self.config.every_hours * 3600
+        wait = min(60.0, every)
+        while not self._stop.wait(wait):
+            try:
+                self.run_once()
+            except Exception:  # the database is away for a moment: the next run tries again
+                log.exception("retention: pruning evidence failed")
+            wait = every
