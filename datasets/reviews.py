@@ -303,6 +303,9 @@ def _write_item(
     try:
         data = store.evidence.read(sha)
     except EvidenceNotFound:
+        pruned = store.evidence_status(sha)[1]
+        if pruned is not None:
+            return f"evidence file {sha} was removed by the retention policy on {pruned:%Y-%m-%d} (UTC)"
         return f"evidence file {sha} is missing from {store.evidence.root}"
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:

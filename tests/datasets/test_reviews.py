@@ -562,3 +562,33 @@ def test_a_window_that_ends_before_it_starts_is_refused(filed, tmp_path: Path):
     with pytest.raises(ExportError, match="is not after the window's start"):
         export_reviews(filed["store"], tmp_path / "x", since=T0, until=T0 - timedelta(days=1), progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_picture_removed_by_retention_is_skipped_saying_so(tmp_path: Path):
+    """A dismissal's clean frame pruned by `streetwatch evidence prune` was reported as missing from the store."""
+    store = CaseStore(f"sqlite:///{tmp_path / 'cases.db'}", tmp_path / "data")
+    try:
+        clean = EvidenceImage(kind="clean", jpeg=encode(np.full((240, 320, 3), 90, np.uint8)))
+        v = Violation(
+            key="cam-1:illegal_parking:1",
+            type="illegal_parking",
+            source="camera",
+            source_id="cam-1",
+            first_seen=T0,
+            last_seen=T0 + timedelta(minutes=1),
+            detector_class="car",
+            score=0.7,
+            box=(10, 10, 60, 60),
+            frame_size=(320, 240),
+            model_version="tiny@t1/fp32",
+            evidence=[clean],
+        )
+        cid = store.ingest(v).case_id
+        store.review(cid, "dismiss", ALICE)
+        now = datetime.now(timezone.utc)
+        store.prune_evidence(now, now)
+        result = export_reviews(store, tmp_path / "export", progress=False)
+    finally:
+        store.dispose()
+    assert [s["case_id"] for s in result.skipped] == [cid]
+    assert f"{clean.sha256} was removed by the retention policy on {now:%Y-%m-%d}" in result.skipped[0]["reason"]
