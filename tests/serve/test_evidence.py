@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -190,6 +191,35 @@ def test_prune_keeps_a_picture_a_concurrent_ingestion_is_filing(store, violation
     assert store.evidence.read(picture.sha256) == picture.jpeg
     users = store.evidence_cases([picture.sha256])[picture.sha256]
     assert [status for _, status in users] == ["closed", "new"]
+
+
+def test_prune_waits_for_an_ingestion_in_its_transaction_and_keeps_its_picture(store, violation, monkeypatch):
+    """The ingestion is between checking its picture and committing when the prune (no grace period) finds
+    the file referenced by no committed case: the prune waits for the commit and then sees the case."""
+    picture = EvidenceImage(kind="frame", jpeg=jpeg(11))
+    keep = store.evidence.keep
+    checked = threading.Event()
+    errors: list[BaseException] = []
+
+    def slow_keep(sha: str, data: bytes) -> None:
+        keep(sha, data)
+        checked.set()
+        time.sleep(1.0)  # still in its transaction: the prune must wait
+
+    def ingest() -> None:
+        try:
+            store.ingest(violation(key="new", evidence=[picture]))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    monkeypatch.setattr(store.evidence, "keep", slow_keep)
+    worker = threading.Thread(target=ingest)
+    worker.start()
+    assert checked.wait(30)
+    result = store.prune_evidence(utcnow(), utcnow() + timedelta(hours=1))
+    worker.join(60)
+    assert not errors and result.orphans == []
+    assert store.evidence.read(picture.sha256) == picture.jpeg
 
 
 def test_a_pruned_picture_is_gone_with_a_date_in_the_api_and_on_the_review_pages(db_url, tmp_path, violation):
