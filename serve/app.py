@@ -6,16 +6,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from pipeline.decode import ImageReadError
 from pipeline.detect import Detector
@@ -217,7 +218,38 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404 and request.url.path.startswith("/ui/") and request.method == "GET":
             return ui_error_page(request, 404, "这个地址不对 This address is not a page of the review site")
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        detail = exc.detail
+        if exc.status_code == 405 and exc.headers and "Allow" in exc.headers:
+            detail = f"{request.method} is not allowed on {request.url.path}; it takes {exc.headers['Allow']}"
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+#: The methods a fixed path is held for when its own routes do not take them (:func:`hold_fixed_paths`).
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def hold_fixed_paths(app: FastAPI, routers: Sequence[APIRouter]) -> None:
+    """Answer a method that a fixed path (``/v1/cases/ingest``) does not take with 405 and the methods it
+    does (``Allow``), as for any other path. Without this a parameterised route beside it that takes the method
+    (``GET /v1/cases/{case_id}``) gets the request, and refuses ``ingest`` as a case number (422): the router
+    prefers any route that takes the method to one that only has the path. Call before the routers are
+    included (the first route that takes a request gets it)."""
+    taken: dict[str, set[str]] = {}
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, Route) and route.methods and not route.param_convertors:
+                taken.setdefault(route.path, set()).update(route.methods)
+    for path, methods in taken.items():
+        others = [m for m in METHODS if m not in methods]
+        if others:
+            app.add_route(path, _not_allowed(", ".join(sorted(methods))), methods=others, include_in_schema=False)
+
+
+def _not_allowed(allow: str) -> Callable[[Request], Awaitable[Response]]:
+    async def not_allowed(request: Request) -> Response:
+        raise StarletteHTTPException(405, headers={"Allow": allow})
+
+    return not_allowed
 
 
 def batching_wanted(config: ServiceConfig, detector: Detector) -> bool:
@@ -324,8 +356,10 @@ def create_app(
     app.state.retention = None
     app.state.ready = False
     install_error_handlers(app)
-    for module in (health, cases, detect, stats, admin, outbox, ui):
-        app.include_router(module.router)
+    routers = [module.router for module in (health, cases, detect, stats, admin, outbox, ui)]
+    hold_fixed_paths(app, routers)
+    for router in routers:
+        app.include_router(router)
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
 
     app.add_middleware(GuardMiddleware, config=config, metrics=metrics)

@@ -146,6 +146,42 @@ def test_every_mutating_or_reading_route_needs_a_key(env, method, path, body):
         assert r.status_code == 401 and reason in r.json()["detail"], (headers, r.text)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/v1/cases/ingest", "POST"),  # not case 'ingest' of GET /v1/cases/{case_id}
+        ("DELETE", "/v1/cases/ingest", "POST"),
+        ("GET", "/v1/outbox/retry", "POST"),
+        ("PUT", "/v1/keys", "GET, POST"),
+        ("POST", "/v1/cases/1", "GET"),
+    ],
+)
+def test_a_method_a_path_does_not_take_is_a_405_naming_those_it_does(env, method, path, allow):
+    _, client, keys, _ = env
+    for headers in ({}, auth(keys["admin"])):
+        r = client.request(method, path, headers=headers)
+        assert r.status_code == 405 and r.headers["allow"] == allow, r.text
+        assert r.json() == {"detail": f"{method} is not allowed on {path}; it takes {allow}"}
+
+
+def test_every_fixed_path_is_its_own_routes_whatever_the_method(env):
+    """A parameterised route beside a fixed path never gets a request for it (as GET /v1/cases/ingest did)."""
+    from serve.routes import admin, cases, detect, health, outbox, stats, ui
+
+    _, client, keys, _ = env
+    taken: dict[str, set[str]] = {}
+    for module in (health, cases, detect, stats, admin, outbox, ui):
+        for route in module.router.routes:
+            if not route.param_convertors:
+                taken.setdefault(route.path, set()).update(route.methods)
+    assert "/v1/cases/ingest" in taken and len(taken) > 10
+    for path, methods in taken.items():
+        for method in {"GET", "POST", "PUT", "PATCH", "DELETE"} - methods:
+            r = client.request(method, path, headers=auth(keys["admin"]))
+            assert r.status_code == 405, (method, path, r.text)
+            assert set(r.headers["allow"].split(", ")) == methods and path in r.json()["detail"]
+
+
 def test_roles_are_enforced(env):
     _, client, keys, _ = env
     r = client.post("/v1/cases/1/review", json={"action": "confirm"}, headers=auth(keys["ingest"]))
