@@ -6,12 +6,15 @@ cases and moves them through the lifecycle; ``admin`` does everything and manage
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from serve.schemas import KeyOut
 from serve.store import Actor
@@ -45,6 +48,9 @@ def presented_key(request: Request) -> tuple[str | None, bool]:
 
 def authenticate(request: Request, _declared: Annotated[object, Depends(BEARER)] = None) -> KeyOut:
     """The key record of the request; 401 when there is none or it is not valid."""
+    checked = getattr(request.state, "key", None)
+    if checked is not None:  # checked before the body was read (KeyFirstRoute)
+        return checked
     key, from_cookie = presented_key(request)
     if key is None:
         raise HTTPException(
@@ -77,10 +83,46 @@ def require(permission: str) -> Callable[..., Actor]:
     """A dependency that admits keys whose role grants ``permission`` and yields the acting :class:`Actor`."""
 
     def dependency(record: Annotated[KeyOut, Depends(authenticate)]) -> Actor:
-        if permission not in GRANTS[record.role]:
-            allowed = " or ".join(r for r, g in GRANTS.items() if permission in g)
-            raise HTTPException(403, f"the {record.role} key '{record.name}' may not {permission}; needs {allowed}")
-        return Actor(record.name, record.role)
+        return permit(record, permission)
 
     dependency.__name__ = f"require_{permission}"
+    dependency.permission = permission  # type: ignore[attr-defined]  # found by KeyFirstRoute
     return dependency
+
+
+def permit(record: KeyOut, permission: str) -> Actor:
+    """The acting :class:`Actor` of a key whose role grants ``permission``; 403 otherwise."""
+    if permission not in GRANTS[record.role]:
+        allowed = " or ".join(r for r, g in GRANTS.items() if permission in g)
+        raise HTTPException(403, f"the {record.role} key '{record.name}' may not {permission}; needs {allowed}")
+    return Actor(record.name, record.role)
+
+
+def required_permission(dependant: Dependant) -> str | None:
+    """The permission that a route's dependencies :func:`require`, if any."""
+    for sub in dependant.dependencies:
+        found = getattr(sub.call, "permission", None) or required_permission(sub)
+        if found is not None:
+            return found
+    return None
+
+
+class KeyFirstRoute(APIRoute):
+    """A route that checks the key, and that its role may do this, before it reads the request's body.
+
+    FastAPI reads a JSON body before it solves any dependency, so a malformed one was refused (400) before a
+    missing key (401): a client without a valid key learnt how its body was read. Here a request without one
+    is a 401 (a key of another role a 403) whatever its body; a keyed request's body is refused as before.
+    The route's own dependency then takes the record found (the key is looked up once)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        permission = required_permission(self.dependant)
+        if permission is None or self.body_field is None:
+            return handler
+
+        async def key_first(request: Request) -> Response:
+            await run_in_threadpool(lambda: permit(authenticate(request), permission))
+            return await handler(request)
+
+        return key_first

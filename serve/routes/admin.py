@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
 
-from serve.auth import require
+from serve.auth import KeyFirstRoute, require
 from serve.routes.cases import ERRORS
 from serve.schemas import KeyCreated, KeyCreateIn, KeyOut
 from serve.store import Actor
 
-router = APIRouter(prefix="/v1/keys", tags=["admin"])
+router = APIRouter(prefix="/v1/keys", tags=["admin"], route_class=KeyFirstRoute)
 Admin = Annotated[Actor, Depends(require("admin"))]
 
 

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 from models.classes import VIOLATION_TYPES
 from pipeline.cases import PlausibleTime, Violation
 from pipeline.decode import ImageReadError, probe_image
-from serve.auth import require
+from serve.auth import KeyFirstRoute, require
 from serve.schemas import (
     CaseOut,
     CasePage,
@@ -26,7 +26,7 @@ from serve.schemas import (
 )
 from serve.store import Actor, CaseFilter, CaseStore, local_time
 
-router = APIRouter(prefix="/v1", tags=["cases"])
+router = APIRouter(prefix="/v1", tags=["cases"], route_class=KeyFirstRoute)
 ERRORS = {
     401: {"model": Problem, "description": "No or invalid API key"},
     403: {"model": Problem, "description": "The key's role may not do this"},

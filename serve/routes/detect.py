@@ -15,12 +15,12 @@ from pipeline.cases import GeoPoint, PlausibleTime, Violation
 from pipeline.decode import FORMAT_NAMES, HEIF_SUPPORT, decode_image, probe_image, read_metadata
 from pipeline.detections import Detections
 from pipeline.photos import find_violations, photo_violations
-from serve.auth import GRANTS, require
+from serve.auth import GRANTS, KeyFirstRoute, require
 from serve.routes.cases import ERRORS
 from serve.schemas import DetectionOut, DetectOut, IngestResult, Problem
 from serve.store import TEXT_LIMITS, Actor
 
-router = APIRouter(prefix="/v1", tags=["detect"])
+router = APIRouter(prefix="/v1", tags=["detect"], route_class=KeyFirstRoute)
 #: Media types taken as an image upload (HEIC/HEIF, as iPhones send photos, when pillow-heif is installed).
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp") + (
     ("image/heic", "image/heif") if HEIF_SUPPORT else ()

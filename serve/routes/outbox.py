@@ -7,12 +7,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from serve.auth import require
+from serve.auth import KeyFirstRoute, require
 from serve.routes.cases import ERRORS
 from serve.schemas import OutboxEventOut, OutboxRetried, OutboxRetryIn
 from serve.store import Actor
 
-router = APIRouter(prefix="/v1/outbox", tags=["outbox"])
+router = APIRouter(prefix="/v1/outbox", tags=["outbox"], route_class=KeyFirstRoute)
 Admin = Annotated[Actor, Depends(require("admin"))]
 
 

@@ -8,12 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from pipeline.cases import PlausibleTime
-from serve.auth import require
+from serve.auth import KeyFirstRoute, require
 from serve.routes.cases import ERRORS
 from serve.schemas import StatsOut
 from serve.store import Actor
 
-router = APIRouter(prefix="/v1", tags=["stats"])
+router = APIRouter(prefix="/v1", tags=["stats"], route_class=KeyFirstRoute)
 
 
 def date_range(request: Request, since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:

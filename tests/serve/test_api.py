@@ -295,6 +295,44 @@ def test_malformed_json_is_a_400(env):
     assert r.status_code == 422 and "not a finite" in r.json()["detail"]
 
 
+#: Every route that takes a JSON body: the role that may use it, and one that may not.
+KEYED_BODIES = [
+    ("/v1/cases/ingest", "ingest", "reviewer"),
+    *(
+        (f"/v1/cases/1/{action}", "reviewer", "ingest")
+        for action in ("review", "dispatch", "resolve", "close", "reopen")
+    ),
+    ("/v1/keys", "admin", "reviewer"),
+    ("/v1/outbox/retry", "admin", "reviewer"),
+]
+
+
+def test_keyed_bodies_are_every_route_that_takes_a_json_body():
+    from serve.routes import admin, cases, detect, outbox, stats
+
+    routes = [r for m in (cases, detect, stats, admin, outbox) for r in m.router.routes if r.body_field is not None]
+    assert {r.path.replace("{case_id}", "1") for r in routes} == {path for path, _, _ in KEYED_BODIES}
+
+
+@pytest.mark.parametrize(("path", "role", "other"), KEYED_BODIES)
+def test_the_key_is_checked_before_the_body_is_read(env, path, role, other):
+    """A request without a valid key learns nothing of how its body was read: 401 (a key of a role that may not
+    use the route, 403) whatever it sends; a keyed request's unreadable body is refused as such."""
+    _, client, keys, _ = env
+    json_type = {"Content-Type": "application/json"}
+    for body, reason in [(b'{"key": "x", ', "malformed JSON body"), (b'{"a": "\xff"}', "error parsing the body")]:
+        for headers, status, said in [
+            ({}, 401, "API key is required"),
+            (auth("sw_rev_nope"), 401, "invalid or revoked"),
+            ({"Authorization": "Basic abc"}, 401, "malformed Authorization"),
+            (auth(keys[other]), 403, "may not"),
+        ]:
+            r = client.post(path, content=body, headers={**json_type, **headers})
+            assert r.status_code == status and said in r.json()["detail"], (body, headers, r.text)
+        r = client.post(path, content=body, headers={**json_type, **auth(keys[role])})
+        assert r.status_code == 400 and reason in r.json()["detail"], r.text
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
