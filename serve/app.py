@@ -355,6 +355,7 @@ def create_app(
     app.state.dispatcher = None
     app.state.retention = None
     app.state.ready = False
+    app.state.templates = ui.load_templates(ui.TEMPLATES_DIR)  # the review page's, read once
     install_error_handlers(app)
     routers = [module.router for module in (health, cases, detect, stats, admin, outbox, ui)]
     hold_fixed_paths(app, routers)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
 
+import jinja2
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -28,7 +29,7 @@ from serve.store import CaseFilter, CaseNotFound
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 STATIC_DIR = UI_DIR / "static"
-templates = Jinja2Templates(directory=UI_DIR / "templates")
+TEMPLATES_DIR = UI_DIR / "templates"
 router = APIRouter(tags=["ui"], include_in_schema=False)
 PAGE_SIZE = 24
 
@@ -41,6 +42,21 @@ ACTION_LABELS = {
     "close": ("结案", "Close"),
     "reopen": ("重新打开", "Reopen"),
 }
+
+
+def load_templates(directory: Path) -> Jinja2Templates:
+    """Every template in ``directory``, read and compiled now, and kept: the pages never read the files again,
+    so files changed or removed under a running service (a deploy) break none of them and no page mixes old and
+    new templates; the service shows new ones once restarted. A template that does not compile stops the start."""
+    sources = {
+        path.relative_to(directory).as_posix(): path.read_text(encoding="utf-8")
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+    env = jinja2.Environment(loader=jinja2.DictLoader(sources), autoescape=jinja2.select_autoescape())
+    for name in sources:
+        env.get_template(name)  # compiled into the environment's cache
+    return Jinja2Templates(env=env)
 
 
 def current_user(request: Request) -> KeyOut | None:
@@ -68,7 +84,7 @@ def render(request: Request, name: str, user: KeyOut | None, **context: Any) -> 
         when = iso_time(value)
         return value if when is None else local(when, "%Y-%m-%d %H:%M" if when.second == 0 else "%Y-%m-%d %H:%M:%S")
 
-    response = templates.TemplateResponse(
+    response = request.app.state.templates.TemplateResponse(
         request,
         name,
         {

@@ -4,8 +4,11 @@ ingest, lifecycle, evidence, detection with micro-batching, stats, keys, metrics
 from __future__ import annotations
 
 import io
+import os
 import re
+import shutil
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -658,6 +661,31 @@ def test_review_pages_need_a_reviewer_escape_content_and_refuse_cross_site_posts
     missing = browser.get("/ui/cases/999999")  # a stale link: a page saying so, with the way back
     assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
     assert "no case 999999" in missing.text and 'href="/ui/cases"' in missing.text
+
+
+def test_the_review_pages_keep_the_templates_read_at_start(tmp_path, monkeypatch):
+    """Template files changed or removed under a running service (a deploy) break none of its pages, and no page
+    mixes old and new templates: all of them are read when the app is made, never again."""
+    from serve.routes import ui
+
+    copy = tmp_path / "templates"
+    shutil.copytree(ui.TEMPLATES_DIR, copy)
+    base = copy / "base.html"
+    original = base.read_text(encoding="utf-8")
+    base.write_text(original.replace("</body>", "<!-- release 1 -->\n</body>"), encoding="utf-8")
+    monkeypatch.setattr(ui, "TEMPLATES_DIR", copy)
+    app = create_app(ServiceConfig(data_dir=tmp_path / "data", load_detector=False))
+    key = app.state.store.create_key("reviewer", "reviewer-1")[0]
+    with TestClient(app) as browser:
+        assert "release 1" in browser.get("/ui/login").text
+        base.write_text(original.replace("</body>", "<!-- release 2 -->\n</body>"), encoding="utf-8")
+        os.utime(base, (time.time() + 60, time.time() + 60))  # newer, whatever the file system's clock resolution
+        for name in ("cases.html", "_macros.html", "missing.html"):  # none of them shown yet
+            (copy / name).unlink()
+        assert browser.post("/ui/login", data={"key": key}, follow_redirects=False).status_code == 303
+        for page, status in [("/ui/login", 200), ("/ui/cases", 200), ("/ui/cases/12345", 404), ("/ui/nothing", 404)]:
+            r = browser.get(page)
+            assert r.status_code == status and "release 1" in r.text and "release 2" not in r.text, (page, r.text)
 
 
 def test_a_repeated_key_must_name_the_same_violation(env):
