@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
@@ -355,13 +354,13 @@ def create_app(
     app.state.dispatcher = None
     app.state.retention = None
     app.state.ready = False
-    app.state.templates = ui.load_templates(ui.TEMPLATES_DIR)  # the review page's, read once
+    app.state.templates = ui.load_templates(ui.TEMPLATES_DIR)  # the review page's files, read once
+    app.state.static = ui.load_static(ui.STATIC_DIR)
     install_error_handlers(app)
     routers = [module.router for module in (health, cases, detect, stats, admin, outbox, ui)]
     hold_fixed_paths(app, routers)
     for router in routers:
         app.include_router(router)
-    app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
 
     app.add_middleware(GuardMiddleware, config=config, metrics=metrics)
     return app

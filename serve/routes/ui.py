@@ -6,15 +6,17 @@ session cookie that the API accepts like a Bearer header. Buttons call the JSON 
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import replace
+import mimetypes
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
 
 import jinja2
-from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -57,6 +59,27 @@ def load_templates(directory: Path) -> Jinja2Templates:
     for name in sources:
         env.get_template(name)  # compiled into the environment's cache
     return Jinja2Templates(env=env)
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A static file of the review page (style sheet, script, icon) as read at start."""
+
+    data: bytes
+    media_type: str
+    etag: str
+
+
+def load_static(directory: Path) -> dict[str, Asset]:
+    """The static files in ``directory``, read now and kept, as the templates are (:func:`load_templates`): a page
+    never gets a script or style sheet of another release than its own templates."""
+    assets = {}
+    for path in sorted(directory.iterdir()):
+        if path.is_file():
+            data = path.read_bytes()
+            media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            assets[path.name] = Asset(data, media_type, f'"{hashlib.sha256(data).hexdigest()[:32]}"')
+    return assets
 
 
 def current_user(request: Request) -> KeyOut | None:
@@ -121,6 +144,19 @@ def error_page(request: Request, status: int, message: str) -> HTMLResponse:
     response = render(request, "missing.html", current_user(request), message=message)
     response.status_code = status
     return response
+
+
+@router.api_route("/static/{name}", methods=["GET", "HEAD"])
+def static_file(request: Request, name: str) -> Response:
+    """A static file as read at start; browsers check theirs (ETag) before using it, so after a restart
+    with new files no page runs an old script."""
+    asset = request.app.state.static.get(name)
+    if asset is None:
+        raise HTTPException(404, f"no static file {name}")
+    headers = {"ETag": asset.etag, "Cache-Control": "no-cache"}
+    if asset.etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(asset.data, media_type=asset.media_type, headers=headers)
 
 
 @router.get("/")

@@ -663,29 +663,43 @@ def test_review_pages_need_a_reviewer_escape_content_and_refuse_cross_site_posts
     assert "no case 999999" in missing.text and 'href="/ui/cases"' in missing.text
 
 
-def test_the_review_pages_keep_the_templates_read_at_start(tmp_path, monkeypatch):
-    """Template files changed or removed under a running service (a deploy) break none of its pages, and no page
-    mixes old and new templates: all of them are read when the app is made, never again."""
+def test_the_review_pages_keep_the_templates_and_static_files_read_at_start(tmp_path, monkeypatch):
+    """Files changed or removed under a running service (a deploy) break none of its pages, and no page mixes old
+    and new templates or scripts: all of them are read when the app is made, never again."""
     from serve.routes import ui
 
-    copy = tmp_path / "templates"
-    shutil.copytree(ui.TEMPLATES_DIR, copy)
-    base = copy / "base.html"
-    original = base.read_text(encoding="utf-8")
-    base.write_text(original.replace("</body>", "<!-- release 1 -->\n</body>"), encoding="utf-8")
-    monkeypatch.setattr(ui, "TEMPLATES_DIR", copy)
+    templates, static = tmp_path / "templates", tmp_path / "static"
+    shutil.copytree(ui.TEMPLATES_DIR, templates)
+    shutil.copytree(ui.STATIC_DIR, static)
+    base, script = templates / "base.html", static / "app.js"
+    page, code = base.read_text(encoding="utf-8"), script.read_text(encoding="utf-8")
+    base.write_text(page.replace("</body>", "<!-- release 1 -->\n</body>"), encoding="utf-8")
+    script.write_text(code + "\n// release 1\n", encoding="utf-8")
+    monkeypatch.setattr(ui, "TEMPLATES_DIR", templates)
+    monkeypatch.setattr(ui, "STATIC_DIR", static)
     app = create_app(ServiceConfig(data_dir=tmp_path / "data", load_detector=False))
     key = app.state.store.create_key("reviewer", "reviewer-1")[0]
     with TestClient(app) as browser:
         assert "release 1" in browser.get("/ui/login").text
-        base.write_text(original.replace("</body>", "<!-- release 2 -->\n</body>"), encoding="utf-8")
-        os.utime(base, (time.time() + 60, time.time() + 60))  # newer, whatever the file system's clock resolution
+        first = browser.get("/static/app.js")
+        assert first.status_code == 200 and "release 1" in first.text
+        assert first.headers["content-type"].endswith("javascript; charset=utf-8")
+        base.write_text(page.replace("</body>", "<!-- release 2 -->\n</body>"), encoding="utf-8")
+        script.write_text(code + "\n// release 2\n", encoding="utf-8")
+        for path in (base, script):
+            os.utime(path, (time.time() + 60, time.time() + 60))  # newer, whatever the file system's clock resolution
         for name in ("cases.html", "_macros.html", "missing.html"):  # none of them shown yet
-            (copy / name).unlink()
+            (templates / name).unlink()
+        (static / "app.css").unlink()
         assert browser.post("/ui/login", data={"key": key}, follow_redirects=False).status_code == 303
-        for page, status in [("/ui/login", 200), ("/ui/cases", 200), ("/ui/cases/12345", 404), ("/ui/nothing", 404)]:
-            r = browser.get(page)
-            assert r.status_code == status and "release 1" in r.text and "release 2" not in r.text, (page, r.text)
+        for path, status in [("/ui/login", 200), ("/ui/cases", 200), ("/ui/cases/12345", 404), ("/ui/nothing", 404)]:
+            r = browser.get(path)
+            assert r.status_code == status and "release 1" in r.text and "release 2" not in r.text, (path, r.text)
+        again = browser.get("/static/app.js")
+        assert again.text == first.text and again.headers["etag"] == first.headers["etag"]
+        assert browser.get("/static/app.js", headers={"If-None-Match": first.headers["etag"]}).status_code == 304
+        assert browser.get("/static/app.css").status_code == 200
+        assert browser.get("/static/nothing.js").status_code == 404
 
 
 def test_a_repeated_key_must_name_the_same_violation(env):
