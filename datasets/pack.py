@@ -12,7 +12,6 @@ import json
 import math
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from datasets.manifest import MANIFEST, load_manifest, verify_manifest
 from datasets.samples import SPLITS
 from pipeline.decode import IMAGE_SUFFIXES, read_image
+from pipeline.files import staged_folder
 
 PACK_INFO = "pack.json"
 #: the source dataset's manifest, copied into the pack
@@ -133,16 +133,11 @@ def pack(
         raise FileExistsError(f"{out}: exists and is not a folder; choose a new --out")
     if out.exists() and any(out.iterdir()) and not (out / PACK_INFO).is_file():
         raise FileExistsError(f"{out}: folder is not empty and is no earlier pack; choose a new --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with staged_folder(out) as work:  # a failed pack leaves nothing behind (nor touches an earlier one)
         result = _pack(root, work, items, max_side, fmt, quality, subset, sources, budget_mb, workers, sample_size)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)  # a failed pack leaves nothing behind (nor touches an earlier one)
-        raise
-    if out.exists():
-        shutil.rmtree(out)  # the earlier pack, replaced only now that the new one is complete
-    work.rename(out)
+        if out.exists():
+            shutil.rmtree(out)  # the earlier pack, replaced only now that the new one is complete
+        work.rename(out)
     result.out = out
     return result
 

@@ -1,16 +1,38 @@
-"""File writes that a crash cannot leave half done, and file names made safe to write anywhere."""
+"""File writes that a crash cannot leave half done, and file names made safe to write anywhere.
+
+A folder is written the same way as a file (:func:`staged_folder`): into a hidden incoming folder beside its
+place, renamed into place once complete. The writing process holds a ``flock`` on a lock file in that incoming
+folder, so that a later run removes what a killed one left (:func:`sweep_incoming`) and never the folder of
+one still writing. An error writing into the hidden folder (a full disk) names the folder the user asked for.
+"""
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import glob
 import hashlib
 import os
+import shutil
+import tempfile
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
+
+
+#: hidden folders a folder is written into before it is renamed into place: ``.NAME.incoming-XXXXXXXX``
+INCOMING = ".incoming-"
+#: the lock file in an incoming folder; the process writing into it holds an exclusive flock on it
+INCOMING_LOCK = ".incoming.lock"
+#: an incoming folder without a lock file (left by a promotion from before the lock, or one killed in the
+#: instant between making the folder and locking it) is removed only once it is this old
+UNLOCKED_GRACE_S = 3600.0
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
@@ -28,6 +50,86 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def incoming_folder(root: Path, name: str) -> Iterator[Path]:
+    """A fresh hidden folder in ``root`` to write folder ``name`` into (as its subfolder), locked for as long
+    as the block runs and removed after it: an exclusive ``flock`` on its :data:`INCOMING_LOCK`, which is
+    given that name only once locked, so a lock file found there unlocked means its process is gone."""
+    folder = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}{INCOMING}"))
+    fd = -1
+    try:
+        fresh = folder / f"{INCOMING_LOCK}.new"
+        fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(fresh, folder / INCOMING_LOCK)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # still locked: no sweep can take it for a stale one
+        if fd >= 0:
+            os.close(fd)
+
+
+def sweep_incoming(root: Path, name: str | None = None) -> list[Path]:
+    """Remove the incoming folders (of folder ``name``, or of any) that processes killed mid-write left in
+    ``root`` (their lock file is there and free), and those without a lock file older than
+    :data:`UNLOCKED_GRACE_S`; a folder whose lock a live process holds is left alone. Returns the folders
+    removed."""
+    removed = []
+    pattern = f".{glob.escape(name)}{INCOMING}*" if name is not None else f".*{INCOMING}*"
+    for folder in sorted(root.glob(pattern)):
+        try:
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            fd = os.open(folder / INCOMING_LOCK, os.O_RDONLY)
+        except FileNotFoundError:  # no lock file: from before the lock, or being made this instant
+            try:
+                stale = time.time() - folder.stat().st_mtime > UNLOCKED_GRACE_S
+            except OSError:
+                continue
+            if stale:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: a live process is writing into it
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(folder, ignore_errors=True)  # under its lock: a second sweep leaves it to this one
+            removed.append(folder)
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextmanager
+def staged_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
+    """A fresh empty folder to write the folder ``out`` into; the block renames it into place once it is
+    complete (``work.rename(out)``, or moving its files into an ``out`` that must stay). It lies in an
+    :func:`incoming_folder` beside ``out``: a block that fails or is interrupted (Ctrl-C) leaves ``out`` as it
+    was and nothing beside it, and what a killed run left is swept by the next. An OSError naming a file in it
+    (a full disk) names ``out``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = os.path.abspath(out.parent / f".{out.name}{INCOMING}")
+    try:
+        sweep_incoming(out.parent, out.name)
+        with incoming_folder(out.parent, out.name) as incoming:
+            work = incoming / out.name
+            work.mkdir()
+            yield work
+    except OSError as exc:  # a temporary name means nothing to the user, and is gone once the block failed
+        names = [os.fsdecode(n) for n in (exc.filename, exc.filename2) if isinstance(n, (str, bytes, os.PathLike))]
+        if exc.errno is None or not any(os.path.abspath(n).startswith(temporary) for n in names):
+            raise
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(out)) from exc
 
 
 def display_path(path: str | os.PathLike[str], errors: str = "backslashreplace") -> str:

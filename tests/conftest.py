@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -55,3 +56,20 @@ def use_tiny_registry(tiny_registry: Path, monkeypatch: pytest.MonkeyPatch) -> P
     """Point the product's registry at the tiny model's registry for one test."""
     monkeypatch.setenv("STREETWATCH_MODELS_DIR", str(tiny_registry))
     return tiny_registry
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):
+    """A real, full file system: a small tmpfs filled to the last block (mounting needs root: else skip)."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        with open(mount / "filler", "wb", buffering=0) as fh, pytest.raises(OSError, match="No space left"):
+            while True:
+                fh.write(b"\0" * 4096)
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

@@ -9,21 +9,16 @@ Forced or not, a model becomes the default only when the service's detector load
 warm-up detection (``force`` overrides the gate, never that). The registry write checks that the
 default did not change meanwhile (concurrent promotions are safe, also of one folder from outside).
 
-A model folder from outside is copied into a hidden incoming folder of the registry root (:func:`incoming_folder`)
-and renamed into place; the copying promotion holds a ``flock`` on a lock file in it, so that a later promotion
-removes what a killed one left (:func:`sweep_incoming`) and never the folder of one still copying.
+A model folder from outside is copied into a hidden incoming folder of the registry root
+(:func:`pipeline.files.incoming_folder`) and renamed into place; the copying promotion holds a ``flock`` on a
+lock file in it, so that a later promotion removes what a killed one left (:func:`pipeline.files.sweep_incoming`)
+and never the folder of one still copying.
 """
 
 from __future__ import annotations
 
-import fcntl
 import getpass
-import os
 import shutil
-import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,16 +41,10 @@ from models.registry import (
     write_card,
 )
 from pipeline.cli import one_line
+from pipeline.files import incoming_folder, sweep_incoming
 from training.compare import GATE_KEY
 
 MANIFEST_NAME = "dataset-manifest.json"
-#: hidden folders of the registry root a model is copied into: ``.NAME.incoming-XXXXXXXX``
-INCOMING = ".incoming-"
-#: the lock file in an incoming folder; its copying promotion holds an exclusive flock on it
-INCOMING_LOCK = ".incoming.lock"
-#: an incoming folder without a lock file (left by a promotion from before the lock, or one killed in the
-#: instant between making the folder and locking it) is removed only once it is this old
-UNLOCKED_GRACE_S = 3600.0
 
 
 class PromotionRefused(ModelError):
@@ -154,59 +143,6 @@ def name_taken(ref: ModelRef, root: Path) -> str | None:
         f"{target} already holds another model named {ref.card.name!r}; export {ref.folder} under a new --name "
         "(every version keeps its own folder)"
     )
-
-
-@contextmanager
-def incoming_folder(root: Path, name: str) -> Iterator[Path]:
-    """A fresh hidden folder in ``root`` to copy model ``name`` into (as its subfolder), locked for as long
-    as the block runs and removed after it: an exclusive ``flock`` on its :data:`INCOMING_LOCK`, which is
-    given that name only once locked, so a lock file found there unlocked means its process is gone."""
-    folder = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}{INCOMING}"))
-    fd = -1
-    try:
-        fresh = folder / f"{INCOMING_LOCK}.new"
-        fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.rename(fresh, folder / INCOMING_LOCK)
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)  # still locked: no sweep can take it for a stale one
-        if fd >= 0:
-            os.close(fd)
-
-
-def sweep_incoming(root: Path) -> list[Path]:
-    """Remove the incoming folders that promotions killed mid-copy left in ``root`` (their lock file is
-    there and free), and those without a lock file older than :data:`UNLOCKED_GRACE_S`; a folder whose
-    lock a live promotion holds is left alone. Returns the folders removed."""
-    removed = []
-    for folder in sorted(root.glob(f".*{INCOMING}*")):
-        try:
-            if folder.is_symlink() or not folder.is_dir():
-                continue
-            fd = os.open(folder / INCOMING_LOCK, os.O_RDONLY)
-        except FileNotFoundError:  # no lock file: from before the lock, or being made this instant
-            try:
-                stale = time.time() - folder.stat().st_mtime > UNLOCKED_GRACE_S
-            except OSError:
-                continue
-            if stale:
-                shutil.rmtree(folder, ignore_errors=True)
-                removed.append(folder)
-            continue
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: a promotion is copying into it
-            os.close(fd)
-            continue
-        try:
-            shutil.rmtree(folder, ignore_errors=True)  # under its lock: a second sweep leaves it to this one
-            removed.append(folder)
-        finally:
-            os.close(fd)
-    return removed
 
 
 def register_folder(ref: ModelRef, root: Path) -> tuple[ModelRef, bool]:

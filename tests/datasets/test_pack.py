@@ -12,6 +12,7 @@ from datasets.recipe import PseudoConfig, Recipe, build
 from datasets.sources import SourceSpec
 from datasets.yolo import read_label_file
 from models.classes import CLASS_NAMES
+from pipeline.cli import main
 from pipeline.decode import read_image
 
 from .conftest import write_yolo_source
@@ -134,6 +135,17 @@ def test_a_failed_pack_leaves_nothing_behind_and_a_retry_works(dataset: Path, tm
         pack(dataset, out, budget_mb=0.01, workers=1)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert [p.name for p in tmp_path.iterdir()] == ["pk"]
+
+
+def test_a_full_disk_names_the_pack_folder_and_leaves_no_partial_copy(dataset: Path, full_disk: Path, capsys):
+    """The error named a file in the hidden temporary folder the pack is written into before the rename."""
+    out = full_disk / "pk"
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "pack", str(dataset), "--out", str(out), "--budget-mb", "0"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"error: {out}: No space left on device" in err and f"{full_disk}/." not in err, err
+    assert [p.name for p in full_disk.iterdir()] == ["filler"]  # no partial copy beside it
 
 
 @pytest.mark.parametrize(

@@ -130,23 +130,6 @@ def test_help_for_every_command(command):
     assert out.returncode == 0 and "usage: streetwatch" in out.stdout
 
 
-@pytest.fixture
-def full_disk(tmp_path: Path):
-    """A real, full file system: a small tmpfs filled to the last block (mounting needs root: else skip)."""
-    mount = tmp_path / "full"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-    try:
-        with open(mount / "filler", "wb", buffering=0) as fh, pytest.raises(OSError, match="No space left"):
-            while True:
-                fh.write(b"\0" * 4096)
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
-
-
 def test_a_full_disk_is_a_one_line_error_naming_the_output_folder(full_disk: Path, sample_photos):
     for args in (
         ["detect", str(sample_photos[0]), "--out", str(full_disk / "det")],
