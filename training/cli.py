@@ -136,9 +136,10 @@ def record_metrics(model: str, variant: str, data: str, split: str, result) -> N
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint into a registry model folder (ONNX fp32, int8 when calibrated) with its card;
     with --data, evaluate both and refuse an int8 model that loses more than the allowed mAP50."""
-    from models.registry import imgsz_problem, models_root, name_problem, resolve, set_default
+    from models.registry import ModelError, ModelRef, imgsz_problem, models_root, name_problem, set_default
     from pipeline.cli import CLIError, resolve_inputs
-    from training.export import build_model_folder, gate_int8
+    from pipeline.files import staged_folder
+    from training.export import already_exported, build_model_folder, gate_int8, publish_model
     from training.train import run_record
 
     weights = Path(args.weights)
@@ -152,7 +153,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CLIError(f"--name {problem}")
     folder = Path(args.out) if args.out else models_root() / args.name
     if (folder / "card.json").is_file():  # promote and rollback rely on a registered version staying as it is
-        raise CLIError(f"{folder} already holds a model; export under a new --name (or another --out)")
+        raise CLIError(already_exported(folder))
     calib = resolve_inputs(args.calib) if args.calib else None
     split = None
     if args.data:
@@ -162,40 +163,50 @@ def cmd_export(args: argparse.Namespace) -> int:
             split = load_split(args.data, args.split, _load_mapping(args.data_map))
         except DatasetError as exc:
             raise CLIError(str(exc)) from None
-    try:  # a file that is no checkpoint, or whose classes map to nothing, is refused before anything is written
-        ref = build_model_folder(
-            weights,
-            folder,
-            name=args.name,
-            version=args.version,
-            mapping=_load_mapping(args.map),
-            imgsz=args.imgsz,
-            description=args.description,
-            interim=args.interim,
-            training=run_record(weights),
-            notes=args.notes,
-            int8_calibration=calib,
-            calibration_method=args.calib_method,
-            calibration_max=args.calib_max,
-            float_output_convs=args.float_head_convs,
-            float_stem=args.float_stem,
-        )
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
-    dropped = [n for n, c in zip(ref.card.names, ref.card.class_map, strict=True) if c is None]
-    if dropped:  # say so: a name mapped to nothing (motorcycle, not motorbike) is a class the model loses
-        shown = ", ".join(dropped[:12]) + (f" and {len(dropped) - 12} more" if len(dropped) > 12 else "")
-        print(
-            f"left out, mapped to no product class: {shown} ({len(dropped)} of {len(ref.card.names)}; --map maps names)"
-        )
-    refused = False
-    if split is not None:
-        gate = gate_int8(ref, split, data_name=str(args.data), max_drop_points=args.int8_max_drop)
-        for variant, result in gate.results.items():
-            print(f"{variant}: mAP50 {result.map50:.4f}, mAP50-95 {result.map50_95:.4f} on {args.data} [{args.split}]")
-        print(gate.message)
-        refused = gate.refused
-        ref = resolve(folder)  # the card as it stands after the check (a refused int8 is no longer listed)
+    # built and checked in a hidden folder beside FOLDER, which becomes FOLDER only once complete: a failed or
+    # interrupted export (a wrong file, bad calibration images, a full disk, Ctrl-C) leaves FOLDER as it was
+    with staged_folder(folder) as work:
+        try:  # a file that is no checkpoint, or whose classes map to nothing, is refused before the export
+            ref = build_model_folder(
+                weights,
+                work,
+                name=args.name,
+                version=args.version,
+                mapping=_load_mapping(args.map),
+                imgsz=args.imgsz,
+                description=args.description,
+                interim=args.interim,
+                training=run_record(weights),
+                notes=args.notes,
+                int8_calibration=calib,
+                calibration_method=args.calib_method,
+                calibration_max=args.calib_max,
+                float_output_convs=args.float_head_convs,
+                float_stem=args.float_stem,
+            )
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        dropped = [n for n, c in zip(ref.card.names, ref.card.class_map, strict=True) if c is None]
+        if dropped:  # say so: a name mapped to nothing (motorcycle, not motorbike) is a class the model loses
+            shown = ", ".join(dropped[:12]) + (f" and {len(dropped) - 12} more" if len(dropped) > 12 else "")
+            print(
+                f"left out, mapped to no product class: {shown} ({len(dropped)} of {len(ref.card.names)}; "
+                "--map maps names)"
+            )
+        refused = False
+        if split is not None:
+            gate = gate_int8(ref, split, data_name=str(args.data), max_drop_points=args.int8_max_drop)
+            for variant, result in gate.results.items():
+                print(
+                    f"{variant}: mAP50 {result.map50:.4f}, mAP50-95 {result.map50_95:.4f} on {args.data} [{args.split}]"
+                )
+            print(gate.message)
+            refused = gate.refused  # the fp32 model is exported all the same
+        try:
+            publish_model(work, folder)
+        except ModelError as exc:
+            raise CLIError(str(exc)) from None
+    ref = ModelRef(folder=folder, card=ref.card)  # as the check left it (a refused int8 is no longer listed)
     print(
         f"exported {ref.card.name}@{ref.card.version} to {folder}: {', '.join(ref.card.files)}; "
         f"classes: {', '.join(ref.card.product_classes())}"
@@ -208,7 +219,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
         return EXIT_INT8_REFUSED
     if args.default:
-        from models.registry import ModelError
         from training.promote import check_runs, user
 
         if folder.resolve() != (models_root() / ref.card.name).resolve():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,7 +11,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from datasets.mapping import ClassMapping, identity_mapping
-from models.registry import ModelCard, ModelRef, describe_file, imgsz_problem, now_iso, write_card
+from models.registry import (
+    CARD_NAME,
+    ModelCard,
+    ModelError,
+    ModelRef,
+    describe_file,
+    imgsz_problem,
+    now_iso,
+    write_card,
+)
 from training import ultra
 
 if TYPE_CHECKING:
@@ -108,6 +119,29 @@ def build_model_folder(
     )
     write_card(folder, card)
     return ModelRef(folder=folder, card=card)
+
+
+def already_exported(folder: Path) -> str:
+    """Why no export goes into ``folder``: it holds a model (a registered version stays as it is)."""
+    return f"{folder} already holds a model; export under a new --name (or another --out)"
+
+
+def publish_model(work: Path, folder: Path) -> None:
+    """Move the complete model folder ``work`` (built beside ``folder`` in a :func:`pipeline.files.staged_folder`)
+    to ``folder``: renamed into place when there is none (or an empty one). Into a folder that holds other files
+    but no model, its files move one by one, replacing those of the same name (an int8 file of an earlier export
+    goes, the rest stays), the card last: the folder is a model only once complete."""
+    try:
+        work.rename(folder)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    if (folder / CARD_NAME).exists():  # exported there meanwhile
+        raise ModelError(already_exported(folder))
+    (folder / INT8_NAME).unlink(missing_ok=True)
+    for path in sorted(work.iterdir(), key=lambda p: p.name == CARD_NAME):
+        os.replace(path, folder / path.name)
 
 
 def _architecture(pt: Path) -> str:

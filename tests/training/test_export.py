@@ -1,4 +1,9 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -85,6 +90,31 @@ def test_export_names_calibration_images_that_cannot_be_read(
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "No data is collected" not in err
     assert f"none of the 1 calibration images could be read: {garbage}: not an image" in err
+    assert list((tmp_path / "registry").iterdir()) == []  # was: a folder q with model.pt and model.onnx, no card
+    assert _export([str(tiny_pt), "--name", "q", "--imgsz", "160"]) == 0  # so nothing is in the way of a retry
+
+
+def test_an_interrupted_export_leaves_no_model_folder(tiny_pt: Path, shapes_data: Path, tmp_path: Path):
+    """Ctrl-C while int8 is calibrated or checked left the folder with its files, and (once the card was
+    written) a model the registry listed although its int8 model was never checked."""
+    registry = tmp_path / "registry"
+    calib = tiny_pt.parents[3] / "shapes" / "train" / "images"
+    args = [str(tiny_pt), "--name", "ti", "--imgsz", "160", "--calib", str(calib), "--data", str(shapes_data)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "export", *args],
+        env={**os.environ, "STREETWATCH_MODELS_DIR": str(registry)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not list(registry.rglob("model.onnx")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the export ended before its ONNX model was written"
+    proc.send_signal(signal.SIGINT)  # as Ctrl-C does: int8 calibration and the check are still to come
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err
+    assert list(registry.iterdir()) == [], "nothing is left in the registry, not even a hidden partial folder"
 
 
 def test_export_refuses_an_int8_model_that_loses_accuracy(
@@ -157,3 +187,24 @@ def test_export_refuses_a_name_that_is_not_one_folder_name(
         _export([str(tiny_pt), "--name", name, "--imgsz", "160"])
     assert exc.value.code == 2 and f"--name {name!r} is not a name" in capsys.readouterr().err
     assert not (tmp_path / "e3").exists() and not registry.exists()
+
+
+def test_an_export_onto_a_full_disk_names_its_folder_and_leaves_nothing(tiny_pt: Path, full_disk: Path, capsys):
+    out = full_disk / "m"
+    with pytest.raises(SystemExit) as exc:  # was: the error named out/model.pt, and out stayed half-written
+        _export([str(tiny_pt), "--name", "m", "--out", str(out), "--imgsz", "160"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and err.count("\n") == 1 and f"error: {out}: No space left on device" in err, err
+    assert [p.name for p in full_disk.iterdir()] == ["filler"]
+
+
+def test_an_export_into_a_folder_without_a_model_keeps_what_else_it_holds(tiny_pt: Path, tmp_path: Path):
+    """As before the export was staged beside it: the model files join the folder's other files."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "model.int8.onnx").write_bytes(b"from an earlier export")
+    assert _export([str(tiny_pt), "--name", "r", "--out", str(out), "--imgsz", "160"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["card.json", "model.onnx", "model.pt", "notes.txt"]
+    assert (out / "notes.txt").read_text() == "mine" and set(resolve(out).card.files) == {"fp32", "pt"}
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
