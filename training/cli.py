@@ -237,6 +237,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     detections that changed on field images; the verdict is recorded in the candidate's card."""
     from models.registry import ModelError
     from pipeline.cli import CLIError, resolve_inputs
+    from pipeline.files import atomic_write
     from training.compare import changes_sheet, compare, gate_record, load_gate, model_ref, record_gate
     from training.evaluate import DatasetError, load_split, make_predictor
 
@@ -268,7 +269,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     sheet = None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "compare.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+        atomic_write(out / "compare.json", json.dumps(report, indent=1, ensure_ascii=False) + "\n")
         sheet = changes_sheet(result.field_items, out / "field-changes.jpg", baseline.name, candidate.name)
     if args.json:
         print(json.dumps(report, ensure_ascii=False))

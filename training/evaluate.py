@@ -25,6 +25,7 @@ together into an :class:`EvalResult`.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -40,6 +41,7 @@ from datasets.yolo import DataYaml, entry_images, label_path_for, load_data_yaml
 from models.classes import CLASS_IDS, CLASS_NAMES
 from pipeline.decode import ImageReadError, read_image
 from pipeline.detections import Detections, box_ios, box_iou
+from pipeline.files import atomic_write
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 EVAL_CONF = 0.001  # like ultralytics val: the whole precision/recall curve
@@ -650,9 +652,10 @@ def plot_confusion(result: EvalResult, out: Path) -> Path:
     where = f"{result.data} [{result.split}], confidence > {result.confusion_conf}, IoU ≥ 0.5"
     ax.set_title(f"{result.model}\n{where}", fontsize=9)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
+    atomic_write(out, png.getvalue())  # a full disk leaves no truncated picture
     return out
 
 
@@ -668,6 +671,5 @@ def write_report(result: EvalResult, path: Path) -> Path:
         "errors": {"conf": result.confusion_conf, "iou": 0.5, "per_class": result.errors},
         "unreadable": result.unreadable,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n")
+    atomic_write(path, json.dumps(body, indent=1, ensure_ascii=False) + "\n")  # complete, or not there
     return path

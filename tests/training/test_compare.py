@@ -182,3 +182,12 @@ def test_compare_and_promote_refuse_an_evaluation_set_without_labels(
         main(["evaluate", "--data", str(data), "--model", "tiny"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and f"{data} [val]: none of its 8 images has a labelled box" in err
+
+
+def test_a_full_disk_leaves_no_truncated_report(use_tiny_registry, shapes_data: Path, full_disk: Path, capsys):
+    out = full_disk / "cmp"
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "--candidate", "tiny", "--data", str(shapes_data), "--no-record", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and "No space left on device" in err and str(out) in err, err
+    assert list(out.iterdir()) == []  # was: an empty compare.json, as a full disk left it

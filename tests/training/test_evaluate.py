@@ -486,3 +486,12 @@ def test_an_out_that_is_a_file_is_refused_before_evaluating(
         captured = capsys.readouterr()
         assert exc.value.code == 2 and f"--out {taken}: exists and is not a folder" in captured.err
         assert captured.out == "" and taken.read_text() == "a file"
+
+
+def test_a_full_disk_leaves_no_truncated_report(use_tiny_registry, shapes_data: Path, full_disk: Path, capsys):
+    out = full_disk / "ev"
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--data", str(shapes_data), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and "No space left on device" in err and str(out) in err, err
+    assert list(out.iterdir()) == []  # was: an empty confusion_matrix.png, as a full disk left it
