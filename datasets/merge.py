@@ -43,6 +43,12 @@ def prepare_output(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file() and not (out / "work").is_dir():
         raise FileExistsError(f"{out}: folder is not empty and holds no dataset manifest; choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
+    remove_outputs(out)
+
+
+def remove_outputs(out: Path) -> None:
+    """Remove what a build writes into ``out``: images, labels, lists, yaml files, manifest, report (caches
+    under ``work/`` stay)."""
     for name in GENERATED:
         p = out / name
         if p.is_dir():

@@ -15,6 +15,7 @@ mappings and says how to deduplicate, pseudo-label and synthesise. :func:`build`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -30,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from datasets.checks import CheckReport, DuplicatePair, check_box_sizes, find_duplicates, scan_samples
 from datasets.dedup import NEAR_DUPLICATE_BITS, SCENE_MIN_INLIERS, near_duplicate_pairs, phash_pair
 from datasets.manifest import write_manifest
-from datasets.merge import prepare_output, write_dataset
+from datasets.merge import prepare_output, remove_outputs, write_dataset
 from datasets.samples import SPLITS, Issue, Sample, class_counts
 from datasets.sources import REPO, SourceData, SourceMissing, SourceSpec, load_source, resolve_path
 from datasets.split import assign_splits
@@ -231,10 +232,25 @@ class _Timer:
 def build(
     recipe: Recipe, shared: Path, out: Path, repo: Path = REPO, workers: int = 2, sheets: bool = True
 ) -> BuildResult:
-    """Run a recipe into ``out`` (see the module docstring for the steps)."""
+    """Run a recipe into ``out`` (see the module docstring for the steps). A build that fails or is
+    interrupted removes what it wrote (and ``out`` when it made it), so that no partial dataset is left for
+    training to pick up or for a rerun to refuse as a foreign folder; the caches under ``work/`` stay."""
+    made = not out.exists()
+    prepare_output(out)
+    try:
+        return _build(recipe, shared, out, repo, workers, sheets)
+    except BaseException:
+        with contextlib.suppress(OSError):  # the error that stopped the build is the one to report
+            remove_outputs(out)
+            if made:
+                out.rmdir()  # only when empty: not when caches were written
+        raise
+
+
+def _build(recipe: Recipe, shared: Path, out: Path, repo: Path, workers: int, sheets: bool) -> BuildResult:
+    """The steps of :func:`build`, into ``out`` made ready by :func:`prepare_output`."""
     timer = _Timer()
     t0 = time.perf_counter()
-    prepare_output(out)
     work = out / "work"
     issues: list[Issue] = []
     skipped: list[str] = []

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from datasets.manifest import dataset_manifest_summary, load_manifest, verify_manifest
+from datasets.merge import prepare_output
 from datasets.recipe import PseudoConfig, Recipe, build, load_recipe
 from datasets.sources import SourceMissing, SourceSpec, load_source
 from datasets.yolo import read_label_file
@@ -130,6 +131,22 @@ def test_build_refuses_a_foreign_non_empty_folder(tmp_path: Path, garbage_like: 
     with pytest.raises(FileExistsError, match="no dataset manifest"):
         build(recipe_for(garbage_like, *patrol_like), Path("."), tmp_path / "mine")
     assert (tmp_path / "mine" / "thesis.docx").is_file()
+
+
+def test_a_failed_build_leaves_no_partial_dataset_that_a_rerun_would_refuse(
+    full_disk: Path, garbage_like: Path, patrol_like
+):
+    """A full disk mid-write left images and labels without a manifest: a rerun into the same folder was
+    refused as a foreign non-empty folder, and the partial dataset was there for training to pick up."""
+    recipe = recipe_for(garbage_like, *patrol_like)
+    with pytest.raises(OSError, match="No space left"):
+        build(recipe, Path("."), full_disk / "ds", sheets=False)
+    assert [p.name for p in full_disk.iterdir()] == ["filler"]  # the folder it made, gone again
+    (full_disk / "again" / "work" / "cache").mkdir(parents=True)  # an earlier build's caches stay for the rerun
+    with pytest.raises(OSError, match="No space left"):
+        build(recipe, Path("."), full_disk / "again", sheets=False)
+    assert [p.name for p in (full_disk / "again").iterdir()] == ["work"]
+    prepare_output(full_disk / "again")  # what the rerun does first: no refusal
 
 
 def test_shipped_recipe_is_valid_and_a_bad_one_names_its_file(tmp_path: Path):
