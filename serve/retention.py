@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from serve.config import RetentionConfig
 from serve.db import utcnow
@@ -25,6 +26,8 @@ class RetentionWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last: PruneResult | None = None
+        self.last_at: datetime | None = None  # when the last run that went through ended
+        self.last_error: str | None = None  # why the last run failed; None once one goes through
 
     def start(self) -> None:
         """Start pruning (the first time after a minute, or after ``every_hours`` when that is shorter)."""
@@ -51,8 +54,21 @@ class RetentionWorker:
                 len(result.cases),
                 len(result.orphans),
             )
-        self.last = result
+        self.last, self.last_at, self.last_error = result, utcnow(), None
         return result
+
+    def status(self) -> dict[str, Any]:
+        """For /readyz: the policy, what the last run removed and when, and why the last run failed."""
+        last = self.last
+        return {
+            "running": self._thread is not None and self._thread.is_alive(),
+            "closed_for_days": self.config.closed_for_days,
+            "every_hours": self.config.every_hours,
+            "last_run": None if self.last_at is None else self.last_at.isoformat(timespec="seconds"),
+            "last_removed_files": None if last is None else last.files,
+            "last_freed_bytes": None if last is None else last.freed,
+            "last_error": self.last_error,
+        }
 
     def _run(self) -> None:
         every = self.config.every_hours * 3600
@@ -60,6 +76,7 @@ class RetentionWorker:
         while not self._stop.wait(wait):
             try:
                 self.run_once()
-            except Exception:  # the database is away for a moment: the next run tries again
+            except Exception as exc:  # the database is away for a moment: the next run tries again
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 log.exception("retention: pruning evidence failed")
             wait = every

@@ -29,6 +29,8 @@ def readyz(request: Request) -> JSONResponse:
     checks["model_follow"] = follower.status() if follower is not None else "off (pinned model or disabled)"
     dispatcher = getattr(state, "dispatcher", None)
     checks["webhook"] = dispatcher.status() if dispatcher is not None else "off (no webhook url)"
+    pruner = getattr(state, "retention", None)
+    checks["retention"] = pruner.status() if pruner is not None else "off (retention.closed_for_days not set)"
     if state.cameras is not None:
         try:
             checks["cameras"] = dict(camera_states(state.cameras.status()))

@@ -257,12 +257,33 @@ def test_the_service_prunes_by_itself_when_a_retention_period_is_configured(db_u
         closed(store, cid)
     with Session(store.write_engine) as s, s.begin():  # closed 40 days ago
         s.execute(update(Case).where(Case.id == old_id).values(closed_at=utcnow() - timedelta(days=40)))
-    with TestClient(app):
+    with TestClient(app) as client:
         wait_for(lambda: store.get_case(old_id).evidence[0].pruned_at, 30, "the service's retention run")
         assert app.state.retention.last is not None
+        ready = client.get("/readyz").json()["checks"]["retention"]
+        assert ready["running"] and ready["last_run"] and ready["last_removed_files"] >= 1, ready
+        assert ready["last_error"] is None and ready["closed_for_days"] == 30, ready
     assert on_disk(store) == {recent.evidence[0].sha256}
     assert (
         store.history(old_id)[-1].action == "evidence pruned"
         and store.get_case(recent_id).evidence[0].pruned_at is None
     )
     store.dispose()
+
+
+def test_a_failing_retention_run_is_reported_by_readyz_and_tried_again(db_url, tmp_path, violation):
+    """The evidence folder is away (a volume not mounted): the run fails, /readyz says why, the next run that
+    finds the folder goes through and clears the error."""
+    retention = RetentionConfig(closed_for_days=30, every_hours=0.0003)  # a run a second, in the test
+    app = create_app(ServiceConfig(data_dir=tmp_path / "svc", db_url=db_url, load_detector=False, retention=retention))
+    root = app.state.store.evidence.root
+    away = root.with_name("evidence-away")
+    root.rename(away)
+    with TestClient(app) as client:
+        wait_for(lambda: client.get("/readyz").json()["checks"]["retention"]["last_error"], 30, "a failed run")
+        status = client.get("/readyz").json()["checks"]["retention"]
+        assert "FileNotFoundError" in status["last_error"] and status["last_run"] is None, status
+        away.rename(root)
+        wait_for(lambda: client.get("/readyz").json()["checks"]["retention"]["last_run"], 30, "a run that went through")
+        assert client.get("/readyz").json()["checks"]["retention"]["last_error"] is None
+    app.state.store.dispose()
