@@ -254,6 +254,7 @@ def cmd_evidence_prune(args: argparse.Namespace) -> int:
         f"{verb} {_count(result.files, 'evidence file')}, {result.freed:,} bytes ({result.freed / 1e6:.1f} MB): "
         f"{_count(result.case_files, 'file')} of {_count(len(result.cases), 'case')} closed or dismissed before "
         f"{local_time(closed_before, tz)[:16]}, {_count(len(result.orphans), 'file')} that no case references"
+        + (f", {_count(result.unfinished, 'unfinished write')} a crash left behind" if result.unfinished else "")
         + ("" if args.dry_run or not result.cases else "; the cases and their history stay")
     )
     return 0

@@ -96,6 +96,17 @@ class EvidenceStore:
                     if found is not None:  # not removed meanwhile
                         yield found
 
+    def unfinished(self, before: datetime) -> Iterator[tuple[Path, int]]:
+        """Temporary files of writes that never finished (a process killed while writing), untouched since
+        ``before``, and their sizes; a write still in progress is younger than any sane ``before``."""
+        for path in sorted(self.root.glob("??/.*.tmp")):
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # finished or removed meanwhile
+                continue
+            if datetime.fromtimestamp(st.st_mtime, timezone.utc) < before:
+                yield path, st.st_size
+
     def path(self, sha256: str) -> Path:
         """The file of an evidence id; :class:`EvidenceNotFound` for a malformed or unknown id."""
         if not self.valid_id(sha256):

@@ -46,13 +46,15 @@ class RetentionWorker:
         result = self.store.prune_evidence(
             now - timedelta(days=self.config.closed_for_days), now - timedelta(hours=self.config.grace_hours)
         )
-        if result.files:
+        if result.files or result.unfinished:
             log.info(
-                "retention: removed %d evidence files (%d bytes) of %d cases, %d that no case references",
+                "retention: removed %d evidence files (%d bytes) of %d cases, %d that no case references, "
+                "%d unfinished writes",
                 result.files,
                 result.freed,
                 len(result.cases),
                 len(result.orphans),
+                result.unfinished,
             )
         self.last, self.last_at, self.last_error = result, utcnow(), None
         return result

@@ -156,8 +156,9 @@ class PruneResult:
     cases: list[PrunedCase]
     case_files: int  # the files of those cases, one several of them share counted once
     orphans: list[StoredFile]  # files no case holds, written before the grace period
-    freed: int  # bytes, each file counted once
+    freed: int  # bytes, each file counted once (unfinished writes included)
     dry_run: bool
+    unfinished: int = 0  # temporary files of writes a crash left behind, written before the grace period
 
     @property
     def files(self) -> int:
@@ -800,7 +801,8 @@ class CaseStore:
     ) -> PruneResult:
         """Delete the evidence files of cases closed or dismissed before ``closed_before`` that no other case
         still holds, and the files no case holds at all that were written (or filed again) before
-        ``written_before``: an ingestion writes its files before its transaction commits. The cases stay; each
+        ``written_before``: an ingestion writes its files before its transaction commits. Temporary files of
+        writes a crash cut short go too, once as old. The cases stay; each
         picture removed is marked (``pruned_at``) and noted in its case's history. Safe while the service
         ingests (:meth:`_lock_evidence`). ``dry_run``: say what would go, change nothing."""
         with self.reading() as s:
@@ -835,8 +837,13 @@ class CaseStore:
             gone = self._remove_unreferenced(list(old), written_before)
             old = {sha: replace(f, size=gone[sha]) for sha, f in old.items() if sha in gone}
         orphans = list(old.values())
-        total = sum(freed.values()) + sum(f.size for f in orphans)
-        return PruneResult(sorted(cases.values(), key=lambda c: c.case_id), len(freed), orphans, total, dry_run)
+        unfinished = list(self.evidence.unfinished(written_before))
+        if not dry_run:
+            for path, _ in unfinished:
+                path.unlink(missing_ok=True)
+        total = sum(freed.values()) + sum(f.size for f in orphans) + sum(size for _, size in unfinished)
+        found = sorted(cases.values(), key=lambda c: c.case_id)
+        return PruneResult(found, len(freed), orphans, total, dry_run, len(unfinished))
 
     def _prune_cases(
         self,

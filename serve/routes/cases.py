@@ -204,7 +204,9 @@ def reopen(case_id: CaseId, body: ReopenIn, request: Request, actor: Reviewer) -
     responses={**ERRORS, 410: {"model": Problem, "description": "The picture was removed by the retention policy"}},
     summary="An evidence JPEG by its SHA-256",
 )
-def evidence(evidence_id: str, request: Request, actor: Reader) -> FileResponse:
+def evidence(evidence_id: str, request: Request, actor: Reader) -> Response:
+    """The picture, revalidated by the browser on every use (its id is its ETag, so a repeat costs a 304): a
+    picture the retention policy removed, or a signed-out reader, is not served from a browser's cache."""
     store = store_of(request)
     known, pruned = store.evidence_status(evidence_id) if store.evidence.valid_id(evidence_id) else (False, None)
     if pruned is not None:
@@ -213,4 +215,7 @@ def evidence(evidence_id: str, request: Request, actor: Reader) -> FileResponse:
     path = store.evidence.path(evidence_id)  # only 64 hex digits reach the file system
     if not known:
         raise HTTPException(404, f"no evidence {evidence_id}")
-    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+    headers = {"ETag": f'"{evidence_id}"', "Cache-Control": "private, no-cache"}
+    if evidence_id in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return FileResponse(path, media_type="image/jpeg", headers=headers)

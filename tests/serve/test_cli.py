@@ -135,19 +135,22 @@ def test_evidence_prune_lists_then_removes_the_pictures_of_long_closed_cases(tmp
         orphan, _ = store.evidence.put(jpeg(31))
         then = time.time() - 2 * 86400
         os.utime(store.evidence.root / orphan[:2] / f"{orphan}.jpg", (then, then))
+        crashed = store.evidence.root / orphan[:2] / f".{orphan}.jpg.1.2.tmp"  # a write a crash cut short
+        crashed.write_bytes(b"partial")
+        os.utime(crashed, (then, then))
     finally:
         store.dispose()
     files = {p.stem for p in (tmp_path / "evidence").rglob("*.jpg")}
-    size = len(old.evidence[0].jpeg) + len(jpeg(31))
+    size = len(old.evidence[0].jpeg) + len(jpeg(31)) + len(b"partial")
     prune = ["evidence", "prune", "--closed-for", "30", "--data-dir", str(tmp_path)]
     assert main([*prune, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert f"case #{old_id:<6} closed" in out and f"#{kept_id} " not in out and f"no case      {orphan}" in out
     assert f"would remove 2 evidence files, {size:,} bytes ({size / 1e6:.1f} MB): 1 file of 1 case closed" in out
-    assert "1 file that no case references" in out
+    assert "1 file that no case references, 1 unfinished write a crash left behind" in out
     assert {p.stem for p in (tmp_path / "evidence").rglob("*.jpg")} == files  # a dry run changes nothing
     assert main(prune) == 0
-    assert f"removed 2 evidence files, {size:,} bytes" in capsys.readouterr().out
+    assert f"removed 2 evidence files, {size:,} bytes" in capsys.readouterr().out and not crashed.exists()
     assert {p.stem for p in (tmp_path / "evidence").rglob("*.jpg")} == {kept.evidence[0].sha256}
     assert main(prune) == 0
     assert "removed 0 evidence files, 0 bytes" in capsys.readouterr().out

@@ -5,6 +5,8 @@ that an open case or a concurrent ingestion needs; a removed picture is a clear 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -141,6 +143,33 @@ def test_prune_removes_the_pictures_of_long_closed_and_dismissed_cases_and_old_f
     assert later.freed == sum(len(e.jpeg) for e in (shared, still_open.evidence[0], recent.evidence[0]))
 
 
+CRASHING_WRITER = """
+import os, sys
+from serve.evidence import EvidenceStore
+os.replace = lambda *a: os._exit(9)  # killed after writing, before the rename
+EvidenceStore(sys.argv[1]).put(bytes.fromhex(sys.argv[2]))
+"""
+
+
+def test_prune_sweeps_what_a_writer_killed_mid_write_left_once_it_is_old(store, tmp_path):
+    data = jpeg(7)
+    run = subprocess.run([sys.executable, "-c", CRASHING_WRITER, str(store.evidence.root), data.hex()], check=False)
+    assert run.returncode == 9
+    (left,) = store.evidence.root.glob("??/.*.tmp")  # nothing renamed: no evidence id points at it
+    assert on_disk(store) == set() and left.stat().st_size == len(data)
+    writing = left.with_name(".abc.jpg.1.2.tmp")  # a write in progress now
+    writing.write_bytes(b"partial")
+    then = (datetime.now(timezone.utc) - timedelta(hours=48)).timestamp()
+    os.utime(left, (then, then))
+
+    plan = store.prune_evidence(utcnow(), utcnow() - timedelta(hours=24), dry_run=True)
+    assert (plan.unfinished, plan.freed, plan.files) == (1, len(data), 0) and left.exists()
+    done = store.prune_evidence(utcnow(), utcnow() - timedelta(hours=24))
+    assert (done.unfinished, done.freed) == (1, len(data))
+    assert not left.exists() and writing.read_bytes() == b"partial"
+    assert store.prune_evidence(utcnow(), utcnow() - timedelta(hours=24)).unfinished == 0
+
+
 def test_a_reopened_case_keeps_its_pictures_and_a_picture_filed_again_comes_back(store, violation):
     v = violation(key="k")
     cid = store.ingest(v).case_id
@@ -244,6 +273,31 @@ def test_a_pruned_picture_is_gone_with_a_date_in_the_api_and_on_the_review_pages
         assert f"/v1/evidence/{sha}" not in page.text and "evidence pruned" in page.text
         listing = client.get("/ui/cases")
         assert listing.status_code == 200 and "已删除 removed" in listing.text and sha not in listing.text
+    store.dispose()
+
+
+def test_a_browser_revalidates_a_picture_so_a_pruned_one_is_not_shown_from_its_cache(db_url, tmp_path, violation):
+    app = create_app(ServiceConfig(data_dir=tmp_path / "svc", db_url=db_url, load_detector=False))
+    store = app.state.store
+    key = store.create_key("reviewer", "desk")[0]
+    v = violation(key="k")
+    cid = store.ingest(v).case_id
+    sha = v.evidence[0].sha256
+    with TestClient(app) as client:
+        rv = {"Authorization": f"Bearer {key}"}
+        first = client.get(f"/v1/evidence/{sha}", headers=rv)
+        assert first.status_code == 200 and first.content == v.evidence[0].jpeg
+        assert first.headers["cache-control"] == "private, no-cache" and first.headers["etag"] == f'"{sha}"'
+        again = client.get(f"/v1/evidence/{sha}", headers={**rv, "If-None-Match": first.headers["etag"]})
+        assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", f'"{sha}"')
+        other = client.get(f"/v1/evidence/{sha}", headers={**rv, "If-None-Match": '"' + "0" * 64 + '"'})
+        assert other.status_code == 200 and other.content == v.evidence[0].jpeg
+        signed_out = client.get(f"/v1/evidence/{sha}", headers={"If-None-Match": first.headers["etag"]})
+        assert signed_out.status_code == 401
+        closed(store, cid)
+        store.prune_evidence(utcnow(), utcnow())
+        gone = client.get(f"/v1/evidence/{sha}", headers={**rv, "If-None-Match": first.headers["etag"]})
+        assert gone.status_code == 410, gone.text
     store.dispose()
 
 
