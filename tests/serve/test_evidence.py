@@ -251,12 +251,17 @@ def test_prune_waits_for_an_ingestion_in_its_transaction_and_keeps_its_picture(s
     assert store.evidence.read(picture.sha256) == picture.jpeg
 
 
-def test_a_pruned_picture_is_gone_with_a_date_in_the_api_and_on_the_review_pages(db_url, tmp_path, violation):
+def service_with_a_case(db_url, tmp_path, violation):
+    """A service (no detector), a reviewer's key, and a violation filed as a case."""
     app = create_app(ServiceConfig(data_dir=tmp_path / "svc", db_url=db_url, load_detector=False))
-    store = app.state.store
-    key = store.create_key("reviewer", "desk")[0]
+    key = app.state.store.create_key("reviewer", "desk")[0]
     v = violation(key="k")
-    cid = store.ingest(v).case_id
+    return app, key, v, app.state.store.ingest(v).case_id
+
+
+def test_a_pruned_picture_is_gone_with_a_date_in_the_api_and_on_the_review_pages(db_url, tmp_path, violation):
+    app, key, v, cid = service_with_a_case(db_url, tmp_path, violation)
+    store = app.state.store
     closed(store, cid)
     sha = v.evidence[0].sha256
     store.prune_evidence(utcnow(), utcnow())
@@ -277,11 +282,8 @@ def test_a_pruned_picture_is_gone_with_a_date_in_the_api_and_on_the_review_pages
 
 
 def test_a_browser_revalidates_a_picture_so_a_pruned_one_is_not_shown_from_its_cache(db_url, tmp_path, violation):
-    app = create_app(ServiceConfig(data_dir=tmp_path / "svc", db_url=db_url, load_detector=False))
+    app, key, v, cid = service_with_a_case(db_url, tmp_path, violation)
     store = app.state.store
-    key = store.create_key("reviewer", "desk")[0]
-    v = violation(key="k")
-    cid = store.ingest(v).case_id
     sha = v.evidence[0].sha256
     with TestClient(app) as client:
         rv = {"Authorization": f"Bearer {key}"}
