@@ -108,7 +108,8 @@ def required_permission(dependant: Dependant) -> str | None:
 
 
 class KeyFirstRoute(APIRoute):
-    """A route that checks the key, and that its role may do this, before it reads the request's body.
+    """A route that checks the key, and that its role may do this, before it reads the request's body, and
+    then that a JSON body is UTF-8 (:func:`require_utf8_json`).
 
     FastAPI reads a JSON body before it solves any dependency, so a malformed one was refused (400) before a
     missing key (401): a client without a valid key learnt how its body was read. Here a request without one
@@ -117,12 +118,32 @@ class KeyFirstRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        permission = required_permission(self.dependant)
-        if permission is None or self.body_field is None:
+        if self.body_field is None:
             return handler
+        permission = required_permission(self.dependant)
 
         async def key_first(request: Request) -> Response:
-            await run_in_threadpool(lambda: permit(authenticate(request), permission))
+            if permission is not None:
+                await run_in_threadpool(lambda: permit(authenticate(request), permission))
+            await require_utf8_json(request)
             return await handler(request)
 
         return key_first
+
+
+async def require_utf8_json(request: Request) -> None:
+    """A body FastAPI would read as JSON must be UTF-8 (RFC 8259); 400 saying where it is not. Python's JSON
+    reader guesses UTF-16 and UTF-32 and lets encoded surrogates through, and a byte it cannot decode was an
+    unexplained 400 ("error parsing the body"): a client learnt nothing, or got a 422 about fields it sent."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype and ctype != "application/json" and not (ctype.startswith("application/") and ctype.endswith("+json")):
+        return  # not read as JSON: FastAPI refuses it with its own reason (415)
+    body = await request.body()  # kept by the request: FastAPI reads it from there
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HTTPException(
+            400,
+            f"the JSON body is not valid UTF-8: byte 0x{body[exc.start]:02x} at offset {exc.start} ({exc.reason}); "
+            "send JSON encoded as UTF-8",
+        ) from None

@@ -298,6 +298,30 @@ def test_malformed_json_is_a_400(env):
     assert r.status_code == 422 and "not a finite" in r.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"note": "\xff"}',  # a Latin-1 byte
+        b'{"note": "\xed\xa0\x80"}',  # an encoded surrogate (Python's json took it, and PostgreSQL could not keep it)
+        '{"note": "x"}'.encode("utf-16"),  # Python's json guessed UTF-16 and read it
+    ],
+    ids=["latin-1", "surrogate", "utf-16"],
+)
+def test_a_json_body_that_is_not_utf8_is_a_400_saying_so(env, body):
+    """JSON is UTF-8 (RFC 8259): anything else is refused as such, not read by a guess nor answered with a 422
+    about fields the client did send or an unexplained 'error parsing the body'."""
+    _, client, keys, _ = env
+    json_type = {"Content-Type": "application/json"}
+    for path, role in [("/v1/cases/1/resolve", "reviewer"), ("/v1/cases/ingest", "ingest"), ("/v1/keys", "admin")]:
+        r = client.post(path, content=body, headers={**json_type, **auth(keys[role])})
+        assert r.status_code == 400 and "not valid UTF-8" in r.json()["detail"], (path, r.text)
+    r = client.post("/v1/detect", content=body, headers={**json_type, **auth(keys["ingest"])})  # it takes images
+    assert r.status_code == 415 and "unsupported content type application/json" in r.json()["detail"], r.text
+    bom = b'\xef\xbb\xbf{"role": "reviewer", "name": "bom"}'  # a UTF-8 byte order mark is UTF-8: read
+    made = client.post("/v1/keys", content=bom, headers={**json_type, **auth(keys["admin"])})
+    assert made.status_code == 201 and made.json()["name"] == "bom", made.text
+
+
 #: Every route that takes a JSON body: the role that may use it, and one that may not.
 KEYED_BODIES = [
     ("/v1/cases/ingest", "ingest", "reviewer"),
@@ -323,7 +347,7 @@ def test_the_key_is_checked_before_the_body_is_read(env, path, role, other):
     use the route, 403) whatever it sends; a keyed request's unreadable body is refused as such."""
     _, client, keys, _ = env
     json_type = {"Content-Type": "application/json"}
-    for body, reason in [(b'{"key": "x", ', "malformed JSON body"), (b'{"a": "\xff"}', "error parsing the body")]:
+    for body, reason in [(b'{"key": "x", ', "malformed JSON body"), (b'{"a": "\xff"}', "not valid UTF-8")]:
         for headers, status, said in [
             ({}, 401, "API key is required"),
             (auth("sw_rev_nope"), 401, "invalid or revoked"),
