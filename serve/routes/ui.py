@@ -183,6 +183,15 @@ def login(request: Request, key: Annotated[str, Form()], next: Annotated[str, Fo
     return response
 
 
+@router.get("/ui/logout", response_class=HTMLResponse)
+def logout_page(request: Request) -> HTMLResponse:
+    """The sign-out address typed in or followed: a page whose button signs out (a GET changes nothing, so
+    another site's link or image cannot sign a reviewer out)."""
+    user = current_user(request)
+    signed_in = request.cookies.get(COOKIE) is not None  # a stale key too: its cookie can be cleared
+    return render(request, "logout.html", None, signed_in=signed_in, who=user.name if user else None)
+
+
 @router.post("/ui/logout", dependencies=[Depends(same_origin)])
 def logout() -> RedirectResponse:
     response = RedirectResponse("/ui/login", status_code=303)

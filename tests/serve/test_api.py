@@ -890,6 +890,25 @@ def signed_in(app, key: str) -> TestClient:
     return browser
 
 
+def test_the_sign_out_address_typed_or_followed_shows_a_sign_out_button(env):
+    """GET /ui/logout (typed, bookmarked, a link) is a page whose button signs out (a POST, same-origin checked);
+    a GET itself signs nobody out: another site's image or link cannot end a reviewer's session."""
+    app, _, keys, _ = env
+    browser = signed_in(app, keys["reviewer"])
+    page = browser.get("/ui/logout")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), page.text
+    assert re.search(r'<form[^>]*method="post"[^>]*action="/ui/logout"', page.text) and "Sign out" in page.text
+    assert "reviewer-1" in page.text  # who would be signed out
+    assert browser.get("/ui/cases", follow_redirects=False).status_code == 200  # still signed in
+    forged = browser.post("/ui/logout", headers={"Origin": "https://evil.example"}, follow_redirects=False)
+    assert forged.status_code == 403 and "set-cookie" not in forged.headers
+    out = browser.post("/ui/logout", headers={"Origin": "http://testserver"}, follow_redirects=False)
+    assert out.status_code == 303 and out.headers["location"] == "/ui/login"
+    assert browser.get("/ui/cases", follow_redirects=False).headers["location"].startswith("/ui/login")
+    nobody = TestClient(app).get("/ui/logout")  # not signed in: the way to sign in instead
+    assert nobody.status_code == 200 and 'href="/ui/login"' in nobody.text and 'action="/ui/logout"' not in nobody.text
+
+
 def test_the_case_history_shows_a_deadline_in_local_time_as_the_details_do(env):
     app, client, keys, _ = env
     cid = ingest(client, keys, source_id="cam-history").json()["case_id"]

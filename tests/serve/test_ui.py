@@ -202,6 +202,14 @@ def test_a_revoked_key_leads_the_reviewer_back_through_sign_in(browser, tmp_path
         page.click("button.link")  # signing out is not a stale key: no such message
         page.wait_for_url("**/ui/login")
         assert page.locator(".error").count() == 0
+        page.fill("input[name=key]", fresh.json()["key"])
+        page.click("button[type=submit]")
+        page.wait_for_url("**/ui/cases")
+        page.goto(f"{service.url}/ui/logout")  # the address typed in: a page with the button, not a 405
+        page.click("form.signout button")
+        page.wait_for_url("**/ui/login")
+        page.goto(f"{service.url}/ui/cases")
+        assert "/ui/login" in page.url and page.locator(".error").count() == 0  # signed out, not stale
         tabs.close()
     finally:
         service.stop()
