@@ -165,11 +165,13 @@ def root() -> RedirectResponse:
 
 
 @router.get("/ui/login", response_class=HTMLResponse)
-def login_page(request: Request, next: str = "/ui/cases", error: str | None = None) -> HTMLResponse:
-    """The sign-in form; a session cookie whose key is no longer valid (revoked) is the reason it is shown."""
+def login_page(request: Request, next: str = "/ui/cases") -> HTMLResponse:
+    """The sign-in form; a session cookie whose key is no longer valid (revoked) is the reason it is shown. It
+    shows no text from the address (an ``?error=`` would let anyone's link put their words on this page): what
+    it says the service found out itself, here or in the answer to the form (:func:`login`)."""
     stale = request.cookies.get(COOKIE) is not None and current_user(request) is None
     expired = "您的密钥已失效，请重新登录 Your key is no longer valid (revoked or expired): sign in again"
-    return render(request, "login.html", None, next=_safe_next(next), error=error or (expired if stale else None))
+    return render(request, "login.html", None, next=_safe_next(next), error=expired if stale else None)
 
 
 @router.post("/ui/login", dependencies=[Depends(same_origin)])

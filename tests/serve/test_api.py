@@ -890,6 +890,21 @@ def signed_in(app, key: str) -> TestClient:
     return browser
 
 
+def test_the_sign_in_page_shows_only_messages_the_service_chose(env):
+    """No text from the address reaches the sign-in page: a crafted link cannot put words (call this number,
+    your account is locked) on our page. Why it is shown (a revoked key) the service finds out itself."""
+    app, _, keys, _ = env
+    bait = "账户已冻结 Account locked: call 400-123-4567"
+    page = TestClient(app).get("/ui/login", params={"error": bait, "message": bait, "next": "/ui/cases"})
+    assert page.status_code == 200 and "400-123-4567" not in page.text and 'class="error"' not in page.text
+    admin = {"Authorization": f"Bearer {keys['admin']}"}
+    made = TestClient(app).post("/v1/keys", json={"role": "reviewer", "name": "soon-revoked"}, headers=admin).json()
+    browser = signed_in(app, made["key"])
+    assert TestClient(app).delete(f"/v1/keys/{made['id']}", headers=admin).status_code in (200, 204)
+    stale = browser.get("/ui/login", params={"error": bait})
+    assert "no longer valid" in stale.text and "400-123-4567" not in stale.text  # the service's own reason, only
+
+
 def test_the_sign_out_address_typed_or_followed_shows_a_sign_out_button(env):
     """GET /ui/logout (typed, bookmarked, a link) is a page whose button signs out (a POST, same-origin checked);
     a GET itself signs nobody out: another site's image or link cannot end a reviewer's session."""
