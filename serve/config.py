@@ -165,7 +165,11 @@ class ServiceConfig(BaseModel):
     )
     host: str = Field("127.0.0.1", description="Address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on")
-    public_url: str | None = Field(None, description="Base URL people reach the service at (links in webhooks)")
+    public_url: str | None = Field(
+        None,
+        description="Base URL people reach the service at (links in webhooks); https:// makes the review page's "
+        "session cookie Secure (also behind a proxy that ends TLS)",
+    )
     detector: DetectorConfig = Field(default_factory=DetectorConfig, description="The model that /v1/detect runs")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request and image limits")
     batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Micro-batching of detection")

@@ -181,8 +181,16 @@ def login(request: Request, key: Annotated[str, Form()], next: Annotated[str, Fo
         reason = "密钥无效 Invalid or revoked key" if record is None else "需要审核员密钥 A reviewer key is needed"
         return render(request, "login.html", None, next=_safe_next(next), error=reason)
     response = RedirectResponse(_safe_next(next), status_code=303)
-    response.set_cookie(COOKIE, key.strip(), httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    response.set_cookie(COOKIE, key.strip(), httponly=True, samesite="strict", secure=over_https(request))
     return response
+
+
+def over_https(request: Request) -> bool:
+    """Whether the browser reaches the service over HTTPS: the request's own scheme, or the configured public
+    URL (behind a proxy that ends TLS the service sees plain HTTP). The session cookie is then Secure: never
+    sent over a plain-HTTP request to the same host."""
+    public = request.app.state.config.public_url or ""
+    return request.url.scheme == "https" or public.lower().startswith("https://")
 
 
 @router.get("/ui/logout", response_class=HTMLResponse)
@@ -195,9 +203,9 @@ def logout_page(request: Request) -> HTMLResponse:
 
 
 @router.post("/ui/logout", dependencies=[Depends(same_origin)])
-def logout() -> RedirectResponse:
+def logout(request: Request) -> RedirectResponse:
     response = RedirectResponse("/ui/login", status_code=303)
-    response.delete_cookie(COOKIE)
+    response.delete_cookie(COOKIE, httponly=True, samesite="strict", secure=over_https(request))  # as it was set
     return response
 
 

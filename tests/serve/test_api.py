@@ -905,6 +905,31 @@ def test_the_sign_in_page_shows_only_messages_the_service_chose(env):
     assert "no longer valid" in stale.text and "400-123-4567" not in stale.text  # the service's own reason, only
 
 
+@pytest.mark.parametrize(
+    ("public_url", "base_url", "secure"),
+    [
+        ("https://streetwatch.example.gov", "http://testserver", True),  # TLS ends at the proxy in front
+        ("HTTPS://streetwatch.example.gov/", "http://testserver", True),
+        (None, "https://testserver", True),  # TLS to the service itself
+        ("http://10.0.0.5:8000", "http://testserver", False),  # plain HTTP on a closed network: the cookie must work
+        (None, "http://testserver", False),
+    ],
+)
+def test_the_session_cookie_is_secure_when_people_reach_the_service_over_https(tmp_path, public_url, base_url, secure):
+    """Behind a TLS-terminating proxy the service sees http: the public URL says the browser is on https, and a
+    cookie without Secure could leak over a plain-HTTP request to the same host."""
+    app = create_app(ServiceConfig(data_dir=tmp_path / "data", load_detector=False, public_url=public_url))
+    key = app.state.store.create_key("reviewer", "rev")[0]
+    with TestClient(app, base_url=base_url) as browser:
+        r = browser.post("/ui/login", data={"key": key}, follow_redirects=False)
+        assert r.status_code == 303 and "streetwatch_key=" in r.headers["set-cookie"]
+        attributes = [a.strip().lower() for a in r.headers["set-cookie"].split(";")]
+        assert ("secure" in attributes) is secure and "httponly" in attributes and "samesite=strict" in attributes
+        out = browser.post("/ui/logout", headers={"Origin": base_url}, follow_redirects=False)
+        assert out.status_code == 303 and "streetwatch_key=" in out.headers["set-cookie"]  # removed alike
+        assert ("secure" in out.headers["set-cookie"].lower()) is secure
+
+
 def test_the_sign_out_address_typed_or_followed_shows_a_sign_out_button(env):
     """GET /ui/logout (typed, bookmarked, a link) is a page whose button signs out (a POST, same-origin checked);
     a GET itself signs nobody out: another site's image or link cannot end a reviewer's session."""
