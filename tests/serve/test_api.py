@@ -589,6 +589,56 @@ def test_metrics_expose_requests_batches_cases_and_cameras(env):
     assert "streetwatch_model_info{version=" in text
 
 
+def test_every_response_carries_the_security_headers_and_the_pages_a_strict_content_policy(env):
+    """No MIME sniffing, no framing (clickjacking), no addresses in the Referer to other sites, on every answer
+    (the guard's own refusals too); a Content-Security-Policy that lets a page run only the service's own
+    scripts and styles (no inline ones: an injected <script> or onclick does nothing). The API docs pages
+    start Swagger UI and ReDoc with an inline script: they are left without it, and still work."""
+    app, client, keys, _ = env
+    browser = signed_in(app, keys["reviewer"])
+    cid = ingest(client, keys, source_id="cam-headers").json()["case_id"]
+    picture = client.get(f"/v1/cases/{cid}/evidence", headers=auth(keys["reviewer"])).json()[0]["sha256"]
+    answers = {
+        "api": client.get(f"/v1/cases/{cid}", headers=auth(keys["reviewer"])),
+        "401": client.get("/v1/cases"),
+        "404": client.get("/v1/nothing"),
+        "nul": client.get("/v1/cases?camera=%00"),  # refused by the guard itself
+        "413": client.post("/v1/keys", content=b"{" + b" " * 300_000 + b"}", headers=auth(keys["admin"])),
+        "list": browser.get("/ui/cases"),
+        "case": browser.get(f"/ui/cases/{cid}"),
+        "login": TestClient(app).get("/ui/login"),
+        "redirect": TestClient(app).get("/ui/cases", follow_redirects=False),
+        "missing": browser.get("/ui/nowhere"),
+        "stats": browser.get("/ui/stats"),
+        "logout": browser.get("/ui/logout"),
+        "script": client.get("/static/app.js"),
+        "evidence": browser.get(f"/v1/evidence/{picture}"),
+        "metrics": client.get("/metrics"),
+    }
+    for name, r in answers.items():
+        assert r.headers.get("x-content-type-options") == "nosniff", name
+        assert r.headers.get("x-frame-options") == "DENY", name
+        assert r.headers.get("referrer-policy") == "same-origin", name
+        policy = {
+            d.split()[0]: d.split()[1:] for d in r.headers.get("content-security-policy", "").split(";") if d.strip()
+        }
+        assert policy.get("default-src") == ["'self'"] and policy.get("frame-ancestors") == ["'none'"], (name, policy)
+        assert not any("unsafe" in s for sources in policy.values() for s in sources), (name, policy)
+        assert policy.get("object-src") == ["'none'"] and policy.get("base-uri") == ["'none'"], (name, policy)
+    assert answers["list"].status_code == 200 and answers["redirect"].status_code == 303
+    assert answers["nul"].status_code == 422 and answers["413"].status_code == 413
+    # the templates keep to the policy: no inline script, style or event handler, no javascript: link
+    for page in ("list", "case", "login", "missing", "stats", "logout"):
+        html = answers[page].text
+        assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", html) == [], page
+        assert not re.search(r"<style|\sstyle=|\son[a-z]+=|javascript:", html, re.I), page
+    for path, starts in [("/docs", "SwaggerUIBundle"), ("/redoc", "redoc"), ("/docs/oauth2-redirect", "oauth2")]:
+        r = client.get(path)
+        assert r.status_code == 200 and starts in r.text, path
+        assert "default-src" not in r.headers.get("content-security-policy", ""), path  # its inline script runs
+        assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff", path
+
+
 def test_request_body_limit(env):
     app, client, keys, _ = env
     limit = app.state.config.limits.max_json_bytes

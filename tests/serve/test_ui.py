@@ -29,6 +29,14 @@ ARGS = [
 pytestmark = pytest.mark.slow
 
 
+def refusals(page) -> list[str]:
+    """What the page's Content-Security-Policy refuses from here on (the browser says so on its console): a
+    page that needs an inline script or style would be broken under the service's policy."""
+    refused: list[str] = []
+    page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+    return refused
+
+
 def need(condition: bool, reason: str) -> None:
     if not condition:
         if os.environ.get("STREETWATCH_REQUIRE_SERVICES") == "1":
@@ -69,8 +77,10 @@ def test_reviewer_confirms_and_dispatches_in_the_browser(browser, tmp_path):
 
         tabs = browser.new_context(viewport={"width": 1360, "height": 900}, locale="zh-CN")
         page = tabs.new_page()
-        page.goto(f"{service.url}/ui/cases")
+        refused = refusals(page)
+        shown = page.goto(f"{service.url}/ui/cases")
         assert "/ui/login" in page.url  # the review page needs a key too
+        assert "default-src 'self'" in shown.headers["content-security-policy"]  # the pages below run under it
         page.fill("input[name=key]", "sw_rev_wrong")
         page.click("button[type=submit]")
         assert "Invalid" in page.inner_text(".error")
@@ -139,6 +149,7 @@ def test_reviewer_confirms_and_dispatches_in_the_browser(browser, tmp_path):
         page.screenshot(path=str(shots / "review-stats.png"), full_page=True)
         page.goto(f"{service.url}/ui/cases")
         page.screenshot(path=str(shots / "review-list.png"), full_page=True)
+        assert refused == []  # every page worked with no inline script or style
         tabs.close()
     finally:
         service.stop()
@@ -235,6 +246,7 @@ def test_review_pages_on_a_phone_in_summer_time_with_odd_addresses(browser, tmp_
         assert forged.status_code == 403 and "set-cookie" not in forged.headers
 
         page = browser.new_page(viewport={"width": 375, "height": 800}, locale="de-DE")
+        refused = refusals(page)
         icons: list[tuple[str, int]] = []
         page.on("response", lambda r: icons.append((r.url, r.status)) if "favicon" in r.url else None)
         page.goto(f"{service.url}/ui/login?next=/v1/cases")  # a link that would land on the raw API
@@ -286,6 +298,7 @@ def test_review_pages_on_a_phone_in_summer_time_with_odd_addresses(browser, tmp_
         page.goto(f"{service.url}/ui/stats?since=garbage&until=2026-11-20")
         assert "Unreadable date: since 'garbage'" in page.inner_text(".error")
         assert page.input_value("input[name=until]") == "2026-11-20"  # the readable date still counts
+        assert refused == []
         page.close()
     finally:
         service.stop()
@@ -298,10 +311,14 @@ def test_the_api_docs_page_works_offline(browser, tmp_path):
         page = browser.new_page()
         asked: list[str] = []
         page.on("request", lambda request: asked.append(request.url))
+        refused = refusals(page)
         page.goto(f"{service.url}/docs")
         page.wait_for_selector(".opblock-summary-path[data-path='/v1/cases/ingest']", timeout=20_000)
         assert page.locator(".opblock").count() > 20  # every route, rendered from /openapi.json
         assert asked and all(url.startswith(service.url) for url in asked), [u for u in asked if service.url not in u]
+        page.goto(f"{service.url}/redoc")  # ReDoc too (its own logo in the footer comes from redoc.ly)
+        page.locator("h2", has_text="Detect objects in an uploaded image").wait_for(timeout=20_000)
+        assert refused == []  # their inline scripts and styles run: the service's strict policy is not on them
         page.close()
     finally:
         service.stop()
