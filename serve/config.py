@@ -76,6 +76,12 @@ class WebhookConfig(BaseModel):
         default_factory=lambda: ["confirmed"], description="Which lifecycle events are pushed"
     )
     secret: str | None = Field(None, description="Sent as 'Authorization: Bearer SECRET' to the receiver when set")
+    signing_secret: str | None = Field(
+        None,
+        description="When set, every POST carries X-Streetwatch-Timestamp (unix seconds) and X-Streetwatch-Signature: "
+        "sha256=HEX, the HMAC-SHA256 of 'TIMESTAMP.BODY' with this secret (UTF-8), for the receiver to check "
+        "who sent it and refuse replays; at least 16 characters",
+    )
     timeout_s: float = Field(10.0, gt=0, description="Timeout of one delivery attempt, seconds")
     max_attempts: int = Field(15, ge=1, description="Attempts before an event is marked failed (kept for inspection)")
     backoff_s: float = Field(1.0, gt=0, description="Delay after the first failure; doubles after each further one")
@@ -115,6 +121,20 @@ class WebhookConfig(BaseModel):
         """The secret travels in an HTTP header: printable ASCII only."""
         if value is not None and not (value.isascii() and value.isprintable() and value.strip() == value and value):
             raise ValueError("webhook secret must be printable ASCII, no surrounding spaces (it is sent in a header)")
+        return value
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _signing_secret(cls, value: str | None) -> str | None:
+        """A secret the receiver can type in the same (no surrounding spaces) and nobody guesses (16 or more)."""
+        if value is None:
+            return value
+        if value.strip() != value:
+            raise ValueError(
+                "webhook signing_secret has surrounding spaces or line breaks (the receiver's would differ)"
+            )
+        if len(value) < 16:
+            raise ValueError("webhook signing_secret must be at least 16 characters (e.g. openssl rand -hex 32)")
         return value
 
 

@@ -3,6 +3,8 @@ exponential backoff, surviving restarts (the events live in the database until d
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import threading
@@ -16,6 +18,15 @@ from serve.db import OutboxEvent
 from serve.store import CaseStore
 
 log = logging.getLogger(__name__)
+
+
+def signature_headers(secret: str, body: bytes, now: float | None = None) -> dict[str, str]:
+    """``X-Streetwatch-Timestamp`` (unix seconds) and ``X-Streetwatch-Signature: sha256=HEX``, the HMAC-SHA256 of
+    ``TIMESTAMP.BODY`` with ``secret``: the receiver checks who sent the exact bytes it got, and when (a replay
+    of an old delivery carries an old time, which cannot be changed without the secret)."""
+    timestamp = str(int(time.time() if now is None else now))
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return {"X-Streetwatch-Timestamp": timestamp, "X-Streetwatch-Signature": f"sha256={digest}"}
 
 
 class WebhookDispatcher:
@@ -120,11 +131,13 @@ class WebhookDispatcher:
 
     def _deliver(self, client: httpx.Client, event: OutboxEvent) -> None:
         body = json.dumps(event.payload, ensure_ascii=False).encode()
+        headers = {"Idempotency-Key": event.idempotency_key}
+        if self.config.signing_secret:  # signed at each attempt: a retry carries the time it was sent
+            headers |= signature_headers(self.config.signing_secret, body)
         self._sending_since = started = time.monotonic()
         try:
-            with client.stream(
-                "POST", self.config.url, content=body, headers={"Idempotency-Key": event.idempotency_key}
-            ) as response:  # streamed: the answer's status is all a delivery needs, a body is not waited for
+            # streamed: the answer's status is all a delivery needs, a body is not waited for
+            with client.stream("POST", self.config.url, content=body, headers=headers) as response:
                 ok = 200 <= response.status_code < 300
                 error = None if ok else f"HTTP {response.status_code}: {self._excerpt(response, started)}"
         except Exception as exc:  # network errors, and anything the client refuses: a failed attempt

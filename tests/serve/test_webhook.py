@@ -3,12 +3,16 @@ at-least-once delivery that survives a restart of the service."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import re
 import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from sqlalchemy import update
@@ -35,7 +39,9 @@ class Receiver:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 ok = len(receiver.requests) >= receiver.fail_first
-                receiver.requests.append({"headers": dict(self.headers), "body": json.loads(body), "ok": ok})
+                receiver.requests.append(
+                    {"headers": dict(self.headers), "body": json.loads(body), "raw": body, "ok": ok}
+                )
                 self.send_response(200 if ok else 500)
                 self.end_headers()
                 self.wfile.write(b"ok" if ok else b"busy")
@@ -88,6 +94,66 @@ def test_confirmed_case_is_pushed_with_retries_and_the_idempotency_key(db_url, t
         assert len(pushed) == 1 and pushed[0].details["attempts"] == 3
     finally:
         store2.dispose()
+
+
+def verified(secret: str, headers: dict, body: bytes, max_age_s: float = 300) -> bool:
+    """What a receiver does (the README's example): the HMAC of the exact bytes received, and a fresh time."""
+    stamp = headers["X-Streetwatch-Timestamp"]
+    expected = hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    fresh = abs(time.time() - int(stamp)) < max_age_s
+    return hmac.compare_digest(headers["X-Streetwatch-Signature"], f"sha256={expected}") and fresh
+
+
+def test_with_a_signing_secret_every_attempt_is_signed_over_the_bytes_sent(tmp_path, violation):
+    """A receiver can tell the events are ours (an HMAC-SHA256 with the shared secret) and refuse a replay (the
+    signed time): every attempt, a retry too, is signed afresh over exactly the bytes it sends."""
+    secret = "wh-7f3c9a1e5b2d4c6f8a0b"
+    receiver = Receiver(fail_first=1)
+    config = webhook(receiver.url, signing_secret=secret)
+    store = CaseStore(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "d", webhook=config)
+    dispatcher = WebhookDispatcher(store, config)
+    dispatcher.start()
+    try:
+        cid = store.ingest(violation(source_name="东门 East gate")).case_id  # non-ASCII: the bytes count, not text
+        store.review(cid, "confirm", ALICE)
+        wait_for(lambda: store.outbox_counts().get("delivered") == 1, 15, "the delivery")
+    finally:
+        dispatcher.stop()
+        receiver.close()
+        store.dispose()
+    assert len(receiver.requests) == 2 and "东门".encode() in receiver.requests[0]["raw"]
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    example: dict = {}
+    exec(re.search(r"```python\n(import hashlib, hmac, time\n.*?)```", readme, re.S).group(1), example)
+    for got in receiver.requests:
+        assert verified(secret, got["headers"], got["raw"]), got["headers"]
+        assert example["verified"](secret.encode(), got["headers"], got["raw"])  # the README's receiver agrees
+        assert got["headers"]["X-Streetwatch-Signature"].startswith("sha256=")
+        assert not verified("another secret of the same length", got["headers"], got["raw"])
+        assert not verified(secret, got["headers"], got["raw"].replace(b"confirmed", b"dismissed"))  # tampered
+        old = {**got["headers"], "X-Streetwatch-Timestamp": str(int(got["headers"]["X-Streetwatch-Timestamp"]) - 1)}
+        assert not verified(secret, old, got["raw"])  # the time is signed: an old capture cannot be made fresh
+    plain = Receiver()
+    store = CaseStore(f"sqlite:///{tmp_path / 'p.db'}", tmp_path / "d", webhook=webhook(plain.url))
+    dispatcher = WebhookDispatcher(store, store.webhook)
+    dispatcher.start()
+    try:
+        store.review(store.ingest(violation()).case_id, "confirm", ALICE)
+        wait_for(lambda: store.outbox_counts().get("delivered") == 1, 15, "the delivery")
+    finally:
+        dispatcher.stop()
+        plain.close()
+        store.dispose()
+    assert not {"X-Streetwatch-Signature", "X-Streetwatch-Timestamp"} & set(plain.requests[0]["headers"])  # not asked
+
+
+@pytest.mark.parametrize(
+    ("signing_secret", "reason"),
+    [("", "at least 16"), ("short", "at least 16"), (" 0123456789abcdef", "spaces"), ("0123456789abcdef\n", "spaces")],
+)
+def test_a_signing_secret_receivers_could_not_match_or_guess_is_refused_at_start(signing_secret, reason):
+    with pytest.raises(ValueError, match=reason):
+        WebhookConfig(url="http://receiver/hook", signing_secret=signing_secret)
 
 
 def test_undelivered_events_survive_a_restart(db_url, tmp_path, violation):
