@@ -16,6 +16,7 @@ import httpx
 from serve.config import WebhookConfig
 from serve.db import OutboxEvent
 from serve.store import CaseStore
+from serve.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class WebhookDispatcher:
         return got[:limit].decode("utf-8", "replace")
 
     def _note(self, error: str) -> None:
-        self.last_error, self.last_error_at = error, time.monotonic()
+        self.last_error, self.last_error_at = printable(error), time.monotonic()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -144,6 +145,7 @@ class WebhookDispatcher:
             ok, error = False, f"{type(exc).__name__}: {exc}"
         finally:
             self._sending_since = None
+        error = None if error is None else printable(error)  # the receiver's words: one line in our log, capped
         try:
             if ok:
                 self.store.event_delivered(event.id)

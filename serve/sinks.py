@@ -30,6 +30,7 @@ from sqlalchemy import make_url
 from pipeline.cases import Violation, ViolationSink
 from pipeline.files import atomic_write
 from pipeline.retry import backoff_delay
+from serve.text import printable
 
 if TYPE_CHECKING:
     from serve.store import CaseStore, Ingested
@@ -256,7 +257,7 @@ class HttpSink:
             return "done"
         if response.status_code in PERMANENT:
             self.rejected.mkdir(exist_ok=True)
-            reason = response.text[:2000]
+            reason = printable(response.text, 2000)  # logged and reported: one line, whatever answered
             (self.rejected / f"{path.stem}.reason.txt").write_text(f"HTTP {response.status_code}: {reason}\n")
             key = self._mine.get(path.name)
             if key is not None:  # recorded before it leaves _mine and the spool: undelivered() never misses it
@@ -271,7 +272,7 @@ class HttpSink:
             return "done"
         key_refused = response.status_code in (401, 403)
         self._trouble = ("the service refused the API key, " if key_refused else "") + (
-            f"HTTP {response.status_code}: {response.text[:200]}"
+            f"HTTP {response.status_code}: {printable(response.text, 200)}"
         )
         if key_refused:
             log.error("%s; violations stay spooled", self._trouble)

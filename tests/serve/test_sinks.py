@@ -147,6 +147,42 @@ def test_http_sink_never_loses_sight_of_a_refused_violation(tmp_path):
         server.shutdown()
 
 
+@pytest.mark.parametrize("status", [422, 401])
+def test_what_the_service_answers_is_logged_as_one_line(tmp_path, caplog, status):
+    """A refusal's text (from the service, or whatever answers at its address) is logged and reported as one
+    capped line: its line breaks and terminal escapes cannot forge log lines of the worker."""
+    forged = b"no\n2026-11-28 08:00:00 INFO serve.sinks: 1 violation(s) sent\x1b[32m" + b"\r" * 5000
+
+    class Forging(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(forged)))
+            self.end_headers()
+            self.wfile.write(forged)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forging)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sink = HttpSink(
+        f"http://127.0.0.1:{server.server_port}", "sw_ing_x", spool_dir=tmp_path / "spool", close_timeout_s=0.5
+    )
+    try:
+        with caplog.at_level("ERROR", logger="serve.sinks"):
+            sink.emit(make_violation(key="forged"))
+            wait_for(lambda: any(r.levelname == "ERROR" for r in caplog.records), 10, "the refusal logged")
+            reason = sink.undelivered(0.0)["forged"]
+    finally:
+        sink.close()
+        server.shutdown()
+    logged = next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    for text in (logged, reason):
+        assert "no\\n2026-11-28" in text and "\\x1b[32m" in text, text
+        assert text.isprintable() and len(text) < 2600, text
+
+
 def test_a_spool_holding_violations_for_one_service_is_not_sent_to_another(tmp_path, monkeypatch):
     monkeypatch.setenv("STREETWATCH_API_KEY", "sw_ing_x")
     spool = tmp_path / "spool"

@@ -445,6 +445,47 @@ def test_a_receiver_dripping_its_answer_does_not_hold_delivery(tmp_path, violati
         server.server_close()
 
 
+def test_a_receivers_refusal_cannot_forge_log_lines_or_errors(tmp_path, violation, caplog):
+    """What a receiver answers goes into our log, /readyz and the outbox's last_error as one line of plain
+    characters, capped: line breaks and terminal escapes it sends are escaped, so it cannot add a log line that
+    looks like ours (a delivery that never happened) or repaint an operator's terminal."""
+    forged = b"busy\n2026-11-28 08:00:00,000 INFO serve.outbox: webhook delivered\r\x1b[2K\x1b[32mOK\x00"
+
+    class Forging(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(500)
+            self.end_headers()
+            self.wfile.write(forged + b"\x1b" * 5000)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Forging)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = webhook(f"http://127.0.0.1:{server.server_address[1]}/x", max_attempts=1)
+    store = CaseStore(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "d", webhook=config)
+    dispatcher = WebhookDispatcher(store, config)
+    try:
+        with caplog.at_level("WARNING", logger="serve.outbox"):
+            store.review(store.ingest(violation()).case_id, "confirm", ALICE)
+            dispatcher.start()
+            wait_for(lambda: store.outbox_counts().get("failed") == 1, 15, "the delivery to fail")
+        errors = {
+            "stored": store.outbox_events(status="failed")[0].last_error,
+            "readyz": dispatcher.status()["last_error"],
+            "logged": next(r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()),
+        }
+    finally:
+        dispatcher.stop()
+        store.dispose()
+        server.shutdown()
+        server.server_close()
+    for where, error in errors.items():
+        assert "HTTP 500: busy\\n2026-11-28" in error and "\\x1b[32mOK\\x00" in error, (where, error)
+        assert error.isprintable() and len(error) <= 400, (where, error)  # one line, capped
+
+
 def test_an_admin_sends_events_waiting_out_their_backoff_now(tmp_path, violation):
     """A receiver down for an hour is back: events due only in a quarter of an hour go now, on request."""
     from fastapi.testclient import TestClient
