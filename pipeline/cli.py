@@ -330,7 +330,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--sink",
         default=None,
         help="where violations go: '-' (stdout, default), FILE.jsonl (evidence beside it), or a case-queue "
-        f"URL/database (default with --demo: {DEMO_SINK})",
+        f"URL (the key in STREETWATCH_API_KEY) or database (default with --demo: {DEMO_SINK})",
     )
     p.add_argument("--speed", type=float, default=None, help="play video files this many times faster")
     p.add_argument(
@@ -361,8 +361,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--file-cases",
         metavar="TARGET",
-        help="file violations as cases: case-queue URL (http://HOST:PORT?key=KEY), database URL (sqlite:///..., "
-        "postgresql://...), a data folder (as serve --data-dir) or a .jsonl file; idempotent across reruns",
+        help="file violations as cases: case-queue URL (http://HOST:PORT, the key in STREETWATCH_API_KEY: "
+        "a ?key=KEY here shows in ps), database URL (sqlite:///..., postgresql://...), a data folder (as serve "
+        "--data-dir) or a .jsonl file; idempotent across reruns",
     )
     p.add_argument(
         "--workers", type=int, default=min(4, os.cpu_count() or 1), help="photo decoding threads (default: %(default)s)"

@@ -327,7 +327,7 @@ def open_case_sink(target: str) -> ViolationSink:
         key = query.pop("key", None) or os.environ.get("STREETWATCH_API_KEY")
         if not key:
             where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"  # never a password from the URL
-            raise ValueError(f"{where}: no API key; add ?key=KEY or set STREETWATCH_API_KEY")
+            raise ValueError(f"{where}: no API key; set STREETWATCH_API_KEY (or add ?key=KEY, which ps shows)")
         base = service_url(parts)
         try:
             wait = float(query.get("wait", 60))
