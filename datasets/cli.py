@@ -259,17 +259,17 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Paste synthetic small ads onto given photos (a preview of what the build generates); a rerun into the
-    same --out replaces the earlier run's images."""
-    import shutil
-
+    same --out replaces the earlier run's images (only once the new ones are complete)."""
     import numpy as np
 
     from datasets.checks import scan_samples
-    from datasets.merge import prepare_output, write_dataset
+    from datasets.merge import check_output, write_dataset
     from datasets.preview import label_sheet
+    from datasets.recipe import CACHE
     from datasets.samples import Sample
     from datasets.synth_ads import generate
     from pipeline.cli import resolve_inputs
+    from pipeline.files import replace_folder, staged_folder
 
     if args.n < 1:
         raise _error(ValueError(f"--n must be at least 1 (the number of images to make), not {args.n}"))
@@ -281,16 +281,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
         raise _error(ValueError(f"no readable background photos among the {len(backgrounds)} given"))
     out = Path(args.out)
     try:
-        prepare_output(out)
+        check_output(out)
     except FileExistsError as exc:
         raise _error(exc) from None
-    work = out / "work" / "synth-ads"
-    if work.exists():
-        shutil.rmtree(work)
-    made = generate(backgrounds, args.n, work, "synth-ads", seed=args.seed, split="train")
-    write_dataset(made, out)
-    sheet = label_sheet(out, "train", out / "synth-ads.jpg", n=min(args.n, 24), rng=np.random.default_rng(0))
-    print(f"{len(made)} synthetic images with {sum(len(s.boxes) for s in made)} boxes in {out}; contact sheet: {sheet}")
+    with staged_folder(out) as staged:
+        made = generate(backgrounds, args.n, staged / "work" / "synth-ads", "synth-ads", seed=args.seed, split="train")
+        write_dataset(made, staged)
+        label_sheet(staged, "train", staged / "synth-ads.jpg", n=min(args.n, 24), rng=np.random.default_rng(0))
+        replace_folder(staged, out, keep=(CACHE,))
+    boxes = sum(len(s.boxes) for s in made)
+    print(f"{len(made)} synthetic images with {boxes} boxes in {out}; contact sheet: {out / 'synth-ads.jpg'}")
     return 0
 
 

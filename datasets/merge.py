@@ -27,38 +27,19 @@ from datasets.samples import SPLITS, Sample
 from datasets.yolo import write_label_file
 from models.classes import CLASS_NAMES
 
-GENERATED = ("images", "labels", "data.yaml", "pseudo.json", MANIFEST)
-
 
 def data_yaml(train: str | list[str], val: str) -> dict:
     """A data yaml without ``path`` (ultralytics then resolves entries against the yaml's folder)."""
     return {"train": train, "val": val, "nc": len(CLASS_NAMES), "names": dict(enumerate(CLASS_NAMES))}
 
 
-def prepare_output(out: Path) -> None:
-    """Make ``out`` ready for a (re)build: refuse a non-empty folder that is not a dataset built here;
-    remove the previous build's images, labels and lists (caches under ``work/`` stay)."""
+def check_output(out: Path) -> None:
+    """Refuse ``out`` as the folder of a (re)build when it is a file, or a non-empty folder that is not a
+    dataset built here (no manifest, no ``work/`` caches)."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file() and not (out / "work").is_dir():
         raise FileExistsError(f"{out}: folder is not empty and holds no dataset manifest; choose a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    remove_outputs(out)
-
-
-def remove_outputs(out: Path) -> None:
-    """Remove what a build writes into ``out``: images, labels, lists, yaml files, manifest, report (caches
-    under ``work/`` stay)."""
-    for name in GENERATED:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-    for p in [*out.glob("train-*.txt"), *out.glob("train-*.yaml"), *out.glob("val-*.txt"), *out.glob("val-*.yaml")]:
-        p.unlink()
-    if (out / "report").is_dir():
-        shutil.rmtree(out / "report")
 
 
 def write_dataset(

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from datasets.manifest import MANIFEST, load_manifest, verify_manifest
 from datasets.samples import SPLITS
 from pipeline.decode import IMAGE_SUFFIXES, read_image
-from pipeline.files import staged_folder
+from pipeline.files import replace_folder, staged_folder
 
 PACK_INFO = "pack.json"
 #: the source dataset's manifest, copied into the pack
@@ -135,9 +135,7 @@ def pack(
         raise FileExistsError(f"{out}: folder is not empty and is no earlier pack; choose a new --out")
     with staged_folder(out) as work:  # a failed pack leaves nothing behind (nor touches an earlier one)
         result = _pack(root, work, items, max_side, fmt, quality, subset, sources, budget_mb, workers, sample_size)
-        if out.exists():
-            shutil.rmtree(out)  # the earlier pack, replaced only now that the new one is complete
-        work.rename(out)
+        replace_folder(work, out)  # the earlier pack, replaced only now that the new one is complete
     result.out = out
     return result
 

@@ -28,6 +28,7 @@ from models.classes import CLASS_IDS, CLASS_NAMES
 from models.registry import file_sha256
 from pipeline.decode import ImageReadError, read_image
 from pipeline.detections import Detections, box_iou
+from pipeline.files import atomic_write
 
 PSEUDO_CLASSES = ("person", "car", "motorbike", "bicycle")
 #: The teacher's detections are cached at this floor so that any threshold above it needs no rerun.
@@ -159,10 +160,9 @@ class DetectionCache:
         ]
 
     def save(self) -> None:
-        """Write the cache file."""
+        """Write the cache file (atomically: a full disk keeps the previous one)."""
         if self.file:
-            self.file.parent.mkdir(parents=True, exist_ok=True)
-            self.file.write_text(json.dumps(self.data))
+            atomic_write(self.file, json.dumps(self.data))
 
 
 def rounded(dets: Detections) -> Detections:

@@ -15,9 +15,7 @@ mappings and says how to deduplicate, pseudo-label and synthesise. :func:`build`
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,16 +29,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from datasets.checks import CheckReport, DuplicatePair, check_box_sizes, find_duplicates, scan_samples
 from datasets.dedup import NEAR_DUPLICATE_BITS, SCENE_MIN_INLIERS, near_duplicate_pairs, phash_pair
 from datasets.manifest import write_manifest
-from datasets.merge import prepare_output, remove_outputs, write_dataset
+from datasets.merge import check_output, write_dataset
 from datasets.samples import SPLITS, Issue, Sample, class_counts
 from datasets.sources import REPO, SourceData, SourceMissing, SourceSpec, load_source, resolve_path
 from datasets.split import assign_splits
 from models.classes import CLASS_IDS, CLASS_NAMES
 from models.registry import file_sha256
 from pipeline.decode import read_image
-from pipeline.files import read_text
+from pipeline.files import read_text, replace_folder, staged_folder
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+#: where in a dataset folder the teacher's detections are cached (kept from one build to the next)
+CACHE = "work/cache"
 
 
 class DedupConfig(BaseModel):
@@ -232,23 +232,24 @@ class _Timer:
 def build(
     recipe: Recipe, shared: Path, out: Path, repo: Path = REPO, workers: int = 2, sheets: bool = True
 ) -> BuildResult:
-    """Run a recipe into ``out`` (see the module docstring for the steps). A build that fails or is
-    interrupted removes what it wrote (and ``out`` when it made it), so that no partial dataset is left for
-    training to pick up or for a rerun to refuse as a foreign folder; the caches under ``work/`` stay."""
-    made = not out.exists()
-    prepare_output(out)
-    try:
-        return _build(recipe, shared, out, repo, workers, sheets)
-    except BaseException:
-        with contextlib.suppress(OSError):  # the error that stopped the build is the one to report
-            remove_outputs(out)
-            if made:
-                out.rmdir()  # only when empty: not when caches were written
-        raise
+    """Run a recipe into ``out`` (see the module docstring for the steps). The dataset is built in a hidden
+    folder beside ``out`` (:func:`pipeline.files.staged_folder`) that replaces the one in ``out`` only once it
+    is complete (:func:`pipeline.files.replace_folder`): a build that fails or is interrupted (a full disk, a
+    missing source, Ctrl-C) leaves an earlier dataset in ``out`` as it was, and no partial one for training to
+    pick up or for a rerun to refuse as a foreign folder. The teacher's detections are cached in
+    ``out/work/cache``, which stays for the next build whatever happens to this one."""
+    check_output(out)
+    with staged_folder(out) as staged:
+        result = _build(recipe, shared, staged, out / CACHE, repo, workers, sheets)
+        replace_folder(staged, out, keep=(CACHE,))
+    result.out, result.manifest = out, out / result.manifest.name
+    return result
 
 
-def _build(recipe: Recipe, shared: Path, out: Path, repo: Path, workers: int, sheets: bool) -> BuildResult:
-    """The steps of :func:`build`, into ``out`` made ready by :func:`prepare_output`."""
+def _build(
+    recipe: Recipe, shared: Path, out: Path, cache_dir: Path, repo: Path, workers: int, sheets: bool
+) -> BuildResult:
+    """The steps of :func:`build`, into the empty folder ``out``; teacher detections cached in ``cache_dir``."""
     timer = _Timer()
     t0 = time.perf_counter()
     work = out / "work"
@@ -306,7 +307,7 @@ def _build(recipe: Recipe, shared: Path, out: Path, repo: Path, workers: int, sh
 
         with timer.step("teacher on real images"):
             teacher = Teacher(recipe.pseudo.teacher, recipe.pseudo.classes)
-            cache = DetectionCache(work / "cache", teacher)
+            cache = DetectionCache(cache_dir, teacher)
             # images that get pseudo-labels, and synthetic-ad backgrounds (ads must not cover people, vehicles)
             wanted = {d.spec.name for d in loaded if d.spec.pseudo}
             if recipe.synth_ads and recipe.synth_ads.enabled:
@@ -323,8 +324,6 @@ def _build(recipe: Recipe, shared: Path, out: Path, repo: Path, workers: int, sh
         cfg = recipe.synth_ads
         with timer.step("synthesize small ads"):
             synth_dir = work / cfg.source
-            if synth_dir.exists():
-                shutil.rmtree(synth_dir)
             avoid = {}
             for k, d in teacher_dets.items():
                 if d is not None and len(d):
@@ -368,7 +367,7 @@ def _build(recipe: Recipe, shared: Path, out: Path, repo: Path, workers: int, sh
 
         with timer.step("pseudo-labels"):
             if synthetic:
-                cache = DetectionCache(work / "cache", teacher)
+                cache = DetectionCache(cache_dir, teacher)
                 for s, d in zip(
                     synthetic, teacher_detections(synthetic, teacher, cache, desc="teacher (synthetic)"), strict=True
                 ):

@@ -4,6 +4,7 @@ A folder is written the same way as a file (:func:`staged_folder`): into a hidde
 place, renamed into place once complete. The writing process holds a ``flock`` on a lock file in that incoming
 folder, so that a later run removes what a killed one left (:func:`sweep_incoming`) and never the folder of
 one still writing. An error writing into the hidden folder (a full disk) names the folder the user asked for.
+A folder that is there already is replaced only once the new one is complete (:func:`replace_folder`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
 #: hidden folders a folder is written into before it is renamed into place: ``.NAME.incoming-XXXXXXXX``
 INCOMING = ".incoming-"
+#: hidden folders a folder being replaced is renamed into until the new one is in place: ``.NAME.previous-XXXXXXXX``
+PREVIOUS = ".previous-"
 #: the lock file in an incoming folder; the process writing into it holds an exclusive flock on it
 INCOMING_LOCK = ".incoming.lock"
 #: an incoming folder without a lock file (left by a promotion from before the lock, or one killed in the
@@ -109,8 +112,8 @@ def sweep_incoming(root: Path, name: str | None = None) -> list[Path]:
 
 @contextmanager
 def staged_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
-    """A fresh empty folder to write the folder ``out`` into; the block renames it into place once it is
-    complete (``work.rename(out)``, or moving its files into an ``out`` that must stay). It lies in an
+    """A fresh empty folder to write the folder ``out`` into; the block puts it in place once it is complete
+    (:func:`replace_folder`, or moving its files into an ``out`` that must stay). It lies in an
     :func:`incoming_folder` beside ``out``: a block that fails or is interrupted (Ctrl-C) leaves ``out`` as it
     was and nothing beside it, and what a killed run left is swept by the next. An OSError naming a file in it
     (a full disk) names ``out``."""
@@ -130,6 +133,41 @@ def staged_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
         if exc.errno is None or not any(os.path.abspath(n).startswith(temporary) for n in names):
             raise
         raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(out)) from exc
+
+
+def replace_folder(new: str | os.PathLike[str], out: str | os.PathLike[str], keep: Sequence[str] = ()) -> None:
+    """Put the complete folder ``new`` (written in a :func:`staged_folder` of ``out``) in the place of the folder
+    ``out``: the old one is renamed aside into a hidden folder beside it (``.NAME.previous-XXXXXXXX``), ``new``
+    renamed into its place, then the old one removed. A failure or Ctrl-C before ``new`` is in place renames the
+    old one back: ``out`` is the old folder or the new one, never a mix. ``keep`` names paths inside the old
+    folder (caches) that move over into the new one when it has none of its own."""
+    new, out = Path(new), Path(out)
+    try:
+        new.rename(out)  # no folder there yet (or an empty one)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    holder = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{PREVIOUS}"))
+    aside = holder / out.name
+    try:
+        out.rename(aside)
+        try:
+            new.rename(out)
+        except BaseException:
+            aside.rename(out)
+            raise
+    except BaseException:
+        with suppress(OSError):  # not empty if the old folder could not go back: it stays there
+            holder.rmdir()
+        raise
+    for rel in keep:
+        old, kept = aside / rel, out / rel
+        if (old.exists() or old.is_symlink()) and not (kept.exists() or kept.is_symlink()):
+            with suppress(OSError):  # a cache: the new folder is complete without it
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                old.rename(kept)
+    shutil.rmtree(holder, ignore_errors=True)
 
 
 def display_path(path: str | os.PathLike[str], errors: str = "backslashreplace") -> str:

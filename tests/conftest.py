@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from disks import fill, tmpfs
 from synth import make_shapes_dataset, train_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,15 +61,6 @@ def use_tiny_registry(tiny_registry: Path, monkeypatch: pytest.MonkeyPatch) -> P
 @pytest.fixture
 def full_disk(tmp_path: Path):
     """A real, full file system: a small tmpfs filled to the last block (mounting needs root: else skip)."""
-    mount = tmp_path / "full"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-    try:
-        with open(mount / "filler", "wb", buffering=0) as fh, pytest.raises(OSError, match="No space left"):
-            while True:
-                fh.write(b"\0" * 4096)
+    with tmpfs(tmp_path / "full", "256k") as mount:
+        fill(mount)
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)

@@ -1,18 +1,23 @@
 """Import, merge and manifest: a recipe built end to end on small generated sources (no teacher)."""
 
+import errno
 import json
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import yaml
+from disks import fill, tmpfs
 
 from datasets.manifest import dataset_manifest_summary, load_manifest, verify_manifest
-from datasets.merge import prepare_output
+from datasets.merge import check_output
 from datasets.recipe import PseudoConfig, Recipe, build, load_recipe
 from datasets.sources import SourceMissing, SourceSpec, load_source
 from datasets.yolo import read_label_file
 from models.classes import CLASS_IDS, CLASS_NAMES
 from models.registry import file_sha256
+from pipeline.cli import main
 
 
 def recipe_for(garbage: Path, images: Path, labels: Path, **kw) -> Recipe:
@@ -146,7 +151,69 @@ def test_a_failed_build_leaves_no_partial_dataset_that_a_rerun_would_refuse(
     with pytest.raises(OSError, match="No space left"):
         build(recipe, Path("."), full_disk / "again", sheets=False)
     assert [p.name for p in (full_disk / "again").iterdir()] == ["work"]
-    prepare_output(full_disk / "again")  # what the rerun does first: no refusal
+    check_output(full_disk / "again")  # what the rerun does first: no refusal
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_rebuild_that_fails_midway_leaves_the_previous_dataset_as_it_was(
+    tmp_path: Path, garbage_like: Path, patrol_like, monkeypatch: pytest.MonkeyPatch
+):
+    """A rebuild deleted the previous dataset first: one that failed (a missing file, Ctrl-C) left none."""
+    import datasets.recipe
+
+    recipe = recipe_for(garbage_like, *patrol_like)
+    out = tmp_path / "ds"
+    build(recipe, Path("."), out, sheets=False)
+    before, around = tree(out), sorted(p.name for p in tmp_path.iterdir())
+
+    def broken(*args, **kwargs):  # images, labels and report written; the manifest fails
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(datasets.recipe, "write_manifest", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        build(recipe, Path("."), out, sheets=False)
+    assert tree(out) == before and verify_manifest(out) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == around  # no staged or set-aside folder left
+    monkeypatch.undo()
+
+    (garbage_like / "train" / "images" / "train000.jpg").unlink()  # the sources changed: the rebuild replaces
+    build(recipe, Path("."), out, sheets=False)
+    assert not (out / "images" / "train" / "garbage__train000.jpg").exists() and verify_manifest(out) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == around
+
+
+def test_a_full_disk_keeps_the_previous_dataset_and_says_so_in_one_line(
+    tmp_path: Path, garbage_like: Path, patrol_like, capsys: pytest.CaptureFixture[str]
+):
+    """A rebuild onto a full disk deleted the previous dataset, then failed writing the new one."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(recipe_for(garbage_like, *patrol_like).model_dump(mode="json")))
+    command = ["data", "build", str(recipe), "--shared", str(tmp_path), "--no-sheets"]
+    with tmpfs(tmp_path / "disk", "4m") as disk:
+        out = disk / "ds"
+        assert main([*command, "--out", str(out)]) == 0
+        before = tree(out)
+        filler = fill(disk)
+        rng = np.random.default_rng(1)
+        for i in range(4):  # the new dataset is larger than the old one
+            cv2.imwrite(str(garbage_like / "train" / "images" / f"noise{i}.jpg"), rng.integers(0, 256, (160, 200, 3)))
+            (garbage_like / "train" / "labels" / f"noise{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main([*command, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert exc.value.code == 1 and "Traceback" not in err
+        assert err.splitlines()[-1] == (
+            f"streetwatch: error: {out}: No space left on device (free some space, or write the output elsewhere)"
+        )
+        assert tree(out) == before and sorted(p.name for p in disk.iterdir()) == ["ds", "filler"]
+        filler.unlink()
+        assert main([*command, "--out", str(out)]) == 0 and verify_manifest(out) == []
+        assert sorted(p.name for p in disk.iterdir()) == ["ds"]
 
 
 def test_shipped_recipe_is_valid_and_a_bad_one_names_its_file(tmp_path: Path):

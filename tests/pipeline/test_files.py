@@ -1,5 +1,6 @@
 """Folders written beside their place and renamed into it."""
 
+import errno
 import shutil
 import subprocess
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.files import INCOMING, staged_folder
+from pipeline.files import INCOMING, replace_folder, staged_folder
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,3 +63,42 @@ def test_what_a_killed_run_left_is_swept_by_the_next_and_a_live_run_is_spared(tm
         live.communicate("\n", timeout=30)
     assert live.returncode == 0 and not live_folder.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in out.iterdir()] == ["done"]
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_replace_folder_swaps_in_the_new_folder_and_carries_the_caches_over(tmp_path: Path):
+    out = tmp_path / "out"
+    with staged_folder(out) as work:  # no folder there yet: renamed into place
+        (work / "v1").write_text("first")
+        (work / "work" / "cache").mkdir(parents=True)
+        (work / "work" / "cache" / "c.json").write_text("cached")
+        replace_folder(work, out)
+    assert tree(out) == {"v1": b"first", "work/cache/c.json": b"cached"}
+    with staged_folder(out) as work:
+        (work / "v2").write_text("second")
+        replace_folder(work, out, keep=("work/cache", "work/absent"))
+    assert tree(out) == {"v2": b"second", "work/cache/c.json": b"cached"}  # nothing else of the old one
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staged or set-aside folder left
+
+
+def test_replace_folder_that_fails_puts_the_old_folder_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old").write_text("earlier")
+    rename = Path.rename
+
+    def failing(self: Path, target):  # the new folder cannot go in once the old one is set aside
+        if Path(target) == out and self.parent.name.startswith(f".out{INCOMING}"):
+            raise OSError(errno.EIO, "Input/output error", str(self))
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(OSError, match="Input/output error") as exc, staged_folder(out) as work:
+        (work / "new").write_text("complete")
+        replace_folder(work, out)
+    assert exc.value.filename == str(out)  # the staged folder's name means nothing to the user
+    assert tree(out) == {"old": b"earlier"} and [p.name for p in tmp_path.iterdir()] == ["out"]
