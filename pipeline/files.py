@@ -40,7 +40,8 @@ UNLOCKED_GRACE_S = 3600.0
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Write a file so that readers (and a crash) only ever see the old or the complete new content:
-    a temporary file beside it, fsynced, then renamed over it. Creates the folder when missing."""
+    a temporary file beside it, fsynced, then renamed over it. Creates the folder when missing. An OSError
+    writing it (a full disk, which names no file) names ``path``, never the temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -50,8 +51,10 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(path)) from exc
         raise
 
 

@@ -21,7 +21,8 @@ def tmpfs(mount: Path, size: str) -> Iterator[Path]:
     try:
         yield mount
     finally:
-        subprocess.run(["umount", str(mount)], check=True)
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:  # a file still open on it
+            subprocess.run(["umount", "--lazy", str(mount)], check=True)
 
 
 def fill(mount: Path, name: str = "filler") -> Path:

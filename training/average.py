@@ -10,12 +10,14 @@ inputs, so ``streetwatch export`` and the model card say where it came from.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from models.registry import ModelError, file_sha256, now_iso, resolve
+from pipeline.files import atomic_write
 from training.train import RUN_NAME, resolve_base, run_record
 
 
@@ -71,8 +73,9 @@ def average_checkpoints(models: Sequence[str], out: Path, weights: Sequence[floa
     net.load_state_dict(averaged)
     ckpt.update({"model": net, "ema": None, "optimizer": None, "updates": None, "date": now_iso()})
     target = out / "weights" / "best.pt"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, target)
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write(target, buf.getvalue())  # a full disk leaves no truncated checkpoint, and an earlier one stays
     records = [_record(m, p) for m, p in zip(models, paths, strict=True)]
     record = {
         "created": now_iso(),
@@ -84,5 +87,5 @@ def average_checkpoints(models: Sequence[str], out: Path, weights: Sequence[floa
         "data": next((r["data"] for r in reversed(records) if r.get("data")), None),
         "best": str(target),
     }
-    (out / RUN_NAME).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    atomic_write(out / RUN_NAME, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     return target

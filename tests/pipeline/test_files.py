@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from disks import fill, tmpfs
 
-from pipeline.files import INCOMING, replace_folder, staged_folder
+from pipeline.files import INCOMING, atomic_write, replace_folder, staged_folder
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -102,3 +103,14 @@ def test_replace_folder_that_fails_puts_the_old_folder_back(tmp_path: Path, monk
         replace_folder(work, out)
     assert exc.value.filename == str(out)  # the staged folder's name means nothing to the user
     assert tree(out) == {"old": b"earlier"} and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_names_the_file(tmp_path: Path):
+    with tmpfs(tmp_path / "disk", "64k") as disk:
+        target = disk / "result.bin"
+        target.write_bytes(b"previous")
+        fill(disk)
+        with pytest.raises(OSError) as exc:
+            atomic_write(target, b"\1" * 100_000)
+        assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(target)  # was: no file named
+        assert target.read_bytes() == b"previous" and sorted(p.name for p in disk.iterdir()) == ["filler", "result.bin"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from disks import fill, tmpfs
 
 from models.registry import file_sha256, resolve
 from pipeline.cli import main
@@ -62,3 +63,21 @@ def test_refusals(tmp_path: Path, capsys):
     with pytest.raises(SystemExit):
         main(["average", "streetwatch-v2", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "b")])
     assert "missing.pt: no such file" in capsys.readouterr().err
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_file(tmp_path: Path, capsys):
+    """torch.save straight to best.pt: a full disk left a truncated checkpoint and a torch traceback."""
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        best = disk / "avg" / "weights" / "best.pt"
+        best.parent.mkdir(parents=True)
+        best.write_bytes(b"an earlier average")
+        fill(disk)
+        with pytest.raises(SystemExit) as exc:
+            main(["average", "streetwatch-v1", "streetwatch-v2", "--out", str(disk / "avg")])
+        err = capsys.readouterr().err
+        assert exc.value.code == 1 and "Traceback" not in err
+        assert err.splitlines()[-1] == (
+            f"streetwatch: error: {best}: No space left on device (free some space, or write the output elsewhere)"
+        )
+        assert best.read_bytes() == b"an earlier average" and [p.name for p in best.parent.iterdir()] == ["best.pt"]
+        assert not (disk / "avg" / RUN_NAME).exists()
