@@ -34,7 +34,7 @@ from datasets.samples import Issue, Sample, class_counts
 from models.classes import CLASS_NAMES
 from models.registry import file_sha256
 from pipeline.decode import ImageReadError, read_image
-from pipeline.files import write_image
+from pipeline.files import atomic_write, write_figure, write_image
 
 #: A box narrower or lower than this many pixels is degenerate (dropped).
 MIN_BOX_PIXELS = 2.0
@@ -425,11 +425,11 @@ class CheckReport:
                 )
                 names.append("duplicates.png")
         files["md"] = folder / "report.md"
-        files["md"].write_text(self.to_markdown(names), encoding="utf-8")
+        atomic_write(files["md"], self.to_markdown(names))  # each file complete, or the earlier one
         files["html"] = folder / "report.html"
-        files["html"].write_text(self.to_html(names), encoding="utf-8")
+        atomic_write(files["html"], self.to_html(names))
         files["json"] = folder / "report.json"
-        files["json"].write_text(json.dumps(self.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
+        atomic_write(files["json"], json.dumps(self.to_json(), ensure_ascii=False, indent=1))
         return files
 
 
@@ -488,7 +488,7 @@ def plot_box_sizes(sizes: dict[str, np.ndarray], path: Path) -> Path:
     ax1.legend(fontsize=8)
     ax2.set(xscale="log", yscale="log", xlabel="width px", ylabel="height px", title="box width vs height")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    write_figure(path, fig, dpi=90)  # a full disk leaves no truncated picture
     plt.close(fig)
     return path
 

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import glob
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -21,10 +22,11 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
+    from matplotlib.figure import Figure
 
 
 #: hidden folders a folder is written into before it is renamed into place: ``.NAME.incoming-XXXXXXXX``
@@ -56,6 +58,17 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
         if isinstance(exc, OSError) and exc.errno is not None:
             raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(path)) from exc
         raise
+
+
+def write_figure(path: str | os.PathLike[str], fig: Figure, **savefig: Any) -> Path:
+    """Render a matplotlib figure (in the format ``path``'s suffix names; ``savefig``: its further options,
+    e.g. ``dpi``) and write it with :func:`atomic_write`: a full disk leaves no truncated picture. The
+    figure is not closed. Returns ``path``."""
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png", **savefig)
+    atomic_write(path, buf.getvalue())
+    return path
 
 
 @contextmanager

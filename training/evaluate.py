@@ -25,7 +25,6 @@ together into an :class:`EvalResult`.
 from __future__ import annotations
 
 import copy
-import io
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -41,7 +40,7 @@ from datasets.yolo import DataYaml, entry_images, label_path_for, load_data_yaml
 from models.classes import CLASS_IDS, CLASS_NAMES
 from pipeline.decode import ImageReadError, read_image
 from pipeline.detections import Detections, box_ios, box_iou
-from pipeline.files import atomic_write
+from pipeline.files import atomic_write, write_figure
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 EVAL_CONF = 0.001  # like ultralytics val: the whole precision/recall curve
@@ -652,10 +651,8 @@ def plot_confusion(result: EvalResult, out: Path) -> Path:
     where = f"{result.data} [{result.split}], confidence > {result.confusion_conf}, IoU ≥ 0.5"
     ax.set_title(f"{result.model}\n{where}", fontsize=9)
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png")
+    write_figure(out, fig)  # a full disk leaves no truncated picture
     plt.close(fig)
-    atomic_write(out, png.getvalue())  # a full disk leaves no truncated picture
     return out
 
 

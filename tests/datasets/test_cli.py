@@ -6,8 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import yaml
+from disks import fill, tmpfs
 
 from pipeline.cli import main
 
@@ -275,3 +278,28 @@ def test_show_options_are_checked_before_drawing(garbage_like: Path, tmp_path: P
     assert not (tmp_path / "sheet").exists() and not (tmp_path / "s.jpg").exists()
     code, text, _ = run(["data", "show", str(out), "--out", str(tmp_path / "s.PNG"), "--n", "2"], capsys)
     assert code == 0 and "contact sheet" in text and (tmp_path / "s.PNG").stat().st_size > 1000
+
+
+def test_check_on_a_full_disk_keeps_the_earlier_report_and_says_so_in_one_line(
+    garbage_like: Path, tmp_path: Path, capsys
+):
+    """savefig and write_text straight to the report's files: a full disk left a truncated box_sizes.png."""
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        report = disk / "r"
+        command = ["data", "check", str(garbage_like), "--map", "garbage", "--report", str(report)]
+        code, _, _ = run(command, capsys)
+        assert code == 0 and (report / "box_sizes.png").is_file()
+        before = {p.name: p.read_bytes() for p in report.iterdir()}
+        fill(disk)
+        rng = np.random.default_rng(1)
+        for i in range(4):  # more images and boxes: a larger report than the earlier one
+            cv2.imwrite(str(garbage_like / "train" / "images" / f"noise{i}.jpg"), rng.integers(0, 256, (160, 200, 3)))
+            boxes = [f"{i % 3} 0.5 0.5 {w:.3f} {h:.3f}" for w, h in rng.uniform(0.02, 0.9, (100, 2))]
+            (garbage_like / "train" / "labels" / f"noise{i}.txt").write_text("\n".join(boxes) + "\n")
+        code, _, err = run(command, capsys)
+        assert code == 1 and "Traceback" not in err
+        assert err.splitlines()[-1] == (
+            f"streetwatch: error: {report / 'box_sizes.png'}: No space left on device "
+            "(free some space, or write the output elsewhere)"
+        )
+        assert {p.name: p.read_bytes() for p in report.iterdir()} == before

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from disks import fill, tmpfs
 
-from pipeline.files import INCOMING, atomic_write, replace_folder, staged_folder
+from pipeline.files import INCOMING, atomic_write, replace_folder, staged_folder, write_figure
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -114,3 +114,28 @@ def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_names_the_file(tmp_p
             atomic_write(target, b"\1" * 100_000)
         assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(target)  # was: no file named
         assert target.read_bytes() == b"previous" and sorted(p.name for p in disk.iterdir()) == ["filler", "result.bin"]
+
+
+def test_write_figure_renders_in_memory_and_writes_atomically(tmp_path: Path):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import cv2
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1], [1, 0])
+    try:
+        assert write_figure(tmp_path / "plot.png", fig, dpi=50) == tmp_path / "plot.png"
+        assert cv2.imread(str(tmp_path / "plot.png")).shape[:2] == (100, 150)
+        with tmpfs(tmp_path / "disk", "64k") as disk:
+            (disk / "plot.png").write_bytes(b"an earlier plot")
+            fill(disk)
+            with pytest.raises(OSError) as exc:
+                write_figure(disk / "plot.png", fig, dpi=300)
+            assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(disk / "plot.png")
+            assert (disk / "plot.png").read_bytes() == b"an earlier plot"
+            assert sorted(p.name for p in disk.iterdir()) == ["filler", "plot.png"]
+    finally:
+        plt.close(fig)
