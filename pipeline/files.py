@@ -186,6 +186,44 @@ def replace_folder(new: str | os.PathLike[str], out: str | os.PathLike[str], kee
     shutil.rmtree(holder, ignore_errors=True)
 
 
+#: errnos of a file system with no room left: full, or over the user's quota
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: what torch's checkpoint writer says when a write fails (``unexpected pos``, ``file write failed``): no reason
+TORCH_WRITER = ("inline_container.cc", "PytorchStreamWriter")
+#: a folder whose file system has less room left than this is full, for :func:`disk_full`
+NEARLY_FULL = 16 << 20
+
+
+def disk_full(exc: BaseException, folder: str | os.PathLike[str]) -> OSError | None:
+    """The error to report for ``exc`` when it says that the disk holding ``folder`` is full: an OSError
+    naming ``folder``. That is an ENOSPC or EDQUOT OSError, also as the cause or context of another error
+    (libraries wrap it), or torch's checkpoint writer failing (its RuntimeError gives no reason) while
+    ``folder``'s file system has (almost) no room left. None for any other error."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        code = cause.errno if isinstance(cause, OSError) else None
+        if code in DISK_FULL or (code is None and os.strerror(errno.ENOSPC) in str(cause)):
+            code = code or errno.ENOSPC
+            return OSError(code, os.strerror(code), os.fspath(folder))
+        if isinstance(cause, RuntimeError) and any(t in str(cause) for t in TORCH_WRITER) and _no_room(folder):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(folder))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _no_room(folder: str | os.PathLike[str]) -> bool:
+    """Whether the file system of ``folder`` (or of its nearest existing parent) has almost no room left."""
+    path = Path(os.path.abspath(folder))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free < NEARLY_FULL
+    except OSError:
+        return False
+
+
 def display_path(path: str | os.PathLike[str], errors: str = "backslashreplace") -> str:
     """``path`` as text that any file, report or terminal can hold: bytes of a file name that are not
     valid UTF-8 (which Python keeps as lone surrogates) become ``\\xff`` escapes (or, with

@@ -27,7 +27,7 @@ from datasets.manifest import MANIFEST
 from datasets.pack import PACK_INFO, SOURCE_MANIFEST
 from models.classes import CLASS_NAMES
 from models.registry import NAME_PATTERN, ModelError, file_sha256, now_iso, resolve
-from pipeline.files import TextFileError, read_text
+from pipeline.files import TextFileError, atomic_write, disk_full, read_text
 from training.augment import AugmentConfig, build_augmentations, preview_grid, transform_names
 
 CONFIG_NAME = "streetwatch-train.yaml"
@@ -219,9 +219,7 @@ class _Progress:
 
             torch.set_num_threads(self.cfg.threads or os.cpu_count() or 1)
             self.record["threads"] = torch.get_num_threads()
-        save_dir = Path(trainer.save_dir)
-        save_dir.mkdir(parents=True, exist_ok=True)
-        (save_dir / CONFIG_NAME).write_text(self.config_text)
+        atomic_write(Path(trainer.save_dir) / CONFIG_NAME, self.config_text)
 
     def on_pretrain_routine_end(self, trainer: Any) -> None:
         dataset = trainer.train_loader.dataset
@@ -294,9 +292,14 @@ class _Progress:
                 file=sys.stderr,
             )
 
-    def on_train_end(self, trainer: Any) -> None:
+    def close(self) -> None:
+        """End the progress bar (also of a run that failed): what is printed next starts a line of its own."""
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
+
+    def on_train_end(self, trainer: Any) -> None:
+        self.close()
         # steady-state training speed: the first batch of each epoch is left out, unless there is no other
         timed = self.batch_seconds or self.first_batch_seconds
         if timed:
@@ -393,13 +396,20 @@ def _train(cfg: TrainConfig, args: dict[str, Any], data: Path, names: list[str],
     model = ultra.yolo(base)
     progress.register(model)
     started = time.time()
-    model.train(**args)
+    try:
+        model.train(**args)
+    except (OSError, RuntimeError) as exc:  # a full disk: ultralytics' OSError, or torch's RuntimeError
+        progress.close()
+        full = disk_full(exc, getattr(model.trainer, "save_dir", None) or args["project"])
+        if full is None:
+            raise
+        raise full from exc  # one line naming the run folder, not a traceback through the trainer
     trainer = model.trainer
     save_dir = Path(trainer.save_dir)
     record["seconds"] = round(time.time() - started, 1)
     record["finished"] = now_iso()
     record["best"] = str(save_dir / "weights" / "best.pt")
-    (save_dir / RUN_NAME).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    atomic_write(save_dir / RUN_NAME, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     return save_dir
 
 
@@ -447,7 +457,7 @@ def fill_manifest(run: Path) -> bool:
     if manifest is None:
         return False
     record["data"]["manifest"] = manifest
-    path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    atomic_write(path, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     return True
 
 

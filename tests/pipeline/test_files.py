@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from disks import fill, tmpfs
 
-from pipeline.files import INCOMING, atomic_write, replace_folder, staged_folder, write_figure
+from pipeline.files import INCOMING, atomic_write, disk_full, replace_folder, staged_folder, write_figure
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -139,3 +139,20 @@ def test_write_figure_renders_in_memory_and_writes_atomically(tmp_path: Path):
             assert sorted(p.name for p in disk.iterdir()) == ["filler", "plot.png"]
     finally:
         plt.close(fig)
+
+
+def test_disk_full_finds_a_full_disk_behind_the_errors_libraries_raise(tmp_path: Path, monkeypatch):
+    from pipeline import files
+
+    run = tmp_path / "run"
+    wrapped = RuntimeError("saving the checkpoint failed")
+    wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device")
+    for exc in (OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EDQUOT, "Disk quota"), wrapped):
+        found = disk_full(exc, run)
+        assert found is not None and found.errno in (errno.ENOSPC, errno.EDQUOT) and found.filename == str(run)
+    torch_says = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+    assert disk_full(torch_says, run) is None  # room enough on this disk: some other failure
+    assert disk_full(OSError(errno.EACCES, "Permission denied"), run) is None
+    assert disk_full(ValueError("bad"), run) is None
+    monkeypatch.setattr(files, "NEARLY_FULL", 1 << 62)  # now every disk is full
+    assert disk_full(torch_says, run).errno == errno.ENOSPC

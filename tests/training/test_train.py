@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from disks import tmpfs
 
 from pipeline.cli import main
 from pipeline.detections import box_iou
@@ -234,3 +235,21 @@ def test_a_device_the_machine_does_not_have_is_a_config_error(
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.splitlines()[-1].startswith(f"streetwatch: error: {said}")
     assert "Traceback" not in err and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_training_is_one_line_naming_the_run_folder(
+    shapes_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """A disk with room for the run's start but not for its first checkpoint: ultralytics' OSError (no file
+    named) ended in a message that did not say which run, on the progress bar's line."""
+    with tmpfs(tmp_path / "disk", "2m") as disk:
+        sets = [f"data={shapes_data}", f"out={disk}"]
+        with pytest.raises(SystemExit) as exc:
+            main(["train", "--config", str(SMOKE), *(x for s in sets for x in ("--set", s))])
+        err = capsys.readouterr().err
+        assert exc.value.code == 1 and "Traceback" not in err
+        assert err.splitlines()[-1] == (
+            f"streetwatch: error: {disk / 'smoke'}: No space left on device "
+            "(free some space, or write the output elsewhere)"
+        )
