@@ -9,8 +9,10 @@ A folder that is there already is replaced only once the new one is complete (:f
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
+import functools
 import glob
 import hashlib
 import io
@@ -151,12 +153,34 @@ def staged_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
         raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(out)) from exc
 
 
+def exchange_folders(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``): no moment where either is
+    missing. False, changing nothing, where the system or file system cannot (not Linux, an old kernel, some
+    network file systems); an OSError naming ``b`` for any other failure."""
+    renameat2 = getattr(_libc(), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), os.fspath(b))
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def replace_folder(new: str | os.PathLike[str], out: str | os.PathLike[str], keep: Sequence[str] = ()) -> None:
     """Put the complete folder ``new`` (written in a :func:`staged_folder` of ``out``) in the place of the folder
-    ``out``: the old one is renamed aside into a hidden folder beside it (``.NAME.previous-XXXXXXXX``), ``new``
-    renamed into its place, then the old one removed. A failure or Ctrl-C before ``new`` is in place renames the
-    old one back: ``out`` is the old folder or the new one, never a mix. ``keep`` names paths inside the old
-    folder (caches) that move over into the new one when it has none of its own."""
+    ``out``, then remove the old one: the two are swapped in one step (:func:`exchange_folders`), or where the
+    system cannot, the old one is renamed aside into a hidden folder beside it (``.NAME.previous-XXXXXXXX``)
+    and ``new`` renamed into its place, a failure or Ctrl-C between the two renaming the old one back. ``out``
+    is the old folder or the new one, never a mix. ``keep`` names paths inside the old folder (caches) that
+    move over into the new one when it has none of its own."""
     new, out = Path(new), Path(out)
     try:
         new.rename(out)  # no folder there yet (or an empty one)
@@ -164,6 +188,10 @@ def replace_folder(new: str | os.PathLike[str], out: str | os.PathLike[str], kee
     except OSError as exc:
         if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
             raise
+    if exchange_folders(new, out):  # the old folder is now where the new one was written
+        _carry_over(new, out, keep)
+        shutil.rmtree(new, ignore_errors=True)
+        return
     holder = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{PREVIOUS}"))
     aside = holder / out.name
     try:
@@ -177,13 +205,18 @@ def replace_folder(new: str | os.PathLike[str], out: str | os.PathLike[str], kee
         with suppress(OSError):  # not empty if the old folder could not go back: it stays there
             holder.rmdir()
         raise
+    _carry_over(aside, out, keep)
+    shutil.rmtree(holder, ignore_errors=True)
+
+
+def _carry_over(old_folder: Path, out: Path, keep: Sequence[str]) -> None:
+    """Move the paths ``keep`` of the replaced folder into the new one, where it has none of its own."""
     for rel in keep:
-        old, kept = aside / rel, out / rel
+        old, kept = old_folder / rel, out / rel
         if (old.exists() or old.is_symlink()) and not (kept.exists() or kept.is_symlink()):
             with suppress(OSError):  # a cache: the new folder is complete without it
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 old.rename(kept)
-    shutil.rmtree(holder, ignore_errors=True)
 
 
 #: errnos of a file system with no room left: full, or over the user's quota

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from disks import fill, tmpfs
 
+from pipeline import files
 from pipeline.files import INCOMING, atomic_write, disk_full, replace_folder, staged_folder, write_figure
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,7 +87,10 @@ def test_replace_folder_swaps_in_the_new_folder_and_carries_the_caches_over(tmp_
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staged or set-aside folder left
 
 
-def test_replace_folder_that_fails_puts_the_old_folder_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.parametrize("exchange", [True, False], ids=["swapped", "renamed-aside"])
+def test_replace_folder_that_fails_puts_the_old_folder_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
+):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old").write_text("earlier")
@@ -97,12 +101,40 @@ def test_replace_folder_that_fails_puts_the_old_folder_back(tmp_path: Path, monk
             raise OSError(errno.EIO, "Input/output error", str(self))
         return rename(self, target)
 
+    def failing_swap(a, b):
+        raise OSError(errno.EIO, "Input/output error", str(b))
+
     monkeypatch.setattr(Path, "rename", failing)
+    monkeypatch.setattr(files, "exchange_folders", failing_swap if exchange else lambda a, b: False)
     with pytest.raises(OSError, match="Input/output error") as exc, staged_folder(out) as work:
         (work / "new").write_text("complete")
         replace_folder(work, out)
     assert exc.value.filename == str(out)  # the staged folder's name means nothing to the user
     assert tree(out) == {"old": b"earlier"} and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_replace_folder_never_leaves_a_moment_without_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old").write_text("earlier")
+    missing = []
+    rename = Path.rename
+
+    def watched(self: Path, target):  # a reader (a training run) looking at every step finds a dataset
+        done = rename(self, target)
+        if not out.is_dir():
+            missing.append((self.name, Path(target).name))
+        return done
+
+    monkeypatch.setattr(Path, "rename", watched)
+    with staged_folder(out) as work:
+        (work / "new").write_text("complete")
+        (work / "work").mkdir()
+        (out / "work" / "cache").mkdir(parents=True)
+        (out / "work" / "cache" / "c.json").write_text("cached")
+        replace_folder(work, out, keep=("work/cache",))
+    assert missing == [] and tree(out) == {"new": b"complete", "work/cache/c.json": b"cached"}
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_names_the_file(tmp_path: Path):
