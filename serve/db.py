@@ -185,6 +185,20 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class ReviewSession(Base):
+    """A reviewer signed in on the review page: the session cookie holds a random token, of which only the
+    SHA-256 is stored. It ends at sign-out (the row is deleted), at ``expires_at``, or when its key is revoked."""
+
+    __tablename__ = "review_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 #: What an outbox event can be: to be tried (again), accepted by the receiver, given up on.
 OUTBOX_STATUSES = ("pending", "delivered", "failed")
 

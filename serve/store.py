@@ -1,5 +1,5 @@
 """The case store: ingestion with idempotency keys and deduplication, the lifecycle with its history,
-queries, the supervision figures, API keys, and the transactional outbox.
+queries, the supervision figures, API keys and the review page's sessions, and the transactional outbox.
 
 Every write runs in one database transaction; on PostgreSQL an advisory lock per (type, source)
 serialises ingestion of the same place so that concurrent workers never open two cases for one thing.
@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, exists, func, select, update
+from sqlalchemy import ColumnElement, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, aliased, selectinload
 
@@ -39,6 +39,7 @@ from serve.db import (
     History,
     Occurrence,
     OutboxEvent,
+    ReviewSession,
     make_engine,
     migrate,
     utcnow,
@@ -204,7 +205,7 @@ class CaseFilter:
 
 
 def hash_key(key: str) -> str:
-    """What the store keeps of an API key."""
+    """What the store keeps of an API key (and of a review session's token)."""
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -1259,9 +1260,64 @@ class CaseStore:
                         "it (or revoke it on the server with `streetwatch keys revoke`)"
                     )
             row.revoked_at = row.revoked_at or utcnow()
+            s.execute(delete(ReviewSession).where(ReviewSession.key_id == key_id))  # its sign-ins end with it
             return _key_out(row)
 
         return self._write(work)
+
+    # ---------------------------------------------------------------------------- review sessions
+    def create_session(self, key_id: int, lifetime: timedelta) -> str:
+        """A sign-in of the review page with key ``key_id`` lasting ``lifetime``: returns its token (for the
+        cookie); only a hash is stored. Sessions that have expired meanwhile, anyone's, are deleted."""
+        token = secrets.token_urlsafe(32)
+        now = utcnow()
+
+        def work(s: Session) -> None:
+            s.execute(delete(ReviewSession).where(ReviewSession.expires_at <= now))
+            s.add(
+                ReviewSession(
+                    token_hash=hash_key(token),
+                    key_id=key_id,
+                    created_at=now,
+                    last_seen_at=now,
+                    expires_at=now + lifetime,
+                )
+            )
+
+        self._write(work)
+        return token
+
+    def verify_session(self, token: str) -> KeyOut | None:
+        """The key record of a session in force (not ended, not expired, its key not revoked); None otherwise.
+        Notes its use, and the key's, at most once a minute."""
+        now = utcnow()
+        with self.reading() as s:
+            found = s.execute(
+                select(ReviewSession, ApiKey)
+                .join(ApiKey, ApiKey.id == ReviewSession.key_id)
+                .where(ReviewSession.token_hash == hash_key(token))
+            ).first()
+        if found is None:
+            return None
+        session, key = found
+        if session.expires_at <= now or key.revoked_at is not None:
+            return None
+        if now - session.last_seen_at > timedelta(minutes=1):
+
+            def touch(s: Session) -> None:
+                s.execute(update(ReviewSession).where(ReviewSession.id == session.id).values(last_seen_at=now))
+                s.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+
+            try:
+                self._write(touch, attempts=1)
+                key.last_used_at = now
+            except OperationalError:  # busy: bookkeeping only, never a reason to refuse the request
+                pass
+        return _key_out(key)
+
+    def end_session(self, token: str) -> None:
+        """Sign out: the session is deleted, so a copy of its cookie is refused too."""
+        self._write(lambda s: s.execute(delete(ReviewSession).where(ReviewSession.token_hash == hash_key(token))))
 
     def healthy(self) -> bool:
         """Whether the database answers."""

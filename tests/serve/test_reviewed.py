@@ -56,9 +56,9 @@ def test_reviewed_cases_carry_verdict_correction_and_window(store):
 
 
 def test_a_store_from_the_first_release_upgrades_and_keeps_its_cases(tmp_path):
-    """A case store as release 0001 left it (no reviewed_at index, no case version, no outbox lease token) is
-    migrated on start, keeps its cases, which get the version their history gives, and can be acted on with it
-    at once."""
+    """A case store as release 0001 left it (no reviewed_at index, no case version, no outbox lease token, no
+    review sessions) is migrated on start, keeps its cases, which get the version their history gives, and can
+    be acted on with it at once."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
     made = CaseStore(url, tmp_path / "data")
     case_id = made.ingest(make_violation(key="before")).case_id  # frame only, as producers filed then
@@ -73,10 +73,12 @@ def test_a_store_from_the_first_release_upgrades_and_keeps_its_cases(tmp_path):
     assert schema_revision(engine) == "0001"
     assert "version" not in {c["name"] for c in inspect(engine).get_columns("cases")}
     assert "lease_token" not in {c["name"] for c in inspect(engine).get_columns("outbox")}
+    assert "review_sessions" not in inspect(engine).get_table_names()
     engine.dispose()
     store = CaseStore(url, tmp_path / "data")  # migrates to head on start
     try:
-        assert schema_revision(store.write_engine) == "0005"
+        assert schema_revision(store.write_engine) == "0006"
+        assert "review_sessions" in inspect(store.write_engine).get_table_names()
         assert "lease_token" in {c["name"] for c in inspect(store.write_engine).get_columns("outbox")}
         assert "ix_cases_reviewed_at" in {i["name"] for i in inspect(store.write_engine).get_indexes("cases")}
         (reviewed,) = store.reviewed_cases()

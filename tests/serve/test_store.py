@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from servetest import T0, empty_database, jpeg
-from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.orm import Session
 from waiting import wait_for
 
@@ -16,7 +16,7 @@ from pipeline.cases import EvidenceImage, GeoPoint
 from pipeline.photos import violation_key
 from serve import lifecycle
 from serve.config import DedupConfig, WebhookConfig
-from serve.db import ApiKey, Case, History, OutboxEvent, make_engine, schema_revision
+from serve.db import ApiKey, Case, History, OutboxEvent, ReviewSession, make_engine, schema_revision
 from serve.lifecycle import IllegalTransition
 from serve.store import Actor, CaseChanged, CaseFilter, CaseNotFound, CaseStore, InvalidRequest
 
@@ -33,8 +33,8 @@ def test_migrations_create_the_schema_and_match_the_models(store):
 
     from serve.db import Base
 
-    assert schema_revision(store.write_engine) == "0005"
-    assert {"cases", "occurrences", "evidence", "history", "api_keys", "outbox"} <= set(
+    assert schema_revision(store.write_engine) == "0006"
+    assert {"cases", "occurrences", "evidence", "history", "api_keys", "outbox", "review_sessions"} <= set(
         inspect(store.write_engine).get_table_names()
     )
     with store.write_engine.connect() as conn:
@@ -370,6 +370,29 @@ def test_api_keys_are_stored_hashed(store):
     assert store.verify_key(key) is None
     with pytest.raises(InvalidRequest):
         store.create_key("root", "x")
+
+
+def test_review_sessions_are_stored_hashed_and_end_with_sign_out_expiry_or_the_key(store):
+    key, record = store.create_key("reviewer", "desk-1")
+    token = store.create_session(record.id, timedelta(hours=12))
+    assert key not in token and store.verify_session(token).name == "desk-1"
+    with store.reading() as s:
+        row = s.scalar(select(ReviewSession))
+        assert row.token_hash == hashlib.sha256(token.encode()).hexdigest() and row.key_id == record.id
+    assert store.verify_session(token + "x") is None and store.verify_session("") is None
+    assert store.verify_session(key) is None  # the key is no session
+    store.end_session(token)
+    assert store.verify_session(token) is None
+    stale = store.create_session(record.id, timedelta(microseconds=1))
+    assert store.verify_session(stale) is None  # expired
+    kept = store.create_session(record.id, timedelta(hours=12))  # and deleted by this sign-in
+    store.create_session(store.create_key("reviewer", "desk-2")[1].id, timedelta(hours=12))
+    with store.reading() as s:
+        assert s.scalar(select(func.count()).select_from(ReviewSession)) == 2
+    store.revoke_key(record.id)
+    assert store.verify_session(kept) is None
+    with store.reading() as s:
+        assert s.scalar(select(func.count()).select_from(ReviewSession)) == 1  # the other key's session stays
 
 
 def test_confirm_enqueues_a_webhook_event_in_the_same_transaction(db_url, tmp_path, violation):
