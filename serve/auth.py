@@ -1,4 +1,5 @@
-"""API keys on requests: ``Authorization: Bearer KEY`` (or the review page's session cookie), roles.
+"""API keys on requests: ``Authorization: Bearer KEY`` (or the review page's session cookie, which holds a
+session token standing for the key it signed in with: :meth:`~serve.store.CaseStore.verify_session`), roles.
 
 Roles: ``ingest`` files violations and runs detection (stream workers, audits); ``reviewer`` reads
 cases and moves them through the lifecycle; ``admin`` does everything and manages keys.
@@ -19,6 +20,8 @@ from starlette.concurrency import run_in_threadpool
 from serve.schemas import KeyOut
 from serve.store import Actor
 
+#: The review page's session cookie: a sign-in's token, never the key (the name is from when it held the key: a
+#: browser's old cookie is refused as stale and overwritten at its next sign-in).
 COOKIE = "streetwatch_key"
 #: What each role may do.
 GRANTS: dict[str, set[str]] = {
@@ -28,12 +31,12 @@ GRANTS: dict[str, set[str]] = {
 }
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 #: Declares the Bearer key in the OpenAPI schema (the docs page's Authorize button); the key itself is read
-#: by :func:`presented_key`, which also takes the review page's cookie.
+#: by :func:`presented_key`, which also takes the review page's session cookie.
 BEARER = HTTPBearer(auto_error=False, description="An API key: `streetwatch keys create --role ROLE`")
 
 
 def presented_key(request: Request) -> tuple[str | None, bool]:
-    """The key a request carries and whether it came from the session cookie."""
+    """The key a request carries, or else its session cookie's token, and whether it is the latter."""
     header = request.headers.get("authorization")
     if header:
         scheme, _, token = header.partition(" ")
@@ -56,9 +59,13 @@ def authenticate(request: Request, _declared: Annotated[object, Depends(BEARER)]
         raise HTTPException(
             401, "an API key is required: send 'Authorization: Bearer KEY'", headers={"WWW-Authenticate": "Bearer"}
         )
-    record = request.app.state.store.verify_key(key)
+    store = request.app.state.store
+    record = store.verify_session(key) if from_cookie else store.verify_key(key)
     if record is None:
-        raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+        reason = (
+            "session ended (signed out, expired, or its key revoked)" if from_cookie else "invalid or revoked API key"
+        )
+        raise HTTPException(401, reason, headers={"WWW-Authenticate": "Bearer"})
     if from_cookie and request.method in UNSAFE_METHODS:
         same_origin(request)
     request.state.key = record

@@ -207,6 +207,12 @@ class ServiceConfig(BaseModel):
         "Asia/Shanghai", description="Local time zone: dates on the review page, stats days, dates without a zone"
     )
     default_deadline_hours: float = Field(48.0, gt=0, description="Deadline proposed when dispatching, hours")
+    session_hours: float = Field(
+        12.0,
+        gt=0,
+        description="How long a sign-in on the review page lasts, hours from signing in (then sign in again); "
+        "signing out or revoking the key ends it at once",
+    )
     load_detector: bool = Field(True, description="Load the model at start (off: a case-queue-only service)")
 
     @field_validator("timezone")

@@ -1,7 +1,9 @@
 """The review page: server-rendered HTML (Jinja2) with a little JavaScript, no build step.
 
-A reviewer signs in once with a reviewer (or admin) key; it is kept in an HttpOnly, SameSite=Strict
-session cookie that the API accepts like a Bearer header. Buttons call the JSON API.
+A reviewer signs in once with a reviewer (or admin) key. The key stays on the server: signing in opens a
+session in the store, whose random token goes in an HttpOnly, SameSite=Strict cookie that the API accepts for
+the key (like a Bearer header). Signing out deletes the session, so a copy of the cookie is refused too; so does
+revoking the key, and the session expires ``session_hours`` after signing in. Buttons call the JSON API.
 """
 
 from __future__ import annotations
@@ -83,14 +85,14 @@ def load_static(directory: Path) -> dict[str, Asset]:
 
 
 def current_user(request: Request) -> KeyOut | None:
-    """The signed-in reviewer, if the session cookie holds a valid reviewer or admin key."""
-    key = request.cookies.get(COOKIE)
-    record = request.app.state.store.verify_key(key) if key else None
+    """The signed-in reviewer, if the session cookie's session is in force for a reviewer or admin key."""
+    token = request.cookies.get(COOKIE)
+    record = request.app.state.store.verify_session(token) if token else None
     return record if record is not None and "review" in GRANTS[record.role] else None
 
 
 def to_login(request: Request) -> RedirectResponse:
-    """To the sign-in page, and back here after it (the sign-in page says when the session's key went stale)."""
+    """To the sign-in page, and back here after it (the sign-in page says when the session went stale)."""
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/ui/login?{urlencode({'next': target})}", status_code=303)
 
@@ -166,11 +168,11 @@ def root() -> RedirectResponse:
 
 @router.get("/ui/login", response_class=HTMLResponse)
 def login_page(request: Request, next: str = "/ui/cases") -> HTMLResponse:
-    """The sign-in form; a session cookie whose key is no longer valid (revoked) is the reason it is shown. It
+    """The sign-in form; a session cookie whose session ended (expired, its key revoked) is the reason it is shown. It
     shows no text from the address (an ``?error=`` would let anyone's link put their words on this page): what
     it says the service found out itself, here or in the answer to the form (:func:`login`)."""
     stale = request.cookies.get(COOKIE) is not None and current_user(request) is None
-    expired = "您的密钥已失效，请重新登录 Your key is no longer valid (revoked or expired): sign in again"
+    expired = "您的登录已失效，请重新登录 Your session is no longer valid (expired, or its key revoked): sign in again"
     return render(request, "login.html", None, next=_safe_next(next), error=expired if stale else None)
 
 
@@ -180,8 +182,10 @@ def login(request: Request, key: Annotated[str, Form()], next: Annotated[str, Fo
     if record is None or "review" not in GRANTS[record.role]:
         reason = "密钥无效 Invalid or revoked key" if record is None else "需要审核员密钥 A reviewer key is needed"
         return render(request, "login.html", None, next=_safe_next(next), error=reason)
+    lifetime = timedelta(hours=request.app.state.config.session_hours)
+    token = request.app.state.store.create_session(record.id, lifetime)  # the key itself stays here
     response = RedirectResponse(_safe_next(next), status_code=303)
-    response.set_cookie(COOKIE, key.strip(), httponly=True, samesite="strict", secure=over_https(request))
+    response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=over_https(request))
     return response
 
 
@@ -198,12 +202,17 @@ def logout_page(request: Request) -> HTMLResponse:
     """The sign-out address typed in or followed: a page whose button signs out (a GET changes nothing, so
     another site's link or image cannot sign a reviewer out)."""
     user = current_user(request)
-    signed_in = request.cookies.get(COOKIE) is not None  # a stale key too: its cookie can be cleared
+    signed_in = request.cookies.get(COOKIE) is not None  # a stale session too: its cookie can be cleared
     return render(request, "logout.html", None, signed_in=signed_in, who=user.name if user else None)
 
 
 @router.post("/ui/logout", dependencies=[Depends(same_origin)])
 def logout(request: Request) -> RedirectResponse:
+    """Sign out: the session ends in the store (a copy of the cookie is refused from now on) and the browser
+    forgets its cookie."""
+    token = request.cookies.get(COOKIE)
+    if token:
+        request.app.state.store.end_session(token)
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(COOKIE, httponly=True, samesite="strict", secure=over_https(request))  # as it was set
     return response

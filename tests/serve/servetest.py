@@ -64,6 +64,25 @@ def make_violation(**kw) -> Violation:
     return Violation(**base)
 
 
+def sign_in(client, key: str, next: str = "/ui/cases") -> str:
+    """Sign ``client`` (a TestClient, its own cookie jar) in on the review page with ``key``, through the form as
+    a person does; returns the session token its cookie now holds."""
+    from serve.auth import COOKIE
+
+    r = client.post("/ui/login", data={"key": key, "next": next}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    return client.cookies[COOKIE]
+
+
+def signed_in(app, key: str):
+    """A browser of the review page: its own cookie jar, signed in with ``key``."""
+    from fastapi.testclient import TestClient
+
+    browser = TestClient(app)
+    sign_in(browser, key)
+    return browser
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

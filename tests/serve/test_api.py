@@ -3,6 +3,7 @@ ingest, lifecycle, evidence, detection with micro-batching, stats, keys, metrics
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -17,15 +18,17 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import ExifTags, Image
-from servetest import T0, make_violation
+from servetest import T0, make_violation, sign_in, signed_in
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.registry import resolve
 from pipeline.decode import HEIF_SUPPORT, read_image
 from pipeline.streams import CameraStatus
 from serve.app import attach_cameras, batching_wanted, create_app
+from serve.auth import COOKIE
 from serve.config import BatchingConfig, ReloadConfig, ServiceConfig
-from serve.db import Case
+from serve.db import Case, ReviewSession
 
 
 class RecordingCameras:
@@ -932,14 +935,6 @@ def test_detect_files_a_photo_with_a_very_long_file_name_under_a_shortened_name(
     assert chosen.status_code == 422 and "300" in chosen.text
 
 
-def signed_in(app, key: str) -> TestClient:
-    """A browser of the review page: its own cookie jar, signed in with ``key``."""
-    browser = TestClient(app)
-    r = browser.post("/ui/login", data={"key": key, "next": "/ui/cases"}, follow_redirects=False)
-    assert r.status_code == 303, r.text
-    return browser
-
-
 def test_the_sign_in_page_shows_only_messages_the_service_chose(env):
     """No text from the address reaches the sign-in page: a crafted link cannot put words (call this number,
     your account is locked) on our page. Why it is shown (a revoked key) the service finds out itself."""
@@ -997,6 +992,93 @@ def test_the_sign_out_address_typed_or_followed_shows_a_sign_out_button(env):
     assert browser.get("/ui/cases", follow_redirects=False).headers["location"].startswith("/ui/login")
     nobody = TestClient(app).get("/ui/logout")  # not signed in: the way to sign in instead
     assert nobody.status_code == 200 and 'href="/ui/login"' in nobody.text and 'action="/ui/logout"' not in nobody.text
+
+
+def review_service(db_url, tmp_path, **config):
+    """A service without a detector on ``db_url``, an admin's and a reviewer's key."""
+    app = create_app(ServiceConfig(data_dir=tmp_path / "svc", db_url=db_url, load_detector=False, **config))
+    admin, reviewer = (app.state.store.create_key(role, role)[0] for role in ("admin", "reviewer"))
+    return app, {"Authorization": f"Bearer {admin}"}, reviewer
+
+
+def session_rows(app) -> list[ReviewSession]:
+    with app.state.store.reading() as s:
+        return list(s.scalars(select(ReviewSession)))
+
+
+def copy_of(app, token: str) -> TestClient:
+    """Another browser holding a copy of a session cookie (stolen, or left on a shared machine)."""
+    client = TestClient(app)
+    client.cookies.set(COOKIE, token)
+    return client
+
+
+def ended(client: TestClient) -> bool:
+    """Whether a browser's session cookie is refused by the API and by the review page (to sign-in, saying why)."""
+    api = client.get("/v1/cases")
+    page = client.get("/ui/cases", follow_redirects=False)
+    login = client.get("/ui/login")
+    return (
+        api.status_code == 401
+        and page.status_code == 303
+        and page.headers["location"].startswith("/ui/login?next=")
+        and "no longer valid" in login.text
+    )
+
+
+def test_signing_in_opens_a_session_whose_cookie_is_not_the_key(db_url, tmp_path):
+    """The long-lived key stays on the server: the cookie holds a random token, the store only its hash."""
+    app, _, key = review_service(db_url, tmp_path)
+    browser = TestClient(app)
+    r = browser.post("/ui/login", data={"key": key, "next": "/ui/cases"}, follow_redirects=False)
+    assert r.status_code == 303 and key not in r.headers["set-cookie"]
+    token = browser.cookies[COOKIE]
+    assert token != key and len(token) >= 40
+    (row,) = session_rows(app)
+    assert row.token_hash == hashlib.sha256(token.encode()).hexdigest() and token not in row.token_hash
+    assert row.expires_at - row.created_at == timedelta(hours=12)
+    assert browser.get("/v1/cases").status_code == 200 and browser.get("/ui/cases").status_code == 200
+    as_key = TestClient(app).get("/v1/cases", headers={"Authorization": f"Bearer {token}"})
+    assert as_key.status_code == 401  # the token is no key either
+    assert copy_of(app, key).get("/v1/cases").status_code == 401  # a cookie holding a key (as before) is refused
+
+
+def test_a_copied_session_cookie_stops_working_when_its_reviewer_signs_out(db_url, tmp_path):
+    app, _, key = review_service(db_url, tmp_path)
+    browser = TestClient(app)
+    token = sign_in(browser, key)
+    copy = copy_of(app, token)
+    assert copy.get("/v1/cases").status_code == 200  # the same session while it lasts
+    out = browser.post("/ui/logout", headers={"Origin": "http://testserver"}, follow_redirects=False)
+    assert out.status_code == 303 and session_rows(app) == []
+    assert ended(copy)
+    assert browser.get("/ui/cases", follow_redirects=False).headers["location"].startswith("/ui/login")
+    again = signed_in(app, key)  # the key itself still works
+    assert again.get("/v1/cases").status_code == 200 and not ended(again)
+
+
+def test_revoking_a_key_ends_its_sessions_at_once(db_url, tmp_path):
+    app, admin, key = review_service(db_url, tmp_path)
+    browsers = [signed_in(app, key), signed_in(app, key)]  # two desks, one key
+    other_key, other_record = app.state.store.create_key("reviewer", "other")
+    other = signed_in(app, other_key)
+    record = next(k for k in app.state.store.list_keys() if k.name == "reviewer")
+    assert TestClient(app).delete(f"/v1/keys/{record.id}", headers=admin).status_code == 200
+    assert all(ended(b) for b in browsers)
+    assert [r.key_id for r in session_rows(app)] == [other_record.id]  # its sessions are deleted
+    assert other.get("/v1/cases").status_code == 200  # another key's session goes on
+
+
+def test_an_expired_session_is_refused_and_removed_at_a_later_sign_in(db_url, tmp_path):
+    app, _, key = review_service(db_url, tmp_path, session_hours=1.5 / 3600)  # a second and a half
+    browser = signed_in(app, key)
+    assert browser.get("/v1/cases").status_code == 200
+    time.sleep(1.6)
+    assert ended(browser)
+    fresh = signed_in(app, key)
+    assert fresh.get("/v1/cases").status_code == 200
+    (row,) = session_rows(app)  # the expired one is gone
+    assert row.token_hash == hashlib.sha256(fresh.cookies[COOKIE].encode()).hexdigest()
 
 
 def test_the_case_history_shows_a_deadline_in_local_time_as_the_details_do(env):

@@ -13,14 +13,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from fastapi.testclient import TestClient
-from servetest import jpeg
+from servetest import jpeg, sign_in
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 from waiting import wait_for
 
 from pipeline.cases import EvidenceImage
 from serve.app import create_app
-from serve.auth import COOKIE
 from serve.config import RetentionConfig, ServiceConfig
 from serve.db import Case, utcnow
 from serve.store import Actor, InvalidRequest
@@ -266,7 +265,7 @@ def test_a_pruned_picture_is_gone_with_a_date_in_the_api_and_on_the_review_pages
     sha = v.evidence[0].sha256
     store.prune_evidence(utcnow(), utcnow())
     with TestClient(app) as client:
-        client.cookies.set(COOKIE, key)
+        sign_in(client, key)
         rv = {"Authorization": f"Bearer {key}"}
         r = client.get(f"/v1/evidence/{sha}", headers=rv)
         assert r.status_code == 410 and "removed by the retention policy on 20" in r.json()["detail"], r.text

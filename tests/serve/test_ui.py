@@ -13,6 +13,7 @@ import pytest
 from servetest import ServiceProcess, jpeg, make_violation, sample_violations
 
 from pipeline.cases import EvidenceImage
+from serve.auth import COOKIE
 from serve.store import CaseStore
 
 CHROMIUM = "/usr/bin/chromium"
@@ -216,9 +217,13 @@ def test_a_revoked_key_leads_the_reviewer_back_through_sign_in(browser, tmp_path
         page.fill("input[name=key]", fresh.json()["key"])
         page.click("button[type=submit]")
         page.wait_for_url("**/ui/cases")
+        copied = {c["name"]: c["value"] for c in tabs.cookies()}  # what someone could copy off this browser
+        assert copied[COOKIE] != fresh.json()["key"]  # a session's token, not the key
+        assert httpx.get(f"{service.url}/v1/cases", cookies=copied).status_code == 200
         page.goto(f"{service.url}/ui/logout")  # the address typed in: a page with the button, not a 405
         page.click("form.signout button")
         page.wait_for_url("**/ui/login")
+        assert httpx.get(f"{service.url}/v1/cases", cookies=copied).status_code == 401  # the copy ended with it
         page.goto(f"{service.url}/ui/cases")
         assert "/ui/login" in page.url and page.locator(".error").count() == 0  # signed out, not stale
         tabs.close()

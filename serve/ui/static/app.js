@@ -53,15 +53,15 @@ async function submit(event) {
       const body = await response.json().catch(() => ({}));
       const failure = new Error(typeof body.detail === "string" ? body.detail : `HTTP ${response.status}`);
       failure.stale = response.status === 409; // the case moved on: this page's buttons no longer apply
-      failure.signedOut = response.status === 401; // the session's key was revoked or expired
+      failure.signedOut = response.status === 401; // the session ended: signed out, expired, or its key revoked
       throw failure;
     }
     window.location.reload();
   } catch (err) {
     error.textContent = `操作失败 Action failed: ${err.message} `;
     if (err.signedOut) {
-      // nothing on this page works without a valid key: sign in again, and come back here
-      error.textContent = `操作失败，密钥已失效 Action failed: your key is no longer valid (${err.message}). `;
+      // nothing on this page works without a valid session: sign in again, and come back here
+      error.textContent = `操作失败，登录已失效 Action failed: your session is no longer valid (${err.message}). `;
       document.querySelectorAll("form[data-action] button").forEach((b) => (b.disabled = true));
       const signin = document.createElement("a");
       signin.href = `/ui/login?${new URLSearchParams({ next: window.location.pathname + window.location.search })}`;
