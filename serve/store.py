@@ -1266,14 +1266,18 @@ class CaseStore:
         return self._write(work)
 
     # ---------------------------------------------------------------------------- review sessions
-    def create_session(self, key_id: int, lifetime: timedelta) -> str:
+    def create_session(self, key_id: int, lifetime: timedelta, replaces: str | None = None) -> str:
         """A sign-in of the review page with key ``key_id`` lasting ``lifetime``: returns its token (for the
-        cookie); only a hash is stored. Sessions that have expired meanwhile, anyone's, are deleted."""
+        cookie); only a hash is stored. The session of token ``replaces`` (the browser's earlier one) ends, and
+        sessions that have expired meanwhile, anyone's, are deleted."""
         token = secrets.token_urlsafe(32)
         now = utcnow()
 
         def work(s: Session) -> None:
-            s.execute(delete(ReviewSession).where(ReviewSession.expires_at <= now))
+            ended = ReviewSession.expires_at <= now
+            if replaces:
+                ended = ended | (ReviewSession.token_hash == hash_key(replaces))
+            s.execute(delete(ReviewSession).where(ended))
             s.add(
                 ReviewSession(
                     token_hash=hash_key(token),

@@ -183,7 +183,8 @@ def login(request: Request, key: Annotated[str, Form()], next: Annotated[str, Fo
         reason = "密钥无效 Invalid or revoked key" if record is None else "需要审核员密钥 A reviewer key is needed"
         return render(request, "login.html", None, next=_safe_next(next), error=reason)
     lifetime = timedelta(hours=request.app.state.config.session_hours)
-    token = request.app.state.store.create_session(record.id, lifetime)  # the key itself stays here
+    earlier = request.cookies.get(COOKIE)  # signing in again: the browser's earlier session ends
+    token = request.app.state.store.create_session(record.id, lifetime, replaces=earlier)  # the key stays here
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=over_https(request))
     return response

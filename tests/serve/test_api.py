@@ -1055,6 +1055,9 @@ def test_a_copied_session_cookie_stops_working_when_its_reviewer_signs_out(db_ur
     assert browser.get("/ui/cases", follow_redirects=False).headers["location"].startswith("/ui/login")
     again = signed_in(app, key)  # the key itself still works
     assert again.get("/v1/cases").status_code == 200 and not ended(again)
+    earlier = again.cookies[COOKIE]
+    sign_in(again, key)  # signing in again replaces the browser's session: a copy of the earlier one ends
+    assert ended(copy_of(app, earlier)) and len(session_rows(app)) == 1 and not ended(again)
 
 
 def test_revoking_a_key_ends_its_sessions_at_once(db_url, tmp_path):
