@@ -79,8 +79,8 @@ def security_headers(path: str) -> list[tuple[bytes, bytes]]:
 
 
 class GuardMiddleware:
-    """Body-size limits and NUL-free query strings before anything parses a request, security headers on every
-    response (:func:`security_headers`), and request metrics."""
+    """Body-size limits and NUL-free query strings before anything parses a request, HEAD answered as GET
+    without the body, security headers on every response (:func:`security_headers`), and request metrics."""
 
     def __init__(self, app: Any, config: ServiceConfig, metrics: Metrics):
         self.app, self.config, self.metrics = app, config, metrics
@@ -99,6 +99,9 @@ class GuardMiddleware:
             return
         started = time.perf_counter()
         status = [500]
+        method = scope["method"]
+        if method == "HEAD":  # what GET would answer, headers only (HTTP requires it; FastAPI's routes lack it)
+            scope = {**scope, "method": "GET"}
 
         async def send_observed(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -107,6 +110,8 @@ class GuardMiddleware:
                 present = {name.lower() for name, _ in headers}
                 headers += [(name, value) for name, value in security_headers(scope["path"]) if name not in present]
                 message = {**message, "headers": headers}
+            elif method == "HEAD" and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
             await send(message)
 
         try:
@@ -122,8 +127,8 @@ class GuardMiddleware:
         finally:
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(scope["method"], label, str(status[0])).inc()
-            self.metrics.latency.labels(scope["method"], label).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(method, label, str(status[0])).inc()
+            self.metrics.latency.labels(method, label).observe(time.perf_counter() - started)
 
     async def _buffered(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """Read the whole body (refusing it past the limit with 413); a receive that replays it."""

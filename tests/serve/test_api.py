@@ -592,6 +592,28 @@ def test_metrics_expose_requests_batches_cases_and_cameras(env):
     assert "streetwatch_model_info{version=" in text
 
 
+def test_head_answers_what_get_would_without_the_body(env):
+    """HTTP servers must answer HEAD for every GET (monitors and link checkers send it): the same status and
+    headers, no body, the same key check."""
+    _, client, keys, _ = env
+    cid = ingest(client, keys, source_id="cam-head").json()["case_id"]
+    picture = client.get(f"/v1/cases/{cid}/evidence", headers=auth(keys["reviewer"])).json()[0]["sha256"]
+    for path, headers in (
+        ("/healthz", {}),
+        ("/readyz", {}),
+        (f"/v1/cases/{cid}", auth(keys["reviewer"])),
+        (f"/v1/evidence/{picture}", auth(keys["reviewer"])),
+        ("/static/app.js", {}),
+        ("/ui/login", {}),
+    ):
+        got, head = client.get(path, headers=headers), client.head(path, headers=headers)
+        assert (head.status_code, head.content) == (got.status_code, b"") and got.status_code == 200, path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        assert head.headers.get("content-length") == got.headers.get("content-length"), path
+    assert client.head(f"/v1/cases/{cid}").status_code == 401
+    assert client.head("/v1/nothing", headers=auth(keys["reviewer"])).status_code == 404
+
+
 def test_every_response_carries_the_security_headers_and_the_pages_a_strict_content_policy(env):
     """No MIME sniffing, no framing (clickjacking), no addresses in the Referer to other sites, on every answer
     (the guard's own refusals too); a Content-Security-Policy that lets a page run only the service's own
