@@ -138,12 +138,13 @@ def staged_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(out))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = os.path.abspath(out.parent / f".{out.name}{INCOMING}")
+    place = _link_target(out)  # beside the folder a link leads to: on its file system, renamed into its place
+    place.parent.mkdir(parents=True, exist_ok=True)
+    temporary = os.path.abspath(place.parent / f".{place.name}{INCOMING}")
     try:
-        sweep_incoming(out.parent, out.name)
-        with incoming_folder(out.parent, out.name) as incoming:
-            work = incoming / out.name
+        sweep_incoming(place.parent, place.name)
+        with incoming_folder(place.parent, place.name) as incoming:
+            work = incoming / place.name
             work.mkdir()
             yield work
     except OSError as exc:  # a temporary name means nothing to the user, and is gone once the block failed
@@ -180,8 +181,9 @@ def replace_folder(new: str | os.PathLike[str], out: str | os.PathLike[str], kee
     system cannot, the old one is renamed aside into a hidden folder beside it (``.NAME.previous-XXXXXXXX``)
     and ``new`` renamed into its place, a failure or Ctrl-C between the two renaming the old one back. ``out``
     is the old folder or the new one, never a mix. ``keep`` names paths inside the old folder (caches) that
-    move over into the new one when it has none of its own."""
-    new, out = Path(new), Path(out)
+    move over into the new one when it has none of its own. An ``out`` that is a symbolic link stays one: the
+    folder it leads to is replaced."""
+    new, out = Path(new), _link_target(Path(out))
     try:
         new.rename(out)  # no folder there yet (or an empty one)
         return
@@ -207,6 +209,11 @@ def replace_folder(new: str | os.PathLike[str], out: str | os.PathLike[str], kee
         raise
     _carry_over(aside, out, keep)
     shutil.rmtree(holder, ignore_errors=True)
+
+
+def _link_target(out: Path) -> Path:
+    """``out``, or where it leads when it is a symbolic link (a dataset folder kept on another disk)."""
+    return Path(os.path.realpath(out)) if out.is_symlink() else out
 
 
 def _carry_over(old_folder: Path, out: Path, keep: Sequence[str]) -> None:

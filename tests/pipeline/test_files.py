@@ -188,3 +188,24 @@ def test_disk_full_finds_a_full_disk_behind_the_errors_libraries_raise(tmp_path:
     assert disk_full(ValueError("bad"), run) is None
     monkeypatch.setattr(files, "NEARLY_FULL", 1 << 62)  # now every disk is full
     assert disk_full(torch_says, run).errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["swapped", "renamed-aside"])
+def test_replace_folder_through_a_symbolic_link_replaces_the_folder_it_leads_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
+):
+    real = tmp_path / "disk" / "dataset"  # a dataset kept on another disk, reached through a link
+    (real / "work" / "cache").mkdir(parents=True)
+    (real / "old").write_text("earlier")
+    (real / "work" / "cache" / "c.json").write_text("cached")
+    out = tmp_path / "out"
+    out.symlink_to(real)
+    if not exchange:
+        monkeypatch.setattr(files, "exchange_folders", lambda a, b: False)
+    with staged_folder(out) as work:  # was: NotADirectoryError once the new folder was complete
+        (work / "new").write_text("complete")
+        replace_folder(work, out, keep=("work/cache",))
+    assert out.is_symlink() and out.resolve() == real.resolve()
+    assert tree(real) == {"new": b"complete", "work/cache/c.json": b"cached"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "out"]
+    assert [p.name for p in real.parent.iterdir()] == ["dataset"]  # nothing staged or set aside left
