@@ -215,7 +215,19 @@ def evidence(evidence_id: str, request: Request, actor: Reader) -> Response:
     path = store.evidence.path(evidence_id)  # only 64 hex digits reach the file system
     if not known:
         raise HTTPException(404, f"no evidence {evidence_id}")
-    headers = {"ETag": f'"{evidence_id}"', "Cache-Control": "private, no-cache"}
-    if evidence_id in request.headers.get("if-none-match", ""):
+    etag = f'"{evidence_id}"'
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+    if not_modified(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     return FileResponse(path, media_type="image/jpeg", headers=headers)
+
+
+def not_modified(if_none_match: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header matches ``etag`` (RFC 9110 13.1.2, weak comparison): ``*``, or a
+    list of entity tags, each maybe weak (``W/"..."``), one of them ``etag``; a tag that merely contains it
+    does not."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    return etag in (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))

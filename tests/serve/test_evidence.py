@@ -293,6 +293,12 @@ def test_a_browser_revalidates_a_picture_so_a_pruned_one_is_not_shown_from_its_c
         assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", f'"{sha}"')
         other = client.get(f"/v1/evidence/{sha}", headers={**rv, "If-None-Match": '"' + "0" * 64 + '"'})
         assert other.status_code == 200 and other.content == v.evidence[0].jpeg
+        for tags in (f'W/"{sha}"', f'"{"1" * 64}", W/"{sha}"', f'"{"1" * 64}",W/"{sha}"', "*"):
+            listed = client.get(f"/v1/evidence/{sha}", headers={**rv, "If-None-Match": tags})
+            assert (listed.status_code, listed.content) == (304, b""), tags  # was: 200 for '*'
+        for tags in (f'"x{sha}"', f'"{sha}x"', sha):  # a tag that only contains the id is another one
+            different = client.get(f"/v1/evidence/{sha}", headers={**rv, "If-None-Match": tags})
+            assert different.status_code == 200 and different.content == v.evidence[0].jpeg, tags
         signed_out = client.get(f"/v1/evidence/{sha}", headers={"If-None-Match": first.headers["etag"]})
         assert signed_out.status_code == 401
         closed(store, cid)
