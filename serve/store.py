@@ -1308,9 +1308,9 @@ class CaseStore:
             return None
         if now - session.last_seen_at > timedelta(minutes=1):
 
-            def touch(s: Session) -> None:
-                s.execute(update(ReviewSession).where(ReviewSession.id == session.id).values(last_seen_at=now))
+            def touch(s: Session) -> None:  # the key's row first, as revoke_key locks them: no deadlock with it
                 s.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+                s.execute(update(ReviewSession).where(ReviewSession.id == session.id).values(last_seen_at=now))
 
             try:
                 self._write(touch, attempts=1)

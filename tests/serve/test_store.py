@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from servetest import T0, empty_database, jpeg
-from sqlalchemy import create_engine, func, inspect, select, text
+from sqlalchemy import create_engine, delete, func, inspect, select, text, update
 from sqlalchemy.orm import Session
 from waiting import wait_for
 
@@ -393,6 +393,33 @@ def test_review_sessions_are_stored_hashed_and_end_with_sign_out_expiry_or_the_k
     assert store.verify_session(kept) is None
     with store.reading() as s:
         assert s.scalar(select(func.count()).select_from(ReviewSession)) == 1  # the other key's session stays
+
+
+def test_a_session_in_use_while_its_key_is_revoked_does_not_deadlock(store):
+    if store.dialect != "postgresql":
+        pytest.skip("row locks: PostgreSQL")
+    _, record = store.create_key("reviewer", "desk-1")
+    token = store.create_session(record.id, timedelta(hours=12))
+    with Session(store.write_engine) as s, s.begin():  # last used a while ago: verifying notes the use
+        s.execute(update(ReviewSession).values(last_seen_at=datetime.now(timezone.utc) - timedelta(minutes=5)))
+    with Session(store.write_engine) as revoking, revoking.begin():  # revoke_key's steps, paused after the first
+        revoking.get(ApiKey, record.id, with_for_update=True)
+        verified = []
+        verifying = threading.Thread(target=lambda: verified.append(store.verify_session(token)))
+        verifying.start()
+
+        def waiting() -> bool:  # asked outside this transaction: its view of pg_locks would not change
+            with store.write_engine.connect() as conn:
+                return conn.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted")) == 1
+
+        wait_for(waiting, 10, "verify_session waiting for the key's row")
+        # holding its session's row, it was: so the revoke waited for that until PostgreSQL found the deadlock
+        revoking.execute(text("SET LOCAL lock_timeout = '500ms'"))  # (deadlock_timeout: 1 s) and ended one
+        revoking.execute(delete(ReviewSession).where(ReviewSession.key_id == record.id))
+        revoking.get(ApiKey, record.id).revoked_at = datetime.now(timezone.utc)
+    verifying.join(10)
+    assert [v.name for v in verified] == ["desk-1"]  # verified before the revoke committed
+    assert store.verify_session(token) is None
 
 
 def test_confirm_enqueues_a_webhook_event_in_the_same_transaction(db_url, tmp_path, violation):
