@@ -210,8 +210,9 @@ class ServiceConfig(BaseModel):
     session_hours: float = Field(
         12.0,
         gt=0,
-        description="How long a sign-in on the review page lasts, hours from signing in (then sign in again); "
-        "signing out or revoking the key ends it at once",
+        le=24 * 366,  # a year at most: a date that far on is one the store can hold (inf was a 500 at each sign-in)
+        description="How long a sign-in on the review page lasts, hours from signing in (then sign in again; at "
+        "most a year); signing out or revoking the key ends it at once",
     )
     load_detector: bool = Field(True, description="Load the model at start (off: a case-queue-only service)")
 

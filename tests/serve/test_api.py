@@ -1106,6 +1106,14 @@ def test_an_expired_session_is_refused_and_removed_at_a_later_sign_in(db_url, tm
     assert row.token_hash == hashlib.sha256(fresh.cookies[COOKIE].encode()).hexdigest()
 
 
+@pytest.mark.parametrize("hours", [float("inf"), float("nan"), 1e9])
+def test_a_session_lifetime_past_any_date_is_refused_by_the_configuration(tmp_path, hours):
+    with pytest.raises(ValueError, match="session_hours"):  # was: accepted, then every sign-in a 500
+        ServiceConfig(data_dir=tmp_path, session_hours=hours)
+    app, _, key = review_service(f"sqlite:///{tmp_path / 'c.db'}", tmp_path, session_hours=24 * 366)
+    assert signed_in(app, key).get("/v1/cases").status_code == 200  # the longest allowed signs in
+
+
 def test_the_case_history_shows_a_deadline_in_local_time_as_the_details_do(env):
     app, client, keys, _ = env
     cid = ingest(client, keys, source_id="cam-history").json()["case_id"]
