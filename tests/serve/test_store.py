@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from servetest import T0, empty_database, jpeg
@@ -395,9 +396,17 @@ def test_review_sessions_are_stored_hashed_and_end_with_sign_out_expiry_or_the_k
         assert s.scalar(select(func.count()).select_from(ReviewSession)) == 1  # the other key's session stays
 
 
-def test_a_session_in_use_while_its_key_is_revoked_does_not_deadlock(store):
-    if store.dialect != "postgresql":
-        pytest.skip("row locks: PostgreSQL")
+@pytest.fixture
+def pg_store(pg_database: str, tmp_path: Path):
+    """A case store on the session's PostgreSQL database, emptied (row locks: PostgreSQL only)."""
+    empty_database(pg_database)
+    s = CaseStore(pg_database, tmp_path / "data")
+    yield s
+    s.dispose()
+
+
+def test_a_session_in_use_while_its_key_is_revoked_does_not_deadlock(pg_store):
+    store = pg_store
     _, record = store.create_key("reviewer", "desk-1")
     token = store.create_session(record.id, timedelta(hours=12))
     with Session(store.write_engine) as s, s.begin():  # last used a while ago: verifying notes the use
