@@ -132,18 +132,19 @@ def sweep_incoming(root: Path, name: str | None = None) -> list[Path]:
 def staged_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
     """A fresh empty folder to write the folder ``out`` into; the block puts it in place once it is complete
     (:func:`replace_folder`, or moving its files into an ``out`` that must stay). It lies in an
-    :func:`incoming_folder` beside ``out``: a block that fails or is interrupted (Ctrl-C) leaves ``out`` as it
-    was and nothing beside it, and what a killed run left is swept by the next. An OSError naming a file in it
-    (a full disk) names ``out``."""
+    :func:`incoming_folder` beside ``out`` (inside it when it is a mount point): a block that fails or is
+    interrupted (Ctrl-C) leaves ``out`` as it was and nothing beside it, and what a killed run left is swept by
+    the next. An OSError naming a file in it (a full disk) names ``out``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(out))
     place = _link_target(out)  # beside the folder a link leads to: on its file system, renamed into its place
     place.parent.mkdir(parents=True, exist_ok=True)
-    temporary = os.path.abspath(place.parent / f".{place.name}{INCOMING}")
+    root = place if os.path.ismount(place) else place.parent  # a mount point stays: staged inside it
+    temporary = os.path.abspath(root / f".{place.name}{INCOMING}")
     try:
-        sweep_incoming(place.parent, place.name)
-        with incoming_folder(place.parent, place.name) as incoming:
+        sweep_incoming(root, place.name)
+        with incoming_folder(root, place.name) as incoming:
             work = incoming / place.name
             work.mkdir()
             yield work
@@ -165,8 +166,8 @@ def exchange_folders(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bo
     if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
         return True
     code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
+        return False  # EPERM: a sandbox (seccomp) that forbids the call; plain renames report a real one
     raise OSError(code, os.strerror(code), os.fspath(b))
 
 
@@ -182,8 +183,12 @@ def replace_folder(new: str | os.PathLike[str], out: str | os.PathLike[str], kee
     and ``new`` renamed into its place, a failure or Ctrl-C between the two renaming the old one back. ``out``
     is the old folder or the new one, never a mix. ``keep`` names paths inside the old folder (caches) that
     move over into the new one when it has none of its own. An ``out`` that is a symbolic link stays one: the
-    folder it leads to is replaced."""
+    folder it leads to is replaced. An ``out`` that is a mount point (a container's volume) cannot be renamed:
+    its contents are replaced instead (:func:`_replace_contents`)."""
     new, out = Path(new), _link_target(Path(out))
+    if os.path.ismount(out):
+        _replace_contents(new, out, keep)
+        return
     try:
         new.rename(out)  # no folder there yet (or an empty one)
         return
@@ -208,6 +213,35 @@ def replace_folder(new: str | os.PathLike[str], out: str | os.PathLike[str], kee
             holder.rmdir()
         raise
     _carry_over(aside, out, keep)
+    shutil.rmtree(holder, ignore_errors=True)
+
+
+def _replace_contents(new: Path, out: Path, keep: Sequence[str]) -> None:
+    """Replace what the mount point ``out`` holds by what ``new`` (staged inside it) holds: its entries are
+    moved aside into a hidden folder in it, those of ``new`` moved in, then the old ones removed; a failure or
+    Ctrl-C moves them back. Not one step, as for a folder: a process killed in between leaves the old entries
+    in ``.NAME.previous-XXXXXXXX``."""
+    holder = Path(tempfile.mkdtemp(dir=out, prefix=f".{out.name}{PREVIOUS}"))
+    hidden = (f".{out.name}{INCOMING}", f".{out.name}{PREVIOUS}")
+    aside: list[str] = []
+    moved_in: list[str] = []
+    try:
+        for entry in sorted(out.iterdir()):
+            if not entry.name.startswith(hidden):
+                entry.rename(holder / entry.name)
+                aside.append(entry.name)
+        for entry in sorted(new.iterdir()):
+            entry.rename(out / entry.name)
+            moved_in.append(entry.name)
+    except BaseException:
+        for name in reversed(moved_in):
+            (out / name).rename(new / name)
+        for name in reversed(aside):
+            (holder / name).rename(out / name)
+        with suppress(OSError):
+            holder.rmdir()
+        raise
+    _carry_over(holder, out, keep)
     shutil.rmtree(holder, ignore_errors=True)
 
 

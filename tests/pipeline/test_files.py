@@ -1,6 +1,7 @@
 """Folders written beside their place and renamed into it."""
 
 import errno
+import os
 import shutil
 import subprocess
 import sys
@@ -135,6 +136,39 @@ def test_replace_folder_never_leaves_a_moment_without_the_folder(tmp_path: Path,
         replace_folder(work, out, keep=("work/cache",))
     assert missing == [] and tree(out) == {"new": b"complete", "work/cache/c.json": b"cached"}
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_replace_folder_on_a_mount_point_replaces_what_it_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A volume mounted at OUT (a container's) cannot be renamed: its contents are replaced, and put back
+    when that fails."""
+    with tmpfs(tmp_path / "out", "1m") as out:
+        (out / "old").write_text("earlier")
+        (out / "work" / "cache").mkdir(parents=True)
+        (out / "work" / "cache" / "c.json").write_text("cached")
+        rename = Path.rename
+
+        def failing(self: Path, target):  # the second new entry cannot go in
+            if self.name == "v2b":
+                raise OSError(errno.EIO, "Input/output error", str(self))
+            return rename(self, target)
+
+        with monkeypatch.context() as m, pytest.raises(OSError, match="Input/output") as exc:
+            m.setattr(Path, "rename", failing)
+            with staged_folder(out) as work:
+                assert work.parent.parent == out  # staged on the volume itself
+                (work / "v2a").write_text("second")
+                (work / "v2b").write_text("second")
+                replace_folder(work, out, keep=("work/cache",))
+        assert exc.value.filename == str(out)
+        assert tree(out) == {"old": b"earlier", "work/cache/c.json": b"cached"} and sorted(os.listdir(out)) == [
+            "old",
+            "work",
+        ]
+        with staged_folder(out) as work:
+            (work / "v2a").write_text("second")
+            replace_folder(work, out, keep=("work/cache",))
+        assert os.path.ismount(out) and sorted(os.listdir(out)) == ["v2a", "work"]
+        assert tree(out) == {"v2a": b"second", "work/cache/c.json": b"cached"}
 
 
 def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_names_the_file(tmp_path: Path):
