@@ -216,6 +216,15 @@ def distance_m(a: tuple[float, float], b: tuple[float, float]) -> float:
     return 2 * 6371000.0 * math.asin(math.sqrt(min(1.0, h)))
 
 
+def _removed(path: Path) -> bool:
+    """Delete a leftover file; False (logged) where it may not be (another user's): the rest goes on."""
+    try:
+        path.unlink(missing_ok=True)
+    except PermissionError as exc:
+        log.warning("retention: cannot remove %s: %s", path, exc.strerror)
+        return False
+    return True
+
 class CaseStore:
     """Cases in a SQL database (SQLite or PostgreSQL) with evidence files under ``data_dir/evidence``."""
 
@@ -840,8 +849,7 @@ class CaseStore:
         orphans = list(old.values())
         unfinished = list(self.evidence.unfinished(written_before))
         if not dry_run:
-            for path, _ in unfinished:
-                path.unlink(missing_ok=True)
+            unfinished = [(path, size) for path, size in unfinished if _removed(path)]
         total = sum(freed.values()) + sum(f.size for f in orphans) + sum(size for _, size in unfinished)
         found = sorted(cases.values(), key=lambda c: c.case_id)
         return PruneResult(found, len(freed), orphans, total, dry_run, len(unfinished))

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -167,6 +168,27 @@ def test_prune_sweeps_what_a_writer_killed_mid_write_left_once_it_is_old(store, 
     assert (done.unfinished, done.freed) == (1, len(data))
     assert not left.exists() and writing.read_bytes() == b"partial"
     assert store.prune_evidence(utcnow(), utcnow() - timedelta(hours=24)).unfinished == 0
+
+
+def test_a_leftover_the_prune_may_not_remove_does_not_stop_it(store, violation, monkeypatch):
+    cid = store.ingest(v := violation(key="k")).case_id
+    closed(store, cid)
+    theirs = store.evidence.root / "ab" / ".ab.jpg.7.7.tmp"  # another user's, in a folder of theirs
+    theirs.parent.mkdir()
+    theirs.write_bytes(b"partial")
+    then = (datetime.now(timezone.utc) - timedelta(hours=48)).timestamp()
+    os.utime(theirs, (then, then))
+    unlink = Path.unlink
+
+    def refused(self: Path, missing_ok: bool = False) -> None:
+        if self == theirs:
+            raise PermissionError(13, "Permission denied", str(self))
+        unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    done = store.prune_evidence(utcnow(), utcnow() - timedelta(hours=24))
+    assert [c.case_id for c in done.cases] == [cid] and done.unfinished == 0 and theirs.exists()
+    assert v.evidence[0].sha256 not in on_disk(store) and done.freed == len(v.evidence[0].jpeg)
 
 
 def test_a_reopened_case_keeps_its_pictures_and_a_picture_filed_again_comes_back(store, violation):
