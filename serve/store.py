@@ -225,6 +225,7 @@ def _removed(path: Path) -> bool:
         return False
     return True
 
+
 class CaseStore:
     """Cases in a SQL database (SQLite or PostgreSQL) with evidence files under ``data_dir/evidence``."""
 
@@ -1233,17 +1234,19 @@ class CaseStore:
         if row is None or row.revoked_at is not None:
             return None
         now = utcnow()
-        if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
-
-            def touch(s: Session) -> None:
-                s.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
-
-            try:
-                self._write(touch, attempts=1)
-                row.last_used_at = now
-            except OperationalError:  # busy: bookkeeping only, never a reason to refuse the request
-                pass
+        stale = row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1)
+        if stale and self._note_use(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now)):
+            row.last_used_at = now
         return _key_out(row)
+
+    def _note_use(self, *changes: Any) -> bool:
+        """Run bookkeeping updates (when a key or session was last used) in one write, in the order given; False
+        when the database is busy: bookkeeping only, never a reason to refuse the request."""
+        try:
+            self._write(lambda s: [s.execute(change) for change in changes], attempts=1)
+        except OperationalError:
+            return False
+        return True
 
     def list_keys(self) -> list[KeyOut]:
         """Every key's record."""
@@ -1314,17 +1317,12 @@ class CaseStore:
         session, key = found
         if session.expires_at <= now or key.revoked_at is not None:
             return None
-        if now - session.last_seen_at > timedelta(minutes=1):
-
-            def touch(s: Session) -> None:  # the key's row first, as revoke_key locks them: no deadlock with it
-                s.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
-                s.execute(update(ReviewSession).where(ReviewSession.id == session.id).values(last_seen_at=now))
-
-            try:
-                self._write(touch, attempts=1)
-                key.last_used_at = now
-            except OperationalError:  # busy: bookkeeping only, never a reason to refuse the request
-                pass
+        if now - session.last_seen_at > timedelta(minutes=1) and self._note_use(
+            # the key's row first, as revoke_key locks them: no deadlock with it
+            update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now),
+            update(ReviewSession).where(ReviewSession.id == session.id).values(last_seen_at=now),
+        ):
+            key.last_used_at = now
         return _key_out(key)
 
     def end_session(self, token: str) -> None:
