@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,19 +101,25 @@ def test_an_interrupted_export_leaves_no_model_folder(tiny_pt: Path, shapes_data
     registry = tmp_path / "registry"
     calib = tiny_pt.parents[3] / "shapes" / "train" / "images"
     args = [str(tiny_pt), "--name", "ti", "--imgsz", "160", "--calib", str(calib), "--data", str(shapes_data)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "export", *args],
-        env={**os.environ, "STREETWATCH_MODELS_DIR": str(registry)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 240
-    while not list(registry.rglob("model.onnx")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the export ended before its ONNX model was written"
-    proc.send_signal(signal.SIGINT)  # as Ctrl-C does: int8 calibration and the check are still to come
-    _, err = proc.communicate(timeout=240)
+    for _ in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "export", *args],
+            env={**os.environ, "STREETWATCH_MODELS_DIR": str(registry)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 240
+        while not list(registry.rglob("model.onnx")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the export ended before its ONNX model was written"
+        proc.send_signal(signal.SIGINT)  # as Ctrl-C does: int8 calibration and the check are still to come
+        _, err = proc.communicate(timeout=240)
+        if not (registry / "ti" / "card.json").exists():
+            break
+        # this poll stalled for the seconds the export had left (a loaded machine): its Ctrl-C came after the
+        # export was complete and interrupted nothing (Python, finalising, dies of it: -2). Once more.
+        shutil.rmtree(registry)
     assert proc.returncode == 130, err
     assert list(registry.iterdir()) == [], "nothing is left in the registry, not even a hidden partial folder"
 
