@@ -27,6 +27,7 @@ from models.classes import CLASS_NAMES, DETECTOR_CLASSES, VIOLATIONS
 from pipeline.cases import plausible_time
 from serve.auth import COOKIE, GRANTS, same_origin
 from serve.lifecycle import ASSIGNED_STATUSES, STATUSES
+from serve.routes.cases import not_modified
 from serve.routes.stats import date_range
 from serve.schemas import KeyOut
 from serve.store import CaseFilter, CaseNotFound
@@ -148,7 +149,7 @@ def error_page(request: Request, status: int, message: str) -> HTMLResponse:
     return response
 
 
-@router.api_route("/static/{name}", methods=["GET", "HEAD"])
+@router.get("/static/{name}")
 def static_file(request: Request, name: str) -> Response:
     """A static file as read at start; browsers check theirs (ETag) before using it, so after a restart
     with new files no page runs an old script."""
@@ -156,7 +157,7 @@ def static_file(request: Request, name: str) -> Response:
     if asset is None:
         raise HTTPException(404, f"no static file {name}")
     headers = {"ETag": asset.etag, "Cache-Control": "no-cache"}
-    if asset.etag in request.headers.get("if-none-match", ""):
+    if not_modified(request.headers.get("if-none-match"), asset.etag):
         return Response(status_code=304, headers=headers)
     return Response(asset.data, media_type=asset.media_type, headers=headers)
 

@@ -797,6 +797,9 @@ def test_the_review_pages_keep_the_templates_and_static_files_read_at_start(tmp_
         again = browser.get("/static/app.js")
         assert again.text == first.text and again.headers["etag"] == first.headers["etag"]
         assert browser.get("/static/app.js", headers={"If-None-Match": first.headers["etag"]}).status_code == 304
+        assert browser.get("/static/app.js", headers={"If-None-Match": "*"}).status_code == 304
+        longer = '"x' + first.headers["etag"].strip('"') + '"'  # another tag that merely contains it
+        assert browser.get("/static/app.js", headers={"If-None-Match": longer}).status_code == 200
         assert browser.get("/static/app.css").status_code == 200
         assert browser.get("/static/nothing.js").status_code == 404
 
